@@ -1,0 +1,102 @@
+import { z } from 'zod';
+
+/** Regions of the embedded platform; each has its own repository. */
+export const REGIONS = ['CANADA-1', 'NORWAY-1', 'US-1'] as const;
+export const RegionSchema = z.enum(REGIONS);
+export type Region = z.infer<typeof RegionSchema>;
+
+export const VM_STATUSES = ['ACTIVE', 'SHUTOFF', 'BUILD', 'PAUSED', 'ERROR'] as const;
+export const VmStatusSchema = z.enum(VM_STATUSES);
+export type VmStatus = z.infer<typeof VmStatusSchema>;
+
+export const DiskSchema = z.object({
+  name: z.string(),
+  path: z.string(),
+  sizeBytes: z.number().int().nonnegative(),
+});
+export type Disk = z.infer<typeof DiskSchema>;
+
+export const VmSchema = z.object({
+  id: z.string(),
+  accountId: z.string(),
+  name: z.string(),
+  region: RegionSchema,
+  flavor: z.string(),
+  status: VmStatusSchema,
+  config: z.record(z.string(), z.unknown()),
+  disks: z.array(DiskSchema),
+});
+export type Vm = z.infer<typeof VmSchema>;
+
+export const AccountSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+});
+export type Account = z.infer<typeof AccountSchema>;
+
+/**
+ * Snapshot lifecycle. The in-flight states are the five stages; SUCCESS is reached only after verification passed;
+ * FAILED carries the typed reason (cancellation included).
+ */
+export const SNAPSHOT_STAGES = ['VALIDATING', 'INITIATING', 'CAPTURING', 'COMPRESSING', 'VERIFYING'] as const;
+export const SnapshotStageSchema = z.enum(SNAPSHOT_STAGES);
+export type SnapshotStage = z.infer<typeof SnapshotStageSchema>;
+export const SnapshotStatusSchema = z.enum([...SNAPSHOT_STAGES, 'SUCCESS', 'FAILED']);
+export type SnapshotStatus = z.infer<typeof SnapshotStatusSchema>;
+
+export interface SnapshotRecord {
+  id: string;
+  accountId: string;
+  vmId: string;
+  vmName: string;
+  region: Region;
+  name: string;
+  description: string;
+  createAsImage: boolean;
+  status: SnapshotStatus;
+  workflowId: string;
+  parentSnapshotId: string | null;
+  vmConfig: Record<string, unknown> | null;
+  failureType: string | null;
+  failureReason: string | null;
+  /** Sum of the captured disks' sizes. */
+  logicalBytes: number | null;
+  /** Compressed bytes of the distinct chunks this snapshot references (what it would cost alone). */
+  storedBytes: number | null;
+  /** Compressed bytes this snapshot added to the region's repository (the rest was already there). */
+  addedBytes: number | null;
+  /** distinct raw bytes / stored bytes */
+  compressionRatio: number | null;
+  /** non-zero logical bytes / distinct raw bytes */
+  dedupRatio: number | null;
+  createdAt: string;
+  completedAt: string | null;
+}
+
+/** Live progress of a snapshot, as returned by the workflow's `progress` query. */
+export interface SnapshotProgress {
+  snapshotId: string;
+  status: SnapshotStatus;
+  /** Bytes handled in the current stage and the stage's total. */
+  bytesDone: number;
+  bytesTotal: number;
+  /** Measured by the activity doing the work, bytes per second. */
+  throughput: number;
+  /** Seconds left in the current stage at the measured throughput; null when unknown. */
+  etaSeconds: number | null;
+  failureType: string | null;
+  failureReason: string | null;
+}
+
+/** What an activity reports to its workflow while it runs. */
+export interface StageProgress {
+  stage: SnapshotStage | 'RESTORING';
+  bytesDone: number;
+  bytesTotal: number;
+  throughput: number;
+}
+
+/** The in-flight stages, for "one snapshot in flight per VM". */
+export function isInFlight(status: SnapshotStatus): boolean {
+  return (SNAPSHOT_STAGES as readonly string[]).includes(status);
+}

@@ -1,0 +1,106 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import type { Region, Vm, VmStatus } from '../../domain/model';
+import type { Catalog } from '../ports';
+
+const run = promisify(execFile);
+const MiB = 1024 * 1024;
+
+export interface SeedOptions {
+  /** Where the disk images go (`<dataDir>/disks/<vmId>/<disk>.raw`). */
+  dataDir: string;
+  rootDiskBytes?: number;
+  dataDiskBytes?: number;
+  /** Directories whose files fill the root and data disks (first that exists wins). */
+  rootSources?: string[];
+  dataSources?: string[];
+}
+
+interface FleetVm {
+  id: string;
+  name: string;
+  region: Region;
+  flavor: string;
+  status: VmStatus;
+  gpus: number;
+}
+
+/** The demo fleet: two ACTIVE VMs in CANADA-1 (so they dedupe against each other), one per other region, and VMs in every non-ACTIVE state. */
+export const DEMO_ACCOUNT = { id: 'acme', name: 'Acme AI Research' };
+export const DEMO_FLEET: readonly FleetVm[] = [
+  { id: 'vm-trainer-01', name: 'trainer-01', region: 'CANADA-1', flavor: 'H100-SXM5-80GB', status: 'ACTIVE', gpus: 8 },
+  { id: 'vm-trainer-02', name: 'trainer-02', region: 'CANADA-1', flavor: 'H100-SXM5-80GB', status: 'ACTIVE', gpus: 8 },
+  { id: 'vm-builder-01', name: 'builder-01', region: 'CANADA-1', flavor: 'A100-SXM4-80GB', status: 'BUILD', gpus: 1 },
+  { id: 'vm-infer-01', name: 'inference-01', region: 'NORWAY-1', flavor: 'L40S-48GB', status: 'ACTIVE', gpus: 2 },
+  { id: 'vm-broken-01', name: 'broken-01', region: 'NORWAY-1', flavor: 'H100-SXM5-80GB', status: 'ERROR', gpus: 1 },
+  { id: 'vm-notebook-01', name: 'notebook-01', region: 'US-1', flavor: 'RTX-A6000-48GB', status: 'SHUTOFF', gpus: 1 },
+];
+
+/**
+ * Creates the demo account and fleet. Disks are real ext4 images built with `mke2fs -d` from system directories, so
+ * they hold real files no one here wrote, with free space left as holes: snapshots compress and dedupe like real
+ * ones. Existing images are kept, so seeding twice is harmless.
+ */
+export async function seedDemoFleet(catalog: Catalog, options: SeedOptions): Promise<Vm[]> {
+  const rootBytes = options.rootDiskBytes ?? 512 * MiB;
+  const dataBytes = options.dataDiskBytes ?? 256 * MiB;
+  const rootSource = await firstExisting(options.rootSources ?? ['/usr/include', '/usr/share']);
+  const dataSource = await firstExisting(options.dataSources ?? ['/usr/lib/python3', '/usr/share/doc']);
+  catalog.putAccount(DEMO_ACCOUNT);
+  const vms: Vm[] = [];
+  for (const spec of DEMO_FLEET) {
+    const dir = path.join(options.dataDir, 'disks', spec.id);
+    const root = { name: 'root', path: path.join(dir, 'root.raw'), sizeBytes: rootBytes };
+    const data = { name: 'data', path: path.join(dir, 'data.raw'), sizeBytes: dataBytes };
+    await makeExt4Image(root.path, rootBytes, rootSource, 'root');
+    await makeExt4Image(data.path, dataBytes, dataSource, 'data');
+    const vm: Vm = {
+      id: spec.id,
+      accountId: DEMO_ACCOUNT.id,
+      name: spec.name,
+      region: spec.region,
+      flavor: spec.flavor,
+      status: spec.status,
+      config: {
+        flavor: spec.flavor,
+        gpus: spec.gpus,
+        vcpus: spec.gpus * 16,
+        ramGiB: spec.gpus * 128,
+        image: 'ubuntu-22.04-cuda-12.4',
+        network: { publicIp: true, securityGroups: ['default', 'ssh'] },
+        sshKeys: ['ops@acme'],
+      },
+      disks: [root, data],
+    };
+    catalog.putVm(vm);
+    vms.push(vm);
+  }
+  return vms;
+}
+
+/** Builds a sparse ext4 image of `sizeBytes` filled from `sourceDir`, unless it already exists. */
+export async function makeExt4Image(file: string, sizeBytes: number, sourceDir: string, label: string): Promise<void> {
+  if (await fs.stat(file).then((s) => s.size === sizeBytes, () => false)) return;
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const partial = `${file}.partial`;
+  await fs.rm(partial, { force: true });
+  try {
+    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', label, '-d', sourceDir, partial, `${sizeBytes / 1024}k`], {
+      env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` },
+    });
+  } catch (error) {
+    throw new Error(
+      `mke2fs could not build ${file} from ${sourceDir} (is e2fsprogs installed? run scripts/setup.sh): ${String(error)}`,
+    );
+  }
+  await fs.rename(partial, file);
+}
+
+async function firstExisting(dirs: string[]): Promise<string> {
+  for (const dir of dirs) {
+    if (await fs.stat(dir).then((s) => s.isDirectory(), () => false)) return dir;
+  }
+  throw new Error(`None of ${dirs.join(', ')} exists to fill a demo disk`);
+}

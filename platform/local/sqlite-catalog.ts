@@ -1,0 +1,262 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { SnapshotError } from '../../domain/errors';
+import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } from '../../domain/model';
+import { AccountSchema, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
+import { snapshotNameKey } from '../../domain/requests';
+import type { Catalog, NewSnapshot, SnapshotPatch } from '../ports';
+
+const IN_FLIGHT = SNAPSHOT_STAGES.map((s) => `'${s}'`).join(', ');
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vms (
+  id TEXT PRIMARY KEY, account_id TEXT NOT NULL, region TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+  id TEXT PRIMARY KEY,
+  account_id TEXT NOT NULL,
+  vm_id TEXT NOT NULL,
+  vm_name TEXT NOT NULL,
+  region TEXT NOT NULL,
+  name TEXT NOT NULL,
+  name_key TEXT NOT NULL,
+  description TEXT NOT NULL,
+  create_as_image INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  workflow_id TEXT NOT NULL,
+  parent_snapshot_id TEXT,
+  vm_config TEXT,
+  failure_type TEXT,
+  failure_reason TEXT,
+  logical_bytes INTEGER,
+  stored_bytes INTEGER,
+  added_bytes INTEGER,
+  compression_ratio REAL,
+  dedup_ratio REAL,
+  created_at TEXT NOT NULL,
+  completed_at TEXT
+);
+-- A name is taken by every snapshot that is not FAILED, in every region of the account.
+CREATE UNIQUE INDEX IF NOT EXISTS snapshots_name ON snapshots (account_id, name_key) WHERE status <> 'FAILED';
+-- One snapshot in flight per VM.
+CREATE UNIQUE INDEX IF NOT EXISTS snapshots_in_flight ON snapshots (vm_id) WHERE status IN (${IN_FLIGHT});
+CREATE INDEX IF NOT EXISTS snapshots_account ON snapshots (account_id, created_at);
+`;
+
+interface SnapshotRow {
+  id: string;
+  account_id: string;
+  vm_id: string;
+  vm_name: string;
+  region: Region;
+  name: string;
+  description: string;
+  create_as_image: number;
+  status: SnapshotStatus;
+  workflow_id: string;
+  parent_snapshot_id: string | null;
+  vm_config: string | null;
+  failure_type: string | null;
+  failure_reason: string | null;
+  logical_bytes: number | null;
+  stored_bytes: number | null;
+  added_bytes: number | null;
+  compression_ratio: number | null;
+  dedup_ratio: number | null;
+  created_at: string;
+  completed_at: string | null;
+}
+
+function toRecord(row: SnapshotRow): SnapshotRecord {
+  return {
+    id: row.id,
+    accountId: row.account_id,
+    vmId: row.vm_id,
+    vmName: row.vm_name,
+    region: row.region,
+    name: row.name,
+    description: row.description,
+    createAsImage: row.create_as_image === 1,
+    status: row.status,
+    workflowId: row.workflow_id,
+    parentSnapshotId: row.parent_snapshot_id,
+    vmConfig: row.vm_config === null ? null : (JSON.parse(row.vm_config) as Record<string, unknown>),
+    failureType: row.failure_type,
+    failureReason: row.failure_reason,
+    logicalBytes: row.logical_bytes,
+    storedBytes: row.stored_bytes,
+    addedBytes: row.added_bytes,
+    compressionRatio: row.compression_ratio,
+    dedupRatio: row.dedup_ratio,
+    createdAt: row.created_at,
+    completedAt: row.completed_at,
+  };
+}
+
+const PATCH_COLUMNS: Record<keyof SnapshotPatch, string> = {
+  status: 'status',
+  parentSnapshotId: 'parent_snapshot_id',
+  vmConfig: 'vm_config',
+  failureType: 'failure_type',
+  failureReason: 'failure_reason',
+  logicalBytes: 'logical_bytes',
+  storedBytes: 'stored_bytes',
+  addedBytes: 'added_bytes',
+  compressionRatio: 'compression_ratio',
+  dedupRatio: 'dedup_ratio',
+  completedAt: 'completed_at',
+};
+
+/**
+ * The embedded catalog: one SQLite file in WAL mode, shared by the worker and the CLI processes. Reservations rely on
+ * partial unique indexes, so they stay race-free across processes.
+ */
+export class SqliteCatalog implements Catalog {
+  private readonly db: Database.Database;
+
+  constructor(file: string) {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(SCHEMA);
+  }
+
+  getAccount(id: string): Account | undefined {
+    const row = this.db.prepare('SELECT doc FROM accounts WHERE id = ?').get(id) as { doc: string } | undefined;
+    return row && AccountSchema.parse(JSON.parse(row.doc));
+  }
+
+  putAccount(account: Account): void {
+    this.db
+      .prepare('INSERT INTO accounts (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc')
+      .run(account.id, JSON.stringify(AccountSchema.parse(account)));
+  }
+
+  getVm(id: string): Vm | undefined {
+    const row = this.db.prepare('SELECT doc FROM vms WHERE id = ?').get(id) as { doc: string } | undefined;
+    return row && VmSchema.parse(JSON.parse(row.doc));
+  }
+
+  listVms(filter: { accountId?: string; region?: Region; status?: VmStatus }): Vm[] {
+    const rows = this.db
+      .prepare(
+        `SELECT doc FROM vms WHERE (@accountId IS NULL OR account_id = @accountId)
+         AND (@region IS NULL OR region = @region) AND (@status IS NULL OR status = @status) ORDER BY id`,
+      )
+      .all({ accountId: filter.accountId ?? null, region: filter.region ?? null, status: filter.status ?? null }) as {
+      doc: string;
+    }[];
+    return rows.map((row) => VmSchema.parse(JSON.parse(row.doc)));
+  }
+
+  putVm(vm: Vm): void {
+    const doc = VmSchema.parse(vm);
+    this.db
+      .prepare(
+        `INSERT INTO vms (id, account_id, region, status, doc) VALUES (@id, @accountId, @region, @status, @doc)
+         ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id, region = excluded.region,
+         status = excluded.status, doc = excluded.doc`,
+      )
+      .run({ id: doc.id, accountId: doc.accountId, region: doc.region, status: doc.status, doc: JSON.stringify(doc) });
+  }
+
+  reserveSnapshot(snapshot: NewSnapshot): SnapshotRecord {
+    const reserve = this.db.transaction((s: NewSnapshot): SnapshotRecord => {
+      const existing = this.getSnapshot(s.id);
+      if (existing) return existing;
+      const nameKey = snapshotNameKey(s.name);
+      const sameName = this.db
+        .prepare(`SELECT id FROM snapshots WHERE account_id = ? AND name_key = ? AND status <> 'FAILED'`)
+        .get(s.accountId, nameKey) as { id: string } | undefined;
+      if (sameName) {
+        throw new SnapshotError(
+          'SnapshotNameTaken',
+          `A snapshot named "${s.name}" already exists in this account (${sameName.id}); names are unique across all regions, ignoring case. Choose another name.`,
+        );
+      }
+      const inFlight = this.db
+        .prepare(`SELECT id, name FROM snapshots WHERE vm_id = ? AND status IN (${IN_FLIGHT})`)
+        .get(s.vmId) as { id: string; name: string } | undefined;
+      if (inFlight) {
+        throw new SnapshotError(
+          'SnapshotInProgress',
+          `VM ${s.vmName} already has a snapshot in progress ("${inFlight.name}", ${inFlight.id}); wait for it to finish.`,
+        );
+      }
+      this.db
+        .prepare(
+          `INSERT INTO snapshots (id, account_id, vm_id, vm_name, region, name, name_key, description, create_as_image,
+           status, workflow_id, created_at)
+           VALUES (@id, @accountId, @vmId, @vmName, @region, @name, @nameKey, @description, @createAsImage,
+           'VALIDATING', @workflowId, @createdAt)`,
+        )
+        .run({
+          ...s,
+          nameKey,
+          createAsImage: s.createAsImage ? 1 : 0,
+          createdAt: new Date().toISOString(),
+        });
+      return this.getSnapshot(s.id)!;
+    });
+    // IMMEDIATE takes the write lock up front, so two processes cannot both pass the checks.
+    return reserve.immediate(snapshot);
+  }
+
+  getSnapshot(id: string): SnapshotRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRow | undefined;
+    return row && toRecord(row);
+  }
+
+  findSnapshotByName(accountId: string, name: string): SnapshotRecord | undefined {
+    const row = this.db
+      .prepare(
+        `SELECT * FROM snapshots WHERE account_id = ? AND name_key = ? AND status <> 'FAILED' ORDER BY created_at DESC`,
+      )
+      .get(accountId, snapshotNameKey(name)) as SnapshotRow | undefined;
+    return row && toRecord(row);
+  }
+
+  listSnapshots(filter: { accountId?: string; region?: Region; vmId?: string; status?: SnapshotStatus }): SnapshotRecord[] {
+    const rows = this.db
+      .prepare(
+        `SELECT * FROM snapshots WHERE (@accountId IS NULL OR account_id = @accountId)
+         AND (@region IS NULL OR region = @region) AND (@vmId IS NULL OR vm_id = @vmId)
+         AND (@status IS NULL OR status = @status) ORDER BY created_at, id`,
+      )
+      .all({
+        accountId: filter.accountId ?? null,
+        region: filter.region ?? null,
+        vmId: filter.vmId ?? null,
+        status: filter.status ?? null,
+      }) as SnapshotRow[];
+    return rows.map(toRecord);
+  }
+
+  updateSnapshot(id: string, patch: SnapshotPatch): SnapshotRecord {
+    const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof SnapshotPatch, unknown][];
+    if (entries.length > 0) {
+      const sets = entries.map(([key]) => `${PATCH_COLUMNS[key]} = @${key}`).join(', ');
+      const values = Object.fromEntries(
+        entries.map(([key, value]) => [key, key === 'vmConfig' && value !== null ? JSON.stringify(value) : value]),
+      );
+      this.db.prepare(`UPDATE snapshots SET ${sets} WHERE id = @id`).run({ ...values, id });
+    }
+    const updated = this.getSnapshot(id);
+    if (!updated) throw new SnapshotError('SnapshotNotFound', `Snapshot ${id} does not exist.`);
+    return updated;
+  }
+
+  latestSuccessfulSnapshot(vmId: string): SnapshotRecord | undefined {
+    const row = this.db
+      .prepare(`SELECT * FROM snapshots WHERE vm_id = ? AND status = 'SUCCESS' ORDER BY completed_at DESC LIMIT 1`)
+      .get(vmId) as SnapshotRow | undefined;
+    return row && toRecord(row);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

@@ -1,0 +1,71 @@
+import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } from '../domain/model';
+
+/** A snapshot row as first reserved by validation: name and VM slot are taken atomically. */
+export type NewSnapshot = Pick<
+  SnapshotRecord,
+  'id' | 'accountId' | 'vmId' | 'vmName' | 'region' | 'name' | 'description' | 'createAsImage' | 'workflowId'
+>;
+
+export type SnapshotPatch = Partial<
+  Pick<
+    SnapshotRecord,
+    | 'status'
+    | 'parentSnapshotId'
+    | 'vmConfig'
+    | 'failureType'
+    | 'failureReason'
+    | 'logicalBytes'
+    | 'storedBytes'
+    | 'addedBytes'
+    | 'compressionRatio'
+    | 'dedupRatio'
+    | 'completedAt'
+  >
+>;
+
+/**
+ * The catalog: accounts, VMs and snapshot records. The embedded default is SQLite; a provider plugs in its own
+ * database behind the same interface.
+ */
+export interface Catalog {
+  getAccount(id: string): Account | undefined;
+  putAccount(account: Account): void;
+  getVm(id: string): Vm | undefined;
+  listVms(filter: { accountId?: string; region?: Region; status?: VmStatus }): Vm[];
+  putVm(vm: Vm): void;
+  /**
+   * Inserts a snapshot in VALIDATING state. Atomic: fails with `SnapshotNameTaken` if the account already has a live
+   * snapshot with that name (any region, case-insensitive) and `SnapshotInProgress` if the VM has one in flight.
+   * Idempotent for the same id.
+   */
+  reserveSnapshot(snapshot: NewSnapshot): SnapshotRecord;
+  getSnapshot(id: string): SnapshotRecord | undefined;
+  findSnapshotByName(accountId: string, name: string): SnapshotRecord | undefined;
+  listSnapshots(filter: { accountId?: string; region?: Region; vmId?: string; status?: SnapshotStatus }): SnapshotRecord[];
+  updateSnapshot(id: string, patch: SnapshotPatch): SnapshotRecord;
+  /** The VM's most recent SUCCESS snapshot: the parent an incremental capture is measured against. */
+  latestSuccessfulSnapshot(vmId: string): SnapshotRecord | undefined;
+  close(): void;
+}
+
+/** A point-in-time, read-only view of one disk, valid until released. */
+export interface DiskView {
+  name: string;
+  path: string;
+  sizeBytes: number;
+}
+
+/**
+ * The hypervisor driver: quiesce the guest and expose a consistent point-in-time view of its disks while the VM keeps
+ * running. The embedded default works on local raw images; a QEMU/KVM driver would use blockdev snapshots.
+ */
+export interface Hypervisor {
+  /** Flush and freeze the guest's file systems (guest-agent fsfreeze). Idempotent. */
+  freeze(vm: Vm): Promise<void>;
+  /** Undo freeze. Idempotent, always safe to call. */
+  thaw(vm: Vm): Promise<void>;
+  /** Open (or reopen after a retry) the point-in-time views of the VM's disks under `viewId`. */
+  openViews(vm: Vm, viewId: string): Promise<DiskView[]>;
+  /** Release the views; idempotent. */
+  releaseViews(viewId: string): Promise<void>;
+}
