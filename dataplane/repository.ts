@@ -1,0 +1,192 @@
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { ChunkMissingError, ManifestMissingError } from './errors';
+import type { ChunkRef, Manifest } from './manifest';
+import { ManifestSchema } from './manifest';
+
+/**
+ * A region's content-addressed store of compressed chunks, snapshot manifests and capture journals. The embedded
+ * adapter is a local directory; an object-storage adapter implements the same port.
+ */
+export interface Repository {
+  hasChunk(id: string): Promise<boolean>;
+  /** Stores a chunk frame under its id; false when it was already there (writes are idempotent). */
+  putChunk(id: string, frame: Buffer): Promise<boolean>;
+  getChunk(id: string): Promise<Buffer>;
+  chunkStoredSize(id: string): Promise<number>;
+  deleteChunk(id: string): Promise<void>;
+  listChunkIds(): AsyncIterable<string>;
+  writeManifest(manifest: Manifest): Promise<void>;
+  readManifest(snapshotId: string): Promise<Manifest>;
+  deleteManifest(snapshotId: string): Promise<void>;
+  listManifestIds(): Promise<string[]>;
+  /** Appends refs to a snapshot's named capture journal (durable when this resolves). */
+  appendJournal(snapshotId: string, name: string, refs: ChunkRef[]): Promise<void>;
+  readJournal(snapshotId: string, name: string): Promise<ChunkRef[]>;
+  /** Keeps the first `entries` refs of a journal. */
+  truncateJournal(snapshotId: string, name: string, entries: number): Promise<void>;
+  listJournals(snapshotId: string): Promise<string[]>;
+  listStagingIds(): Promise<string[]>;
+  dropStaging(snapshotId: string): Promise<void>;
+}
+
+/** Each journal line is a 64-hex id or the zero marker, padded to a fixed width so truncation is arithmetic. */
+const JOURNAL_LINE = 65;
+
+/**
+ * Layout: `chunks/<2 hex>/<id>.zst`, `manifests/<snapshot>.json`, `staging/<snapshot>/<journal>.refs`, `tmp/`.
+ * Every file is written to `tmp/`, fsynced and renamed into place, so a reader never sees a partial file.
+ */
+export class LocalRepository implements Repository {
+  constructor(readonly root: string) {}
+
+  async hasChunk(id: string): Promise<boolean> {
+    return exists(this.chunkPath(id));
+  }
+
+  async putChunk(id: string, frame: Buffer): Promise<boolean> {
+    const target = this.chunkPath(id);
+    if (await exists(target)) return false;
+    await this.writeAtomically(target, frame);
+    return true;
+  }
+
+  async getChunk(id: string): Promise<Buffer> {
+    return fs.readFile(this.chunkPath(id)).catch((error: unknown) => {
+      throw isNotFound(error) ? new ChunkMissingError(id) : error;
+    });
+  }
+
+  async chunkStoredSize(id: string): Promise<number> {
+    const stat = await fs.stat(this.chunkPath(id)).catch((error: unknown) => {
+      throw isNotFound(error) ? new ChunkMissingError(id) : error;
+    });
+    return stat.size;
+  }
+
+  async deleteChunk(id: string): Promise<void> {
+    await fs.rm(this.chunkPath(id), { force: true });
+  }
+
+  async *listChunkIds(): AsyncIterable<string> {
+    for (const prefix of await listDir(path.join(this.root, 'chunks'))) {
+      for (const file of await listDir(path.join(this.root, 'chunks', prefix))) {
+        if (file.endsWith('.zst')) yield file.slice(0, -'.zst'.length);
+      }
+    }
+  }
+
+  async writeManifest(manifest: Manifest): Promise<void> {
+    const valid = ManifestSchema.parse(manifest);
+    await this.writeAtomically(this.manifestPath(valid.snapshotId), Buffer.from(JSON.stringify(valid)));
+  }
+
+  async readManifest(snapshotId: string): Promise<Manifest> {
+    const text = await fs.readFile(this.manifestPath(snapshotId), 'utf8').catch((error: unknown) => {
+      throw isNotFound(error) ? new ManifestMissingError(snapshotId) : error;
+    });
+    return ManifestSchema.parse(JSON.parse(text));
+  }
+
+  async deleteManifest(snapshotId: string): Promise<void> {
+    await fs.rm(this.manifestPath(snapshotId), { force: true });
+  }
+
+  async listManifestIds(): Promise<string[]> {
+    const files = await listDir(path.join(this.root, 'manifests'));
+    return files.filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -'.json'.length));
+  }
+
+  async appendJournal(snapshotId: string, name: string, refs: ChunkRef[]): Promise<void> {
+    const file = this.journalPath(snapshotId, name);
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    const handle = await fs.open(file, 'a');
+    try {
+      await handle.write(refs.map((ref) => `${ref.padEnd(JOURNAL_LINE - 1)}\n`).join(''));
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async readJournal(snapshotId: string, name: string): Promise<ChunkRef[]> {
+    const text = await fs.readFile(this.journalPath(snapshotId, name), 'utf8').catch((error: unknown) => {
+      if (isNotFound(error)) return '';
+      throw error;
+    });
+    const lines = text.split('\n');
+    lines.pop(); // text ends with a newline; a torn last line (no newline) is dropped with it
+    return lines.filter((line) => line.length === JOURNAL_LINE - 1).map((line) => line.trimEnd());
+  }
+
+  async truncateJournal(snapshotId: string, name: string, entries: number): Promise<void> {
+    const file = this.journalPath(snapshotId, name);
+    if (!(await exists(file))) return;
+    await fs.truncate(file, entries * JOURNAL_LINE);
+  }
+
+  async listJournals(snapshotId: string): Promise<string[]> {
+    const files = await listDir(path.join(this.root, 'staging', snapshotId));
+    return files.filter((f) => f.endsWith('.refs')).map((f) => f.slice(0, -'.refs'.length));
+  }
+
+  async listStagingIds(): Promise<string[]> {
+    return listDir(path.join(this.root, 'staging'));
+  }
+
+  async dropStaging(snapshotId: string): Promise<void> {
+    await fs.rm(path.join(this.root, 'staging', snapshotId), { recursive: true, force: true });
+  }
+
+  private chunkPath(id: string): string {
+    if (!/^[0-9a-f]{64}$/.test(id)) throw new Error(`not a chunk id: ${id}`);
+    return path.join(this.root, 'chunks', id.slice(0, 2), `${id}.zst`);
+  }
+
+  private manifestPath(snapshotId: string): string {
+    return path.join(this.root, 'manifests', `${safeName(snapshotId)}.json`);
+  }
+
+  private journalPath(snapshotId: string, name: string): string {
+    return path.join(this.root, 'staging', safeName(snapshotId), `${safeName(name)}.refs`);
+  }
+
+  private async writeAtomically(target: string, data: Buffer): Promise<void> {
+    const tmpDir = path.join(this.root, 'tmp');
+    await fs.mkdir(tmpDir, { recursive: true });
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    const tmp = path.join(tmpDir, randomUUID());
+    const handle = await fs.open(tmp, 'wx');
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fs.rename(tmp, target);
+  }
+}
+
+function safeName(name: string): string {
+  if (!/^[A-Za-z0-9._-]+$/.test(name) || name.startsWith('.')) throw new Error(`unsafe repository name: ${name}`);
+  return name;
+}
+
+function isNotFound(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+}
+
+async function exists(file: string): Promise<boolean> {
+  return fs.access(file).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function listDir(dir: string): Promise<string[]> {
+  return fs.readdir(dir).catch((error: unknown) => {
+    if (isNotFound(error)) return [];
+    throw error;
+  });
+}
