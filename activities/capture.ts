@@ -1,0 +1,78 @@
+import { DEFAULT_CHUNK_SIZE, scanDisk } from '../dataplane';
+import type { Region } from '../domain/model';
+import type { DiskView } from '../platform/ports';
+import type { ActivityDeps } from './deps';
+import { withFailureTypes } from './failures';
+import { StageReporter, throttle } from './progress';
+
+export interface CaptureInput {
+  snapshotId: string;
+  region: Region;
+  disks: DiskView[];
+}
+
+/** Where a capture got to: the next chunk of the disk at index `disk`. */
+export interface CaptureCheckpoint {
+  disk: number;
+  chunk: number;
+}
+
+export interface CaptureResult {
+  chunkSize: number;
+  bytesTotal: number;
+  /** Bytes this attempt read; less than bytesTotal when it resumed from a checkpoint. */
+  bytesRead: number;
+  resumedFromBytes: number;
+}
+
+/**
+ * Stage 3, data capture: reads each point-in-time view in fixed-size chunks, hashes them on every core, and journals
+ * each disk's ordered chunk list in the repository's staging area. A retry resumes from the last heartbeated
+ * checkpoint: the journal is cut back to it and reading continues there.
+ */
+export function createCaptureActivity(deps: ActivityDeps) {
+  return async function captureSnapshot(input: CaptureInput): Promise<CaptureResult> {
+    return withFailureTypes(async () => {
+      deps.catalog.updateSnapshot(input.snapshotId, { status: 'CAPTURING' });
+      const repository = deps.repositoryFor(input.region);
+      const chunkSize = DEFAULT_CHUNK_SIZE;
+      const bytesTotal = input.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
+      const from = StageReporter.checkpoint<CaptureCheckpoint>() ?? { disk: 0, chunk: 0 };
+      const resumedFromBytes = bytesBefore(input.disks, from.disk) + from.chunk * chunkSize;
+      const reporter = new StageReporter<CaptureCheckpoint>(deps.progress, 'CAPTURING', bytesTotal, resumedFromBytes);
+      const startedAt = Date.now();
+      let bytesRead = 0;
+      reporter.update(resumedFromBytes, from, true);
+
+      for (let d = from.disk; d < input.disks.length; d++) {
+        const disk = input.disks[d]!;
+        const fromChunk = d === from.disk ? from.chunk : 0;
+        await repository.truncateJournal(input.snapshotId, disk.name, fromChunk);
+        await scanDisk({
+          path: disk.path,
+          sizeBytes: disk.sizeBytes,
+          chunkSize,
+          pool: deps.pool,
+          fromChunk,
+          signal: reporter.signal,
+          onChunks: async (startIndex, refs) => {
+            await repository.appendJournal(input.snapshotId, disk.name, refs);
+            const next = startIndex + refs.length;
+            bytesRead += Math.min(next * chunkSize, disk.sizeBytes) - startIndex * chunkSize;
+            reporter.update(bytesBefore(input.disks, d) + Math.min(next * chunkSize, disk.sizeBytes), {
+              disk: d,
+              chunk: next,
+            });
+            await throttle(bytesRead, startedAt, deps.captureMaxBytesPerSecond);
+          },
+        });
+      }
+      reporter.update(bytesTotal, { disk: input.disks.length, chunk: 0 }, true);
+      return { chunkSize, bytesTotal, bytesRead, resumedFromBytes };
+    });
+  };
+}
+
+export function bytesBefore(disks: DiskView[], index: number): number {
+  return disks.slice(0, index).reduce((sum, disk) => sum + disk.sizeBytes, 0);
+}

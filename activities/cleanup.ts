@@ -1,0 +1,74 @@
+import { Context } from '@temporalio/activity';
+import { ZERO_CHUNK, distinctChunks } from '../dataplane';
+import type { Repository } from '../dataplane';
+import type { Region } from '../domain/model';
+import type { ActivityDeps } from './deps';
+
+/**
+ * Bookkeeping activities: the success path's release of resources, and the compensations that run (in reverse
+ * order, non-cancellable) when a snapshot fails or is cancelled. Each is idempotent, because a compensation may run
+ * more than once.
+ */
+export function createCleanupActivities(deps: ActivityDeps) {
+  return {
+    /** Undo a guest freeze. Safe to call whether or not the VM is frozen. */
+    async thawVm(snapshotId: string): Promise<void> {
+      const snapshot = deps.catalog.getSnapshot(snapshotId);
+      const vm = snapshot && deps.catalog.getVm(snapshot.vmId);
+      if (vm) await deps.hypervisor.thaw(vm);
+    },
+
+    /** Release the point-in-time views of the VM's disks. */
+    async releaseViews(snapshotId: string): Promise<void> {
+      await deps.hypervisor.releaseViews(snapshotId);
+    },
+
+    /** After SUCCESS: the capture journals are no longer needed (the manifest holds the chunk lists). */
+    async dropStaging(snapshotId: string, region: Region): Promise<void> {
+      await deps.repositoryFor(region).dropStaging(snapshotId);
+    },
+
+    /**
+     * After a failure: remove the snapshot's manifest and journals, and every chunk it listed that no committed
+     * manifest and no other in-flight snapshot's journal references, so a failed snapshot leaves no stored bytes.
+     */
+    async discardSnapshotData(snapshotId: string, region: Region): Promise<{ chunksDeleted: number }> {
+      const repository = deps.repositoryFor(region);
+      await repository.deleteManifest(snapshotId);
+      const candidates = new Set(await journalRefs(repository, snapshotId));
+      candidates.delete(ZERO_CHUNK);
+      if (candidates.size > 0) {
+        for (const id of await repository.listManifestIds()) {
+          for (const ref of distinctChunks(await repository.readManifest(id))) candidates.delete(ref);
+        }
+        for (const id of await repository.listStagingIds()) {
+          if (id === snapshotId) continue;
+          for (const ref of await journalRefs(repository, id)) candidates.delete(ref);
+        }
+      }
+      for (const ref of candidates) await repository.deleteChunk(ref);
+      await repository.dropStaging(snapshotId);
+      Context.current().log.info('discarded snapshot data', { snapshotId, chunksDeleted: candidates.size });
+      return { chunksDeleted: candidates.size };
+    },
+
+    /** Record the failure and its typed reason; a snapshot that reached SUCCESS is never demoted. */
+    async markSnapshotFailed(snapshotId: string, failureType: string, failureReason: string): Promise<void> {
+      const snapshot = deps.catalog.getSnapshot(snapshotId);
+      if (!snapshot || snapshot.status === 'SUCCESS') return;
+      deps.catalog.updateSnapshot(snapshotId, {
+        status: 'FAILED',
+        failureType,
+        failureReason,
+        completedAt: new Date().toISOString(),
+      });
+    },
+  };
+}
+
+async function journalRefs(repository: Repository, snapshotId: string): Promise<string[]> {
+  const refs: string[] = [];
+  for (const name of await repository.listJournals(snapshotId))
+    refs.push(...(await repository.readJournal(snapshotId, name)));
+  return refs;
+}

@@ -1,0 +1,25 @@
+import { createCaptureActivity } from './capture';
+import { createCleanupActivities } from './cleanup';
+import { createCompressActivity } from './compress';
+import type { ActivityDeps } from './deps';
+import { createInitiateActivity } from './initiate';
+import { createRestoreActivity } from './restore';
+import { createValidateActivity } from './validate';
+import { createVerifyActivity } from './verify';
+
+export type { ActivityDeps, ProgressSink } from './deps';
+
+/** All activities, bound to the ports they work through. One module per stage. */
+export function createActivities(deps: ActivityDeps) {
+  return {
+    validateSnapshot: createValidateActivity(deps),
+    initiateSnapshot: createInitiateActivity(deps),
+    captureSnapshot: createCaptureActivity(deps),
+    compressSnapshot: createCompressActivity(deps),
+    verifySnapshot: createVerifyActivity(deps),
+    restoreSnapshotDisk: createRestoreActivity(deps),
+    ...createCleanupActivities(deps),
+  };
+}
+
+export type Activities = ReturnType<typeof createActivities>;

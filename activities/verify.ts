@@ -1,0 +1,51 @@
+import { manifestStats, verifyManifest } from '../dataplane';
+import type { Region, SnapshotRecord } from '../domain/model';
+import type { ActivityDeps } from './deps';
+import { withFailureTypes } from './failures';
+import { StageReporter } from './progress';
+
+export interface VerifyInput {
+  snapshotId: string;
+  region: Region;
+  addedBytes: number;
+}
+
+export interface VerifyCheckpoint {
+  index: number;
+}
+
+/**
+ * Stage 5, verification: reads back every chunk the manifest references, decompresses it (zstd frame checksum) and
+ * re-hashes it. Only when all pass is the snapshot marked SUCCESS, with its sizes; a missing or corrupt chunk fails
+ * the activity non-retryably and the snapshot becomes FAILED.
+ */
+export function createVerifyActivity(deps: ActivityDeps) {
+  return async function verifySnapshot(input: VerifyInput): Promise<SnapshotRecord> {
+    return withFailureTypes(async () => {
+      deps.catalog.updateSnapshot(input.snapshotId, { status: 'VERIFYING' });
+      const repository = deps.repositoryFor(input.region);
+      const manifest = await repository.readManifest(input.snapshotId);
+      const stats = await manifestStats(manifest, repository);
+      const from = StageReporter.checkpoint<VerifyCheckpoint>() ?? { index: 0 };
+      const reporter = new StageReporter<VerifyCheckpoint>(deps.progress, 'VERIFYING', stats.storedBytes);
+      await verifyManifest({
+        manifest,
+        repository,
+        pool: deps.pool,
+        fromIndex: from.index,
+        signal: reporter.signal,
+        onProgress: ({ index, bytesDone }) => reporter.update(bytesDone, { index }),
+      });
+      reporter.update(stats.storedBytes, { index: stats.distinctChunks }, true);
+      return deps.catalog.updateSnapshot(input.snapshotId, {
+        status: 'SUCCESS',
+        logicalBytes: stats.logicalBytes,
+        storedBytes: stats.storedBytes,
+        addedBytes: input.addedBytes,
+        compressionRatio: stats.compressionRatio,
+        dedupRatio: stats.dedupRatio,
+        completedAt: new Date().toISOString(),
+      });
+    });
+  };
+}

@@ -1,0 +1,71 @@
+import type { SnapshotRecord } from '../domain/model';
+
+/** 1536 → "1.5 KiB" */
+export function formatBytes(bytes: number | null): string {
+  if (bytes === null) return '-';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}
+
+export function formatRatio(ratio: number | null): string {
+  return ratio === null ? '-' : `${ratio.toFixed(2)}x`;
+}
+
+/** Plain aligned columns for terminal tables. */
+export function formatTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+export function snapshotRows(snapshots: SnapshotRecord[]): string {
+  return formatTable(
+    ['ID', 'NAME', 'VM', 'REGION', 'STATUS', 'LOGICAL', 'STORED', 'ADDED', 'DEDUP', 'COMPRESSION', 'CREATED'],
+    snapshots.map((s) => [
+      s.id,
+      s.name,
+      s.vmName,
+      s.region,
+      s.status,
+      formatBytes(s.logicalBytes),
+      formatBytes(s.storedBytes),
+      formatBytes(s.addedBytes),
+      formatRatio(s.dedupRatio),
+      formatRatio(s.compressionRatio),
+      s.createdAt,
+    ]),
+  );
+}
+
+export function snapshotDetails(s: SnapshotRecord): string {
+  const rows: [string, string][] = [
+    ['ID', s.id],
+    ['Name', s.name],
+    ['Description', s.description || '-'],
+    ['VM', `${s.vmName} (${s.vmId})`],
+    ['Region', s.region],
+    ['Status', s.status],
+    ['Create as image', s.createAsImage ? 'yes' : 'no'],
+    ['Incremental parent', s.parentSnapshotId ?? '- (full)'],
+    ['Logical size', formatBytes(s.logicalBytes)],
+    ['Stored size', `${formatBytes(s.storedBytes)} (compressed bytes of the distinct chunks it references)`],
+    ['Added to repository', formatBytes(s.addedBytes)],
+    ['Dedup ratio', formatRatio(s.dedupRatio)],
+    ['Compression ratio', formatRatio(s.compressionRatio)],
+    ['Created', s.createdAt],
+    ['Completed', s.completedAt ?? '-'],
+    ['Workflow', s.workflowId],
+  ];
+  if (s.failureType) rows.push(['Failure', `${s.failureType}: ${s.failureReason ?? ''}`]);
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(21)}${v}`).join('\n');
+}

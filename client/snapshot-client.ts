@@ -1,0 +1,221 @@
+import { randomUUID } from 'node:crypto';
+import type { Client, WorkflowHandle } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import type { z } from 'zod';
+import { SnapshotError, isSnapshotErrorType } from '../domain/errors';
+import type { Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
+import { RegionSchema, isInFlight } from '../domain/model';
+import type { CreateSnapshotRequest, RestoreDiskRequest } from '../domain/requests';
+import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema, snapshotWorkflowId } from '../domain/requests';
+import { checkSnapshotRequest, formatVmChoice } from '../domain/rules';
+import { SnapshotAccount, SnapshotName, SnapshotRegion, SnapshotStatus, SnapshotVm } from '../domain/search-attributes';
+import type { Catalog } from '../platform/ports';
+import type { restoreDiskWorkflow, snapshotWorkflow } from '../workflows';
+import { restoreProgressQuery, snapshotProgressQuery } from '../workflows/messages';
+
+export interface SnapshotClientOptions {
+  client: Client;
+  catalog: Catalog;
+  taskQueue: string;
+}
+
+/** A snapshot that was accepted: its id and the workflow that makes it. */
+export interface StartedSnapshot {
+  snapshotId: string;
+  workflowId: string;
+}
+
+export interface EligibleVm {
+  vm: Vm;
+  /** `my-vm - H100-SXM5-80GB (CANADA-1)` */
+  label: string;
+}
+
+/** Message shown when a region has no ACTIVE VM (create is refused with the same words). */
+export const NO_ACTIVE_VMS = 'No active VMs available';
+
+const POLL_INTERVAL_MS = 250;
+
+/**
+ * The typed client: what the CLI (and any program) uses to create, inspect and restore snapshots. Requests are
+ * parsed with zod and pre-checked against the catalog for fast feedback; the workflow's validation re-checks them.
+ */
+export class SnapshotClient {
+  constructor(private readonly options: SnapshotClientOptions) {}
+
+  /** ACTIVE VMs of an account in a region, labelled as the Create Snapshot dropdown shows them. */
+  listEligibleVms(accountId: string, region: Region): EligibleVm[] {
+    const parsedRegion = parseOrThrow(RegionSchema, region, 'InvalidRequest', 'region');
+    return this.options.catalog
+      .listVms({ accountId, region: parsedRegion, status: 'ACTIVE' })
+      .map((vm) => ({ vm, label: formatVmChoice(vm) }));
+  }
+
+  /**
+   * Starts a snapshot and returns once the request is accepted. The workflow id is derived from the account and the
+   * name, so retrying the same request returns the snapshot already being made instead of starting a second one.
+   */
+  async createSnapshot(input: CreateSnapshotRequest): Promise<StartedSnapshot> {
+    const request = parseOrThrow(CreateSnapshotRequestSchema, input, undefined, 'request');
+    if (this.listEligibleVms(request.accountId, request.region).length === 0) {
+      throw new SnapshotError('NoActiveVms', `${NO_ACTIVE_VMS} in ${request.region}.`);
+    }
+    const vm = checkSnapshotRequest(request, {
+      account: this.options.catalog.getAccount(request.accountId),
+      vm: this.options.catalog.getVm(request.vmId),
+    });
+    const workflowId = snapshotWorkflowId(request.accountId, request.name);
+    const sameName = this.options.catalog.findSnapshotByName(request.accountId, request.name);
+    if (sameName && !(isInFlight(sameName.status) && sameName.vmId === vm.id)) {
+      throw new SnapshotError(
+        'SnapshotNameTaken',
+        `A snapshot named "${sameName.name}" already exists in this account (${sameName.id}); choose another name.`,
+      );
+    }
+    const snapshotId = `snap-${randomUUID()}`;
+    try {
+      const handle = await this.options.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
+        workflowId,
+        taskQueue: this.options.taskQueue,
+        args: [{ snapshotId, request }],
+        // A retried request joins the running workflow; the catalog's reservation decides name uniqueness after that.
+        workflowIdConflictPolicy: 'USE_EXISTING',
+        workflowIdReusePolicy: 'ALLOW_DUPLICATE',
+        memo: { snapshotId },
+        typedSearchAttributes: [
+          { key: SnapshotAccount, value: request.accountId },
+          { key: SnapshotVm, value: vm.id },
+          { key: SnapshotRegion, value: request.region },
+          { key: SnapshotName, value: request.name },
+          { key: SnapshotStatus, value: 'VALIDATING' },
+        ],
+        staticSummary: `Snapshot "${request.name}" of ${formatVmChoice(vm)}`,
+        staticDetails: [
+          `**VM**: ${vm.name} (\`${vm.id}\`), ${vm.flavor}, ${vm.region}`,
+          `**Snapshot**: ${request.name} (\`${snapshotId}\`)`,
+          `**Account**: ${request.accountId}, requested by ${request.requestedBy}`,
+          `**Create as image**: ${request.createAsImage ? 'yes' : 'no'}`,
+          request.description ? `**Description**: ${request.description}` : '',
+        ]
+          .filter(Boolean)
+          .join('\n\n'),
+      });
+      return { snapshotId: await this.snapshotIdOf(handle), workflowId };
+    } catch (error) {
+      if (error instanceof WorkflowExecutionAlreadyStartedError) {
+        throw new SnapshotError('SnapshotNameTaken', `A snapshot named "${request.name}" is already being created.`);
+      }
+      throw error;
+    }
+  }
+
+  /** A snapshot with its sizes and, while it runs, its live progress. */
+  async getSnapshot(accountId: string, snapshotId: string): Promise<SnapshotRecord & { progress?: SnapshotProgress }> {
+    const record = this.options.catalog.getSnapshot(snapshotId);
+    if (!record || record.accountId !== accountId) {
+      throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
+    }
+    if (!isInFlight(record.status)) return record;
+    const progress = await this.options.client.workflow
+      .getHandle(record.workflowId)
+      .query(snapshotProgressQuery)
+      .catch(() => undefined);
+    return progress ? { ...record, progress } : record;
+  }
+
+  listSnapshots(accountId: string, filter: { region?: Region; vmId?: string } = {}): SnapshotRecord[] {
+    return this.options.catalog.listSnapshots({ accountId, ...filter });
+  }
+
+  /**
+   * Follows a snapshot until it ends, calling `onProgress` with each new reading. Resolves with the SUCCESS record;
+   * rejects with a typed SnapshotError when the snapshot failed.
+   */
+  async watchProgress(
+    started: StartedSnapshot,
+    onProgress: (progress: SnapshotProgress) => void = () => undefined,
+  ): Promise<SnapshotRecord> {
+    const handle = this.options.client.workflow.getHandle<typeof snapshotWorkflow>(started.workflowId);
+    const result = handle.result();
+    const outcome = await pollUntil(result, async () => onProgress(await handle.query(snapshotProgressQuery)));
+    // One last reading, so a watcher always sees the final SUCCESS or FAILED state.
+    await handle
+      .query(snapshotProgressQuery)
+      .then(onProgress)
+      .catch(() => undefined);
+    if (!outcome.ok) throw toSnapshotError(outcome.error);
+    const record = this.options.catalog.getSnapshot(started.snapshotId);
+    if (!record) throw new SnapshotError('SnapshotNotFound', `Snapshot ${started.snapshotId} is not in the catalog.`);
+    return record;
+  }
+
+  /** Restores one disk of a SUCCESS snapshot to a raw image file on the worker's machine, reporting progress. */
+  async restoreDisk(
+    input: RestoreDiskRequest,
+    onProgress: (progress: StageProgress) => void = () => undefined,
+  ): Promise<{ bytesRestored: number }> {
+    const request = parseOrThrow(RestoreDiskRequestSchema, input, 'InvalidRequest', 'restore request');
+    const handle = await this.options.client.workflow.start<typeof restoreDiskWorkflow>('restoreDiskWorkflow', {
+      workflowId: `restore/${request.snapshotId}/${request.diskName}/${randomUUID()}`,
+      taskQueue: this.options.taskQueue,
+      args: [request],
+      staticSummary: `Restore disk ${request.diskName} of ${request.snapshotId}`,
+    });
+    const result = handle.result();
+    const outcome = await pollUntil(result, async () => onProgress(await handle.query(restoreProgressQuery)));
+    if (!outcome.ok) throw toSnapshotError(outcome.error);
+    return outcome.value;
+  }
+
+  private async snapshotIdOf(handle: WorkflowHandle): Promise<string> {
+    const { memo } = await handle.describe();
+    const snapshotId = memo?.snapshotId;
+    if (typeof snapshotId !== 'string') throw new Error(`workflow ${handle.workflowId} has no snapshotId memo`);
+    return snapshotId;
+  }
+}
+
+/** Polls `tick` until `done` settles; a failed tick (e.g. the first query before the workflow ran) is skipped. */
+async function pollUntil<T>(
+  done: Promise<T>,
+  tick: () => Promise<void>,
+): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+  const settled = done.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+  for (;;) {
+    await tick().catch(() => undefined);
+    const outcome = await Promise.race([
+      settled,
+      new Promise<null>((r) => setTimeout(() => r(null), POLL_INTERVAL_MS)),
+    ]);
+    if (outcome) return outcome;
+  }
+}
+
+/** Turns a workflow failure into the typed error its failing stage raised. */
+export function toSnapshotError(error: unknown): unknown {
+  const cause = error instanceof WorkflowFailedError ? error.cause : error;
+  if (cause instanceof ApplicationFailure && isSnapshotErrorType(cause.type)) {
+    return new SnapshotError(cause.type, cause.message);
+  }
+  return error;
+}
+
+function parseOrThrow<S extends z.ZodType>(
+  schema: S,
+  value: unknown,
+  type: 'InvalidRequest' | undefined,
+  what: string,
+): z.output<S> {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  const field = issue?.path.join('.') ?? '';
+  const errorType =
+    type ??
+    (field === 'name' ? 'InvalidSnapshotName' : field === 'description' ? 'InvalidDescription' : 'InvalidRequest');
+  throw new SnapshotError(errorType, `Invalid ${field || what}: ${issue?.message ?? 'malformed input'}`);
+}

@@ -1,0 +1,110 @@
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { snapshotDetails } from '../client/format';
+import { stageProgressBar } from '../client/progress-bar';
+import { SnapshotClient } from '../client/snapshot-client';
+import type { StartedSnapshot } from '../client/snapshot-client';
+import { startDevServer, isServerUp } from '../devserver/dev-server';
+import { ensureTemporalCli } from '../devserver/temporal-cli';
+import { loadConfig } from '../domain/config';
+import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../platform/local';
+import { createSnapshotWorker } from '../worker/worker';
+
+/**
+ * The main job on the embedded defaults (`npm run demo`): a Temporal dev server with the Web UI, the demo fleet, a
+ * worker, then a full snapshot of a VM, some guest writes, and an incremental snapshot of it. Server and worker stay
+ * up for the Web UI until Ctrl-C (or exit at once with --exit).
+ */
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const exitWhenDone = process.argv.includes('--exit');
+  const port = Number(config.TEMPORAL_ADDRESS.split(':').pop());
+  const uiUrl = `http://localhost:${port + 1000}`;
+
+  let server: { stop(): Promise<void> } | undefined;
+  if (await isServerUp(config.TEMPORAL_ADDRESS)) {
+    console.log(`Using the Temporal server already running at ${config.TEMPORAL_ADDRESS}`);
+  } else {
+    const cliPath = await ensureTemporalCli();
+    server = await startDevServer({
+      cliPath,
+      port,
+      uiPort: port + 1000,
+      dbFile: path.join(config.SNAP_DATA_DIR, 'temporal', 'temporal.db'),
+    });
+    console.log(`Started the Temporal dev server at ${config.TEMPORAL_ADDRESS} (Web UI ${uiUrl})`);
+  }
+
+  const platform = openEmbeddedPlatform(config.SNAP_DATA_DIR);
+  if (platform.catalog.listVms({}).length === 0) {
+    console.log('Seeding the demo fleet (ext4 disk images built from system files)...');
+    await seedDemoFleet(platform.catalog, { dataDir: config.SNAP_DATA_DIR });
+  }
+
+  const nativeConnection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
+  const connection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
+  const client = new Client({ connection, namespace: config.TEMPORAL_NAMESPACE });
+  const { worker, pool } = await createSnapshotWorker({
+    connection: nativeConnection,
+    client,
+    namespace: config.TEMPORAL_NAMESPACE,
+    taskQueue: config.SNAP_TASK_QUEUE,
+    platform,
+  });
+  const running = worker.run();
+
+  const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
+  const eligible = snapshots.listEligibleVms(config.SNAP_ACCOUNT, 'CANADA-1');
+  console.log(`\nEligible VMs in CANADA-1:\n${eligible.map((e) => `  ${e.label}`).join('\n')}`);
+  const vm = eligible[0]!.vm;
+  const stamp = new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-');
+
+  const take = async (name: string): Promise<void> => {
+    console.log(`\nSnapshot "${name}" of ${vm.name}:`);
+    const started: StartedSnapshot = await snapshots.createSnapshot({
+      accountId: config.SNAP_ACCOUNT,
+      vmId: vm.id,
+      region: vm.region,
+      name,
+      description: 'Taken by the demo',
+      requestedBy: 'demo',
+    });
+    const bar = stageProgressBar();
+    const record = await snapshots.watchProgress(started, (p) => bar.update({ ...p, stage: p.status }));
+    bar.stop();
+    console.log(snapshotDetails(record));
+    const workflowUrl = `${uiUrl}/namespaces/${config.TEMPORAL_NAMESPACE}/workflows/${encodeURIComponent(started.workflowId)}`;
+    console.log(`Web UI: ${workflowUrl}`);
+  };
+
+  await take(`${vm.name}-demo-${stamp}-v1`);
+  // The guest keeps running: 64 scattered 4 KiB writes, then an incremental snapshot stores only what changed.
+  const writes = Array.from({ length: 64 }, (_, i) => ({
+    offset: ((i * 7919 + 13) % Math.floor(vm.disks[0]!.sizeBytes / 4096)) * 4096,
+    data: Buffer.alloc(4096, `demo write ${i} at ${stamp}\n`),
+  }));
+  await writeGuestBlocks(platform.hypervisor, vm, 'root', writes);
+  await take(`${vm.name}-demo-${stamp}-v2`);
+
+  console.log(
+    `\nAll snapshots: npm run snap -- list    Search them in the Web UI: ${uiUrl} (query SnapshotVm="${vm.id}")`,
+  );
+  if (!exitWhenDone) {
+    console.log('Server and worker keep running for the Web UI; press Ctrl-C to stop.');
+    await running;
+  } else {
+    worker.shutdown();
+    await running;
+  }
+  await pool.destroy();
+  await connection.close();
+  await nativeConnection.close();
+  platform.catalog.close();
+  await server?.stop();
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});

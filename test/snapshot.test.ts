@@ -1,0 +1,227 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { WorkflowFailedError } from '@temporalio/client';
+import { LocalRepository } from '../dataplane';
+import type { Repository } from '../dataplane';
+import { SnapshotError } from '../domain/errors';
+import type { Vm } from '../domain/model';
+import { writeGuestBlocks } from '../platform/local';
+import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
+import type { SnapshotEnv } from './helpers/snapshot-env';
+
+let env: SnapshotEnv;
+let vm: Vm;
+
+beforeAll(async () => {
+  env = await createSnapshotEnv();
+  vm = env.platform.catalog.getVm('vm-trainer-01')!;
+});
+
+afterAll(async () => {
+  await env.close();
+});
+
+async function restoreAll(snapshotId: string, into: string): Promise<Record<string, string>> {
+  const hashes: Record<string, string> = {};
+  for (const disk of vm.disks) {
+    const target = path.join(into, `${snapshotId}-${disk.name}.raw`);
+    await env.snapshots.restoreDisk({ accountId: vm.accountId, snapshotId, diskName: disk.name, targetPath: target });
+    hashes[disk.name] = await fileHash(target);
+  }
+  return hashes;
+}
+
+async function sourceHashes(): Promise<Record<string, string>> {
+  return Object.fromEntries(await Promise.all(vm.disks.map(async (d) => [d.name, await fileHash(d.path)] as const)));
+}
+
+async function snapshot(name: string, target: Vm = vm) {
+  const started = await env.snapshots.createSnapshot({
+    accountId: target.accountId,
+    vmId: target.id,
+    region: target.region,
+    name,
+  });
+  return { started, record: await env.snapshots.watchProgress(started) };
+}
+
+describe('snapshot workflow on a real Temporal server', () => {
+  let worker: Awaited<ReturnType<SnapshotEnv['startWorker']>>;
+  beforeAll(async () => {
+    worker = await env.startWorker();
+  });
+  afterAll(async () => {
+    await worker.stop();
+  });
+
+  test('a snapshot of a demo VM reaches SUCCESS and restores byte-identically', async () => {
+    const before = await sourceHashes();
+    const progress: string[] = [];
+    const started = await env.snapshots.createSnapshot({
+      accountId: vm.accountId,
+      vmId: vm.id,
+      region: vm.region,
+      name: 'full-1',
+    });
+    const record = await env.snapshots.watchProgress(started, (p) => progress.push(p.status));
+    expect(record.status).toBe('SUCCESS');
+    expect(record.parentSnapshotId).toBeNull();
+    expect(record.logicalBytes).toBe(96 * 1024 * 1024);
+    expect(record.storedBytes).toBeGreaterThan(0);
+    expect(record.storedBytes!).toBeLessThan(record.logicalBytes!);
+    expect(record.vmConfig).toEqual(vm.config);
+    expect(progress).toContain('SUCCESS');
+    expect(await restoreAll(record.id, env.platform.dataDir)).toEqual(before);
+    // The point-in-time views and capture journals are gone once the snapshot succeeded.
+    await expect(fs.readdir(path.join(env.platform.dataDir, 'views'))).resolves.toEqual([]);
+  });
+
+  test('an incremental snapshot stores only the changed chunks and restores byte-identically', async () => {
+    const first = await snapshot('incr-base');
+    const writes = [3, 700, 1500, 9000, 15000].map((block) => ({
+      offset: block * 4096,
+      data: Buffer.alloc(4096, `changed block ${block}`),
+    }));
+    await writeGuestBlocks(env.platform.hypervisor, vm, 'root', writes);
+    const expected = await sourceHashes();
+    const second = await snapshot('incr-next');
+    expect(second.record.parentSnapshotId).toBe(first.record.id);
+    // Five 4 KiB writes touch at most five chunks; only those were compressed and added.
+    const repository = env.platform.repositoryFor(vm.region);
+    const firstManifest = await repository.readManifest(first.record.id);
+    const secondManifest = await repository.readManifest(second.record.id);
+    const old = new Set(firstManifest.disks.flatMap((d) => d.chunks));
+    const changed = new Set(secondManifest.disks.flatMap((d) => d.chunks).filter((c) => !old.has(c)));
+    expect(changed.size).toBeGreaterThan(0);
+    expect(changed.size).toBeLessThanOrEqual(writes.length);
+    let changedBytes = 0;
+    for (const id of changed) changedBytes += await repository.chunkStoredSize(id);
+    expect(second.record.addedBytes).toBe(changedBytes);
+    expect(await restoreAll(second.record.id, env.platform.dataDir)).toEqual(expected);
+  });
+
+  test('a corrupted stored chunk fails verification and the snapshot is FAILED, never SUCCESS', async () => {
+    const other = env.platform.catalog.getVm('vm-trainer-02')!;
+    const base = await snapshot('corrupt-base', other);
+    const repository = env.platform.repositoryFor(other.region);
+    const manifest = await repository.readManifest(base.record.id);
+    const victim = manifest.disks[0]!.chunks.find((c) => c !== 'zero')!;
+    const file = path.join(
+      env.platform.dataDir,
+      'repositories',
+      other.region,
+      'chunks',
+      victim.slice(0, 2),
+      `${victim}.zst`,
+    );
+    const bytes = await fs.readFile(file);
+    bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+    await fs.writeFile(file, bytes);
+
+    // The next snapshot dedupes against the corrupted chunk; verification reads it back and must refuse it.
+    const started = await env.snapshots.createSnapshot({
+      accountId: other.accountId,
+      vmId: other.id,
+      region: other.region,
+      name: 'corrupt-next',
+    });
+    const failure = await env.snapshots.watchProgress(started).catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(SnapshotError);
+    expect((failure as SnapshotError).type).toBe('ChunkCorrupt');
+    const record = env.platform.catalog.getSnapshot(started.snapshotId)!;
+    expect(record.status).toBe('FAILED');
+    expect(record.failureType).toBe('ChunkCorrupt');
+    // Its manifest is gone and the name is free again.
+    await expect(repository.readManifest(started.snapshotId)).rejects.toMatchObject({ type: 'ManifestMissing' });
+    expect(env.platform.catalog.findSnapshotByName(other.accountId, 'corrupt-next')).toBeUndefined();
+    await fs.rm(file);
+  });
+
+  test('a rule violation fails the workflow with a typed, non-retried error and leaves nothing behind', async () => {
+    const shutoff = env.platform.catalog.getVm('vm-notebook-01')!;
+    const handle = await env.client.workflow.start('snapshotWorkflow', {
+      taskQueue: env.taskQueue,
+      workflowId: `direct-${Date.now()}`,
+      args: [
+        {
+          snapshotId: `snap-direct-${Date.now()}`,
+          request: {
+            accountId: shutoff.accountId,
+            vmId: shutoff.id,
+            region: shutoff.region,
+            name: 'not-active',
+            description: '',
+            createAsImage: false,
+            requestedBy: 'test',
+          },
+        },
+      ],
+    });
+    const error = await handle.result().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(WorkflowFailedError);
+    expect((error as WorkflowFailedError).cause).toMatchObject({ type: 'VmNotActive' });
+    expect(env.platform.catalog.findSnapshotByName(shutoff.accountId, 'not-active')).toBeUndefined();
+  });
+});
+
+describe('retries and resumption', () => {
+  test('a transient failure in compression is retried and the snapshot still succeeds', async () => {
+    const infer = env.platform.catalog.getVm('vm-infer-01')!;
+    let failuresLeft = 1;
+    const flaky = (region: Parameters<typeof env.platform.repositoryFor>[0]): Repository => {
+      const real = env.platform.repositoryFor(region) as LocalRepository;
+      return Object.assign(Object.create(real) as LocalRepository, {
+        putChunk: async (id: string, frame: Buffer) => {
+          if (failuresLeft > 0) {
+            failuresLeft--;
+            throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+          }
+          return real.putChunk(id, frame);
+        },
+      });
+    };
+    const worker = await env.startWorker({ repositoryFor: flaky });
+    try {
+      const { started, record } = await snapshot('transient', infer);
+      expect(record.status).toBe('SUCCESS');
+      expect(failuresLeft).toBe(0);
+      const history = await env.client.workflow.getHandle(started.workflowId).fetchHistory();
+      const attempts = history.events!.filter(
+        (e) => e.activityTaskStartedEventAttributes && (e.activityTaskStartedEventAttributes.attempt ?? 1) > 1,
+      );
+      expect(attempts.length).toBe(1);
+    } finally {
+      await worker.stop();
+    }
+  });
+
+  test('a capture interrupted by a worker shutdown resumes from its last heartbeat, not from zero', async () => {
+    const expected = await sourceHashes();
+    // Capture throttled to ~24 MB/s so the 96 MiB of disks take about 4 s and the worker can be stopped mid-way; a
+    // short grace time makes the stop as abrupt as a crash.
+    const slow = await env.startWorker({ captureMaxBytesPerSecond: 24e6, shutdownGraceTime: '100 ms' });
+    const started = await env.snapshots.createSnapshot({
+      accountId: vm.accountId,
+      vmId: vm.id,
+      region: vm.region,
+      name: 'resumed',
+    });
+    const handle = env.client.workflow.getHandle(started.workflowId);
+    await waitFor(async () => {
+      const s = await env.snapshots.getSnapshot(vm.accountId, started.snapshotId).catch(() => undefined);
+      return s?.progress?.status === 'CAPTURING' && s.progress.bytesDone > 30 * 1024 * 1024;
+    });
+    await slow.stop();
+    const fast = await env.startWorker();
+    try {
+      const record = await env.snapshots.watchProgress(started);
+      expect(record.status).toBe('SUCCESS');
+      const result = (await handle.result()) as { captureBytesRead: number; logicalBytes: number };
+      expect(result.captureBytesRead).toBeLessThan(result.logicalBytes);
+      expect(result.captureBytesRead).toBeGreaterThan(0);
+      expect(await restoreAll(record.id, env.platform.dataDir)).toEqual(expected);
+    } finally {
+      await fast.stop();
+    }
+  });
+});

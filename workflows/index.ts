@@ -1,0 +1,4 @@
+/** Every workflow the worker runs; the worker bundles this module. */
+export { snapshotWorkflow } from './snapshot';
+export type { SnapshotWorkflowResult } from './snapshot';
+export { restoreDiskWorkflow } from './restore';

@@ -1,0 +1,182 @@
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  isCancellation,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
+import { PERMANENT_ERROR_TYPES } from '../domain/errors';
+import type { SnapshotProgress, SnapshotStage, SnapshotStatus, StageProgress } from '../domain/model';
+import type { SnapshotWorkflowInput } from '../domain/requests';
+import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
+import { snapshotProgressQuery, stageProgressSignal } from './messages';
+
+const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
+
+// Validation only reads and writes the catalog: it is quick, and a permanent rule violation must end the run at once.
+const checks = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1s', maximumAttempts: 5, nonRetryableErrorTypes },
+});
+
+// Initiation freezes the guest and opens point-in-time views: a copy-on-write clone is instant, a plain copy of a
+// big disk is not, so it gets a generous timeout but few attempts (each one freezes the guest again).
+const initiation = proxyActivities<Activities>({
+  startToCloseTimeout: '30 minutes',
+  retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes },
+});
+
+// Capture, compression and verification scale with disk size: long timeouts, and a 30 s heartbeat timeout so a dead
+// worker is noticed quickly and the retry resumes from the last heartbeated checkpoint.
+const dataStages = proxyActivities<Activities>({
+  startToCloseTimeout: '12 hours',
+  heartbeatTimeout: '30 seconds',
+  retry: {
+    initialInterval: '1s',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    maximumAttempts: 10,
+    nonRetryableErrorTypes,
+  },
+});
+
+// Compensations must eventually succeed: many attempts, all idempotent.
+const compensations = proxyActivities<Activities>({
+  startToCloseTimeout: '5 minutes',
+  retry: { initialInterval: '1s', maximumInterval: '30 seconds', maximumAttempts: 50 },
+});
+
+const STAGE_SUMMARIES: Record<SnapshotStage, string> = {
+  VALIDATING: 'Validation: check the rules, reserve the name',
+  INITIATING: 'Initiation: record config, freeze, open point-in-time views, thaw',
+  CAPTURING: 'Data capture: read and hash every chunk',
+  COMPRESSING: 'Compression: compress and store new chunks, write the manifest',
+  VERIFYING: 'Verification: read back and re-hash every chunk',
+};
+
+export interface SnapshotWorkflowResult {
+  snapshotId: string;
+  status: 'SUCCESS';
+  logicalBytes: number;
+  storedBytes: number;
+  addedBytes: number;
+  /** Bytes the capture stage read in its last attempt; less than logicalBytes when it resumed from a checkpoint. */
+  captureBytesRead: number;
+}
+
+/**
+ * One snapshot: validation → initiation → data capture → compression → verification, each an activity with its own
+ * timeouts and retries. Compensations are pushed as stages succeed and run in reverse, non-cancellable, on any failure
+ * or cancellation; the workflow then fails with the typed reason.
+ */
+export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<SnapshotWorkflowResult> {
+  const { snapshotId, request } = input;
+  let status: SnapshotStatus = 'VALIDATING';
+  let stage: StageProgress = { stage: 'VALIDATING', bytesDone: 0, bytesTotal: 0, throughput: 0 };
+  let failure: { type: string; reason: string } | null = null;
+
+  setHandler(stageProgressSignal, (progress) => {
+    if (progress.stage === status) stage = progress;
+  });
+  setHandler(snapshotProgressQuery, (): SnapshotProgress => {
+    const left = stage.bytesTotal - stage.bytesDone;
+    return {
+      snapshotId,
+      status,
+      bytesDone: stage.bytesDone,
+      bytesTotal: stage.bytesTotal,
+      throughput: stage.throughput,
+      etaSeconds: stage.throughput > 0 ? Math.ceil(left / stage.throughput) : null,
+      failureType: failure?.type ?? null,
+      failureReason: failure?.reason ?? null,
+    };
+  });
+
+  const enter = (next: SnapshotStatus): void => {
+    status = next;
+    stage = {
+      stage: next === 'SUCCESS' || next === 'FAILED' ? stage.stage : next,
+      bytesDone: 0,
+      bytesTotal: 0,
+      throughput: 0,
+    };
+    upsertSearchAttributes([{ key: SnapshotStatusKey, value: next }]);
+    setCurrentDetails(`**${next}** — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})`);
+  };
+  const run = <A extends unknown[], R>(
+    s: SnapshotStage,
+    fn: { executeWithOptions(options: { summary: string }, args: A): Promise<R> },
+    ...args: A
+  ): Promise<R> => {
+    enter(s);
+    // The summary shows on the activity in the Web UI; the proxy's profile options still apply (they are merged).
+    return fn.executeWithOptions({ summary: STAGE_SUMMARIES[s] }, args);
+  };
+
+  const undo: (() => Promise<unknown>)[] = [];
+  try {
+    const vm = await run('VALIDATING', checks.validateSnapshot, input);
+    undo.unshift(() => compensations.thawVm(snapshotId));
+    undo.unshift(() => compensations.releaseViews(snapshotId));
+    const disks = await run('INITIATING', initiation.initiateSnapshot, snapshotId);
+    undo.unshift(() => compensations.discardSnapshotData(snapshotId, vm.region));
+    const captured = await run('CAPTURING', dataStages.captureSnapshot, { snapshotId, region: vm.region, disks });
+    const compressed = await run('COMPRESSING', dataStages.compressSnapshot, {
+      snapshotId,
+      region: vm.region,
+      disks,
+      chunkSize: captured.chunkSize,
+    });
+    const record = await run('VERIFYING', dataStages.verifySnapshot, {
+      snapshotId,
+      region: vm.region,
+      addedBytes: compressed.addedBytes,
+    });
+    enter('SUCCESS');
+    await compensations.releaseViews(snapshotId);
+    await compensations.dropStaging(snapshotId, vm.region);
+    return {
+      snapshotId,
+      status: 'SUCCESS',
+      logicalBytes: record.logicalBytes ?? 0,
+      storedBytes: record.storedBytes ?? 0,
+      addedBytes: record.addedBytes ?? 0,
+      captureBytesRead: captured.bytesRead,
+    };
+  } catch (error) {
+    failure = describeFailure(error);
+    const reason = failure;
+    await CancellationScope.nonCancellable(async () => {
+      for (const compensate of undo) {
+        try {
+          await compensate();
+        } catch (compensationError) {
+          log.error('compensation failed', { snapshotId, error: String(compensationError) });
+        }
+      }
+      await compensations.markSnapshotFailed(snapshotId, reason.type, reason.reason);
+    });
+    enter('FAILED');
+    throw ApplicationFailure.create({
+      type: reason.type,
+      message: reason.reason,
+      nonRetryable: true,
+      cause: error as Error,
+    });
+  }
+}
+
+/** The typed reason a snapshot failed: the failing activity's error type, or `Cancelled`. */
+function describeFailure(error: unknown): { type: string; reason: string } {
+  if (isCancellation(error)) return { type: 'Cancelled', reason: 'The snapshot was cancelled.' };
+  const cause = error instanceof ActivityFailure ? error.cause : error;
+  if (cause instanceof ApplicationFailure) {
+    return { type: cause.type ?? 'Error', reason: cause.message };
+  }
+  return { type: 'Error', reason: error instanceof Error ? error.message : String(error) };
+}
