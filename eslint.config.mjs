@@ -35,7 +35,14 @@ export default tseslint.config(
           })),
           patterns: [
             {
-              group: ['../activities', '../activities/*', '../platform/*', '../dataplane/*', '../client/*', '../worker/*'],
+              group: [
+                '../activities',
+                '../activities/*',
+                '../platform/*',
+                '../dataplane/*',
+                '../client/*',
+                '../worker/*',
+              ],
               allowTypeImports: true,
               message: 'Workflows import activities and adapters as types only.',
             },
@@ -47,6 +54,15 @@ export default tseslint.config(
   {
     files: ['**/*.js', '**/*.mjs'],
     ...tseslint.configs.disableTypeChecked,
+  },
+  {
+    // Plain CommonJS: jest's config and the data plane's worker-thread script (loaded without a TS transform).
+    files: ['**/*.js'],
+    languageOptions: {
+      sourceType: 'commonjs',
+      globals: { require: 'readonly', module: 'writable', Buffer: 'readonly', __dirname: 'readonly' },
+    },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
   prettier,
 );

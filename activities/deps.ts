@@ -13,7 +13,7 @@ export interface ActivityDeps {
   catalog: Catalog;
   hypervisor: Hypervisor;
   /** The content-addressed repository of a region. */
-  repositoryFor(region: Region): Repository;
+  repositoryFor: (region: Region) => Repository;
   pool: ChunkPool;
   progress: ProgressSink;
   /** Capture read-rate cap in bytes per second, so a snapshot does not starve the VM's own I/O; 0 = none. */

@@ -35,4 +35,6 @@ export class DiskChangedError extends Error {
   }
 }
 
-export type DataPlaneErrorType = (ChunkCorruptError | ChunkMissingError | ManifestMissingError | DiskChangedError)['type'];
+export type DataPlaneErrorType = (
+  ChunkCorruptError | ChunkMissingError | ManifestMissingError | DiskChangedError
+)['type'];

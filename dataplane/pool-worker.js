@@ -40,7 +40,9 @@ function hashSegment({ data, chunkSize }) {
  */
 function compressChunks({ chunks, level }) {
   return chunks.map(({ data, id }) =>
-    hashOf(data) === id ? { frame: compress(data, { compressionLevel: level, checksumFlag: true }) } : { changed: true },
+    hashOf(data) === id
+      ? { frame: compress(data, { compressionLevel: level, checksumFlag: true }) }
+      : { changed: true },
   );
 }
 

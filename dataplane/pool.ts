@@ -48,10 +48,8 @@ export class ChunkPool {
 
   /** Decompresses a stored frame and checks BLAKE3 == id; ChunkCorruptError otherwise. */
   async openChunk(frame: Buffer, id: string): Promise<Buffer> {
-    const result = (await this.piscina.run(
-      { frame, id },
-      { name: 'openChunk', transferList: transferable(frame) },
-    )) as { data: Uint8Array } | { corrupt: string };
+    const result = (await this.piscina.run({ frame, id }, { name: 'openChunk', transferList: transferable(frame) })) as
+      { data: Uint8Array } | { corrupt: string };
     if ('corrupt' in result) throw new ChunkCorruptError(id, result.corrupt);
     return Buffer.from(result.data.buffer, result.data.byteOffset, result.data.length);
   }
@@ -64,5 +62,7 @@ export class ChunkPool {
 /** A buffer's memory can be moved to a thread only when the buffer owns all of it (not a slice of Node's pool). */
 function transferable(data: Buffer): ArrayBuffer[] {
   const buffer = data.buffer;
-  return buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength ? [buffer] : [];
+  return buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength
+    ? [buffer]
+    : [];
 }

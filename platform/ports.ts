@@ -41,7 +41,12 @@ export interface Catalog {
   reserveSnapshot(snapshot: NewSnapshot): SnapshotRecord;
   getSnapshot(id: string): SnapshotRecord | undefined;
   findSnapshotByName(accountId: string, name: string): SnapshotRecord | undefined;
-  listSnapshots(filter: { accountId?: string; region?: Region; vmId?: string; status?: SnapshotStatus }): SnapshotRecord[];
+  listSnapshots(filter: {
+    accountId?: string;
+    region?: Region;
+    vmId?: string;
+    status?: SnapshotStatus;
+  }): SnapshotRecord[];
   updateSnapshot(id: string, patch: SnapshotPatch): SnapshotRecord;
   /** The VM's most recent SUCCESS snapshot: the parent an incremental capture is measured against. */
   latestSuccessfulSnapshot(vmId: string): SnapshotRecord | undefined;

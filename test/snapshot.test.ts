@@ -1,13 +1,13 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
-import { LocalRepository } from '../dataplane';
-import type { Repository } from '../dataplane';
+import type { LocalRepository, Repository } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
 import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
 import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
+import type { snapshotWorkflow } from '../workflows';
 
 let env: SnapshotEnv;
 let vm: Vm;
@@ -139,7 +139,7 @@ describe('snapshot workflow on a real Temporal server', () => {
 
   test('a rule violation fails the workflow with a typed, non-retried error and leaves nothing behind', async () => {
     const shutoff = env.platform.catalog.getVm('vm-notebook-01')!;
-    const handle = await env.client.workflow.start('snapshotWorkflow', {
+    const handle = await env.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
       taskQueue: env.taskQueue,
       workflowId: `direct-${Date.now()}`,
       args: [

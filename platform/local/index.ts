@@ -15,7 +15,7 @@ export interface EmbeddedPlatform {
   dataDir: string;
   catalog: SqliteCatalog;
   hypervisor: LocalHypervisor;
-  repositoryFor(region: Region): Repository;
+  repositoryFor: (region: Region) => Repository;
 }
 
 /**

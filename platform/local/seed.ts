@@ -82,7 +82,13 @@ export async function seedDemoFleet(catalog: Catalog, options: SeedOptions): Pro
 
 /** Builds a sparse ext4 image of `sizeBytes` filled from `sourceDir`, unless it already exists. */
 export async function makeExt4Image(file: string, sizeBytes: number, sourceDir: string, label: string): Promise<void> {
-  if (await fs.stat(file).then((s) => s.size === sizeBytes, () => false)) return;
+  if (
+    await fs.stat(file).then(
+      (s) => s.size === sizeBytes,
+      () => false,
+    )
+  )
+    return;
   await fs.mkdir(path.dirname(file), { recursive: true });
   const partial = `${file}.partial`;
   await fs.rm(partial, { force: true });
@@ -100,7 +106,13 @@ export async function makeExt4Image(file: string, sizeBytes: number, sourceDir: 
 
 async function firstExisting(dirs: string[]): Promise<string> {
   for (const dir of dirs) {
-    if (await fs.stat(dir).then((s) => s.isDirectory(), () => false)) return dir;
+    if (
+      await fs.stat(dir).then(
+        (s) => s.isDirectory(),
+        () => false,
+      )
+    )
+      return dir;
   }
   throw new Error(`None of ${dirs.join(', ')} exists to fill a demo disk`);
 }

@@ -219,7 +219,12 @@ export class SqliteCatalog implements Catalog {
     return row && toRecord(row);
   }
 
-  listSnapshots(filter: { accountId?: string; region?: Region; vmId?: string; status?: SnapshotStatus }): SnapshotRecord[] {
+  listSnapshots(filter: {
+    accountId?: string;
+    region?: Region;
+    vmId?: string;
+    status?: SnapshotStatus;
+  }): SnapshotRecord[] {
     const rows = this.db
       .prepare(
         `SELECT * FROM snapshots WHERE (@accountId IS NULL OR account_id = @accountId)
@@ -236,7 +241,10 @@ export class SqliteCatalog implements Catalog {
   }
 
   updateSnapshot(id: string, patch: SnapshotPatch): SnapshotRecord {
-    const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [keyof SnapshotPatch, unknown][];
+    const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [
+      keyof SnapshotPatch,
+      unknown,
+    ][];
     if (entries.length > 0) {
       const sets = entries.map(([key]) => `${PATCH_COLUMNS[key]} = @${key}`).join(', ');
       const values = Object.fromEntries(
