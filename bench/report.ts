@@ -1,0 +1,271 @@
+import os from 'node:os';
+import { DEFAULT_CHUNK_SIZE } from '../dataplane';
+import type { ChildReport } from './capture-child';
+import type { CaptureResult, GrowthResult } from './capture';
+import type { BlockWrite } from './images';
+import { BLOCK_BYTES, IMAGE_BYTES, REGION_BYTES, SCATTERED_WRITES } from './images';
+import type { TimedSnapshot } from './service';
+import { KiB, MiB, formatMBps, formatMiB, formatSeconds, formatSize } from './util';
+
+/** Targets from the design: each is a ratio against a reference measured in the same run, or an absolute bound. */
+export const TARGETS = {
+  /** Data-plane capture throughput / `zstd -1 -T0` throughput. */
+  dataPlaneVsZstd: 0.8,
+  /** Full snapshot time through the workflow (verification included) / `restic backup` time. */
+  fullVsRestic: 0.5,
+  /** Our repository growth for the incremental change / restic's. */
+  growthVsRestic: 1.0,
+  /** Peak RSS of a capture, whatever the disk size. */
+  peakRssBytes: 400 * MiB,
+};
+
+export interface Images {
+  base: string;
+  changed: string;
+  sparse: string;
+  writes: BlockWrite[];
+  contentBytes: number;
+  contentFiles: number;
+  /** Bytes of the base image that are not holes. */
+  allocatedBytes: number;
+}
+
+export interface DataPlaneResult {
+  ours: CaptureResult;
+  zstd?: { seconds: number; outputBytes: number };
+}
+
+export interface WorkflowResult {
+  full: TimedSnapshot;
+  incremental: TimedSnapshot;
+  repoBytesAfterFull: number;
+  repoGrowthBytes: number;
+  restic?: { full: ResticRun; incremental: ResticRun; repoBytes: number };
+}
+export type ResticRun = { seconds: number; growthBytes: number };
+
+export interface MemoryResult {
+  image: ChildReport;
+  sparse: ChildReport;
+}
+
+export interface Results {
+  images?: Images;
+  dataPlane?: DataPlaneResult;
+  workflow?: WorkflowResult;
+  chunkSizes?: GrowthResult[];
+  memory?: MemoryResult;
+}
+
+/** One line of the results table. */
+export interface Row {
+  measurement: string;
+  ours: string;
+  reference: string;
+  /** ours / reference, in the unit of the row (throughput, time, bytes). */
+  ratio?: number;
+  target: string;
+  /** undefined: no target, or the reference is missing. */
+  met?: boolean;
+}
+
+const HEADER: Row = { measurement: 'measurement', ours: 'ours', reference: 'reference', target: 'target' };
+
+/** The results as an aligned text table. */
+export function formatTable(rows: Row[]): string {
+  const cells = [HEADER, ...rows].map((row, i) => [
+    row.measurement,
+    row.ours,
+    row.reference,
+    i === 0 ? 'ratio' : row.ratio === undefined ? '-' : `${row.ratio.toFixed(2)}x`,
+    row.target,
+    i === 0 ? 'met?' : row.met === undefined ? '-' : row.met ? 'yes' : 'NO',
+  ]);
+  const widths = cells[0]!.map((_, column) => Math.max(...cells.map((line) => line[column]!.length)));
+  const lines = cells.map((line) =>
+    line
+      .map((cell, column) => cell.padEnd(widths[column]!))
+      .join('  ')
+      .trimEnd(),
+  );
+  lines.splice(1, 0, widths.map((width) => '-'.repeat(width)).join('  '));
+  return lines.join('\n');
+}
+
+/** A titled list of `label: value` lines, labels aligned. */
+export function formatList(title: string, items: [label: string, value: string][]): string {
+  const width = Math.max(...items.map(([label]) => label.length));
+  return [title, ...items.map(([label, value]) => `  ${`${label}:`.padEnd(width + 1)} ${value}`)].join('\n');
+}
+
+/** Prints the table, the stored sizes and the notes (tool notes, errors) to stdout. */
+export function printReport(results: Results, notes: string[], startedAt: number, loadAtStart: number[]): void {
+  const rows = [
+    ...dataPlaneRows(results.dataPlane),
+    ...workflowRows(results.workflow),
+    ...chunkSizeRows(results.chunkSizes, results.workflow?.restic?.incremental.growthBytes),
+    ...memoryRows(results.memory),
+  ];
+  const totalSeconds = (performance.now() - startedAt) / 1000;
+  console.log(`\nBenchmark on ${os.cpus().length} cores, ${formatSize(os.totalmem())} RAM, Node ${process.version}`);
+  console.log(
+    `Image: ${formatSize(IMAGE_BYTES)} ext4 from system files; change: ${SCATTERED_WRITES} x ${BLOCK_BYTES / KiB} KiB ` +
+      `scattered writes + one ${formatSize(REGION_BYTES)} region. MB/s = 10^6 bytes of disk per second.`,
+  );
+  console.log('ratio = ours / reference: of throughputs in (a), of seconds or bytes elsewhere.\n');
+  console.log(formatTable(rows));
+  console.log(`\n${formatList('Stored sizes (apparent bytes of the repository folders):', storedSizes(results))}`);
+  const allNotes = [...timeNotes(results), loadNote(loadAtStart), ...notes];
+  console.log(`\nNotes:\n${allNotes.map((note) => `  - ${note}`).join('\n')}`);
+  console.log(`\nTotal run time: ${formatSeconds(totalSeconds)}`);
+}
+
+function dataPlaneRows(result: DataPlaneResult | undefined): Row[] {
+  if (!result) return [];
+  const ours = result.ours;
+  const zstd = result.zstd;
+  const ratio = zstd ? zstd.seconds / ours.seconds : undefined;
+  return [
+    {
+      measurement: `(a) data plane: scan + store 1 GiB, ${DEFAULT_CHUNK_SIZE / KiB} KiB chunks`,
+      ours: `${formatMBps(IMAGE_BYTES, ours.seconds)} (${formatSeconds(ours.seconds)})`,
+      reference: zstd ? `zstd -1 -T0: ${formatMBps(IMAGE_BYTES, zstd.seconds)} (${formatSeconds(zstd.seconds)})` : '-',
+      ratio,
+      target: `>= ${TARGETS.dataPlaneVsZstd.toFixed(2)}x`,
+      met: ratio === undefined ? undefined : ratio >= TARGETS.dataPlaneVsZstd,
+    },
+  ];
+}
+
+function workflowRows(result: WorkflowResult | undefined): Row[] {
+  if (!result) return [];
+  const restic = result.restic;
+  const fullRatio = restic ? result.full.seconds / restic.full.seconds : undefined;
+  const timeRatio = restic ? result.incremental.seconds / restic.incremental.seconds : undefined;
+  const growthRatio = restic ? result.repoGrowthBytes / restic.incremental.growthBytes : undefined;
+  return [
+    {
+      measurement: '(b) full snapshot, workflow incl. verify',
+      ours: `${formatSeconds(result.full.seconds)} (${formatMBps(IMAGE_BYTES, result.full.seconds)})`,
+      reference: restic ? `restic backup: ${formatSeconds(restic.full.seconds)}` : '-',
+      ratio: fullRatio,
+      target: `<= ${TARGETS.fullVsRestic.toFixed(2)}x`,
+      met: fullRatio === undefined ? undefined : fullRatio <= TARGETS.fullVsRestic,
+    },
+    {
+      measurement: '(c) incremental snapshot time',
+      ours: formatSeconds(result.incremental.seconds),
+      reference: restic ? `restic backup: ${formatSeconds(restic.incremental.seconds)}` : '-',
+      ratio: timeRatio,
+      target: 'report',
+    },
+    {
+      measurement: '(c) incremental repository growth',
+      ours: formatMiB(result.repoGrowthBytes),
+      reference: restic ? `restic: ${formatMiB(restic.incremental.growthBytes)}` : '-',
+      ratio: growthRatio,
+      target: `<= ${TARGETS.growthVsRestic.toFixed(2)}x`,
+      met: growthRatio === undefined ? undefined : growthRatio <= TARGETS.growthVsRestic,
+    },
+  ];
+}
+
+function chunkSizeRows(results: GrowthResult[] | undefined, resticGrowth: number | undefined): Row[] {
+  return (results ?? []).map((result) => ({
+    measurement: `growth, data plane, ${result.chunkSize / KiB} KiB chunks${result.chunkSize === DEFAULT_CHUNK_SIZE ? ' (default)' : ''}`,
+    ours: formatMiB(result.repoGrowthBytes),
+    reference: resticGrowth === undefined ? '-' : `restic: ${formatMiB(resticGrowth)}`,
+    ratio: resticGrowth === undefined ? undefined : result.repoGrowthBytes / resticGrowth,
+    target: 'report',
+  }));
+}
+
+function memoryRows(result: MemoryResult | undefined): Row[] {
+  if (!result) return [];
+  const row = (what: string, report: ChildReport): Row => ({
+    measurement: `(d) peak RSS, capture of ${what}`,
+    ours: formatMiB(report.peakRssBytes),
+    reference: '-',
+    target: `< ${formatMiB(TARGETS.peakRssBytes)}`,
+    met: report.peakRssBytes < TARGETS.peakRssBytes,
+  });
+  return [row('1 GiB image', result.image), row('10 GiB sparse disk', result.sparse)];
+}
+
+function storedSizes(results: Results): [string, string][] {
+  const items: [string, string][] = [];
+  const { images, dataPlane, workflow, chunkSizes, memory } = results;
+  if (images) {
+    items.push([
+      'base image',
+      `${formatSize(IMAGE_BYTES)}, ${formatMiB(images.allocatedBytes)} allocated (the rest are holes), ` +
+        `${formatMiB(images.contentBytes)} of content in ${images.contentFiles} files`,
+    ]);
+  }
+  if (dataPlane) {
+    items.push([
+      'data plane, full 1 GiB',
+      `${formatMiB(dataPlane.ours.storedBytesWritten)} (${dataPlane.ours.chunks} chunks)`,
+    ]);
+    if (dataPlane.zstd) items.push(['zstd -1 output', formatMiB(dataPlane.zstd.outputBytes)]);
+  }
+  if (workflow) {
+    const { full, incremental } = workflow;
+    items.push(
+      ['workflow, full snapshot', `${snapshotSizes(full)}; repository ${formatMiB(workflow.repoBytesAfterFull)}`],
+      ['workflow, incremental', `${snapshotSizes(incremental)}; repository +${formatMiB(workflow.repoGrowthBytes)}`],
+    );
+    if (workflow.restic) {
+      const restic = workflow.restic;
+      items.push([
+        'restic repository',
+        `${formatMiB(restic.full.growthBytes)} after full, +${formatMiB(restic.incremental.growthBytes)} incremental`,
+      ]);
+    }
+  }
+  for (const result of chunkSizes ?? []) {
+    items.push([
+      `data plane, ${result.chunkSize / KiB} KiB chunks`,
+      `base ${formatMiB(result.baseRepoBytes)}, changed +${formatMiB(result.repoGrowthBytes)} (${result.changed.chunksWritten} new chunks)`,
+    ]);
+  }
+  if (memory) {
+    items.push([
+      '10 GiB sparse disk capture',
+      `${formatMiB(memory.sparse.storedBytesWritten)} stored in ${formatSeconds(memory.sparse.seconds)}`,
+    ]);
+  }
+  return items;
+}
+
+function snapshotSizes(snapshot: TimedSnapshot): string {
+  const { storedBytes, addedBytes, compressionRatio, dedupRatio } = snapshot.record;
+  return (
+    `stored ${formatMiB(storedBytes ?? 0)}, added ${formatMiB(addedBytes ?? 0)}, ` +
+    `compression ${(compressionRatio ?? 0).toFixed(2)}x, dedup ${(dedupRatio ?? 0).toFixed(2)}x`
+  );
+}
+
+/** Where the time goes: the data plane's two passes, and the workflow's stages. */
+function timeNotes(results: Results): string[] {
+  const notes: string[] = [];
+  const ours = results.dataPlane?.ours;
+  if (ours) {
+    notes.push(`data plane passes: scan ${formatSeconds(ours.scanSeconds)}, store ${formatSeconds(ours.storeSeconds)}`);
+  }
+  const line = (what: string, snapshot: TimedSnapshot): string => {
+    const staged = snapshot.stages.reduce((sum, stage) => sum + stage.seconds, 0);
+    const stages = snapshot.stages.map((stage) => `${stage.status} ${formatSeconds(stage.seconds)}`);
+    return `${what} snapshot stages: ${[...stages, `request and result ${formatSeconds(snapshot.seconds - staged)}`].join(', ')}`;
+  };
+  if (results.workflow) {
+    notes.push(line('full', results.workflow.full), line('incremental', results.workflow.incremental));
+  }
+  return notes;
+}
+
+/** Other processes on the machine skew absolute figures (ratios much less): the load shows whether it was quiet. */
+function loadNote(loadAtStart: number[]): string {
+  const format = (load: number[]): string => load.map((value) => value.toFixed(2)).join(' ');
+  return `load average (1, 5, 15 min) at start ${format(loadAtStart)}, at end ${format(os.loadavg())}`;
+}

@@ -1,0 +1,141 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import { SnapshotClient } from '../client/snapshot-client';
+import { startDevServer } from '../devserver/dev-server';
+import type { DevServer } from '../devserver/dev-server';
+import { ensureTemporalCli } from '../devserver/temporal-cli';
+import type { SnapshotRecord, SnapshotStatus, Vm } from '../domain/model';
+import { isInFlight } from '../domain/model';
+import { openEmbeddedPlatform, writeGuestBlocks } from '../platform/local';
+import type { EmbeddedPlatform } from '../platform/local';
+import { createSnapshotWorker } from '../worker/worker';
+import type { BlockWrite } from './images';
+import { run, timed } from './util';
+
+const ACCOUNT = { id: 'bench', name: 'Benchmark' };
+const TASK_QUEUE = 'bench-snapshots';
+
+/** A timed snapshot: wall-clock seconds from the create request to the SUCCESS record, and each stage's share. */
+export interface TimedSnapshot {
+  seconds: number;
+  record: SnapshotRecord;
+  /** Seconds spent in each in-flight stage, as seen by polling the workflow's progress (±0.25 s). */
+  stages: { status: SnapshotStatus; seconds: number }[];
+}
+
+/** The whole service on one machine: dev server, worker, embedded platform, one VM whose root disk is the image. */
+export interface SnapshotService {
+  vm: Vm;
+  /** The region repository the VM's snapshots go to. */
+  repositoryDir: string;
+  snapshot(name: string): Promise<TimedSnapshot>;
+  /** Writes blocks to the VM's disk through the embedded guest's write path. */
+  writeToDisk(writes: BlockWrite[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts a Temporal dev server (in memory, no UI, free port), an embedded platform under `dataDir` with one ACTIVE VM
+ * whose root disk is a copy of `image`, and a snapshot worker with the default settings.
+ */
+export async function startSnapshotService(options: {
+  dataDir: string;
+  image: string;
+  imageBytes: number;
+  log: (message: string) => void;
+}): Promise<SnapshotService> {
+  const cleanups: (() => Promise<void>)[] = [];
+  const close = async (): Promise<void> => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  };
+  try {
+    // The SDK logs every worker state change at INFO; the benchmark's own log is enough. Must precede any connection.
+    Runtime.install({ logger: new DefaultLogger('WARN') });
+    const cliPath = await ensureTemporalCli(options.log);
+    const server: DevServer = await startDevServer({ cliPath, port: 0, uiPort: false });
+    cleanups.push(() => server.stop());
+
+    const platform = openEmbeddedPlatform(options.dataDir);
+    cleanups.push(async () => platform.catalog.close());
+    const vm = await registerVm(platform, options.image, options.imageBytes);
+
+    const nativeConnection = await NativeConnection.connect({ address: server.address });
+    cleanups.push(() => nativeConnection.close());
+    const connection = await Connection.connect({ address: server.address });
+    cleanups.push(() => connection.close());
+    const client = new Client({ connection, namespace: server.namespace });
+
+    options.log('Bundling the workflows and starting the worker');
+    const { worker, pool } = await createSnapshotWorker({
+      connection: nativeConnection,
+      client,
+      namespace: server.namespace,
+      taskQueue: TASK_QUEUE,
+      platform,
+    });
+    cleanups.push(() => pool.destroy());
+    const running = worker.run();
+    cleanups.push(async () => {
+      worker.shutdown();
+      await running;
+    });
+
+    const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: TASK_QUEUE });
+    return {
+      vm,
+      repositoryDir: path.join(options.dataDir, 'repositories', vm.region),
+      snapshot: (name) => takeSnapshot(snapshots, vm, name),
+      writeToDisk: (writes) => writeGuestBlocks(platform.hypervisor, vm, 'root', writes),
+      close,
+    };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
+/** Registers the benchmark account and one ACTIVE VM (shaped like the demo fleet's) with a copy of `image`. */
+async function registerVm(platform: EmbeddedPlatform, image: string, sizeBytes: number): Promise<Vm> {
+  const diskPath = path.join(platform.dataDir, 'disks', 'vm-bench-01', 'root.raw');
+  await fs.mkdir(path.dirname(diskPath), { recursive: true });
+  await run('cp', ['--sparse=always', image, diskPath]);
+  const vm: Vm = {
+    id: 'vm-bench-01',
+    accountId: ACCOUNT.id,
+    name: 'bench-01',
+    region: 'CANADA-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ACTIVE',
+    config: { flavor: 'H100-SXM5-80GB', gpus: 8, vcpus: 128, ramGiB: 1024, image: 'ubuntu-22.04-cuda-12.4' },
+    disks: [{ name: 'root', path: diskPath, sizeBytes }],
+  };
+  platform.catalog.putAccount(ACCOUNT);
+  platform.catalog.putVm(vm);
+  return vm;
+}
+
+/** createSnapshot + watchProgress, timed end to end, noting when each in-flight stage is first seen. */
+async function takeSnapshot(snapshots: SnapshotClient, vm: Vm, name: string): Promise<TimedSnapshot> {
+  const seen: { status: SnapshotStatus; at: number }[] = [];
+  const start = performance.now();
+  const { seconds, value: record } = await timed(async () => {
+    const started = await snapshots.createSnapshot({
+      accountId: ACCOUNT.id,
+      vmId: vm.id,
+      region: vm.region,
+      name,
+      requestedBy: 'bench',
+    });
+    return snapshots.watchProgress(started, (progress) => {
+      if (progress.status !== seen.at(-1)?.status) seen.push({ status: progress.status, at: performance.now() });
+    });
+  });
+  // A stage lasts until the next one is seen; the last in-flight stage until the result arrived.
+  const end = start + seconds * 1000;
+  const stages = seen
+    .map((stage, i) => ({ status: stage.status, seconds: ((seen[i + 1]?.at ?? end) - stage.at) / 1000 }))
+    .filter((stage) => isInFlight(stage.status));
+  return { seconds, record, stages };
+}
