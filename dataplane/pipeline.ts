@@ -10,6 +10,8 @@ import type { Repository } from './repository';
 const SEGMENT_BYTES = 4 * 1024 * 1024;
 /** Tasks in flight per pool thread: one working, one queued, so no thread waits for the reader. */
 const IN_FLIGHT_PER_THREAD = 2;
+/** Compressed batches waiting for their chunk files to be written: enough to keep the disk busy, bounded in memory. */
+const WRITE_BATCHES_AHEAD = 4;
 
 /**
  * Runs `work` on items from `source` with at most `limit` in flight and hands results to `sink` in source order.
@@ -114,6 +116,14 @@ export async function storeChunks(o: {
   const chunksPerBatch = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
   const stats = { chunksWritten: 0, bytesWritten: 0, storedBytesWritten: 0 };
   const queued = new Set<string>();
+  const writeChunk = async (chunk: { index: number; id: string }, frame: Buffer | null) => {
+    if (!frame) throw new DiskChangedError(chunk.index * o.chunkSize, chunk.id);
+    if (await o.repository.putChunk(chunk.id, frame)) {
+      stats.chunksWritten++;
+      stats.bytesWritten += chunkLength(disk, chunk.index);
+      stats.storedBytesWritten += frame.length;
+    }
+  };
   await withFile(o.path, 'r', async (handle) => {
     /** Batches of chunks to store; `end` is the ref index the batch covers up to (for progress). */
     async function* batches() {
@@ -132,25 +142,31 @@ export async function storeChunks(o: {
       }
       yield { chunks: batch, end: o.refs.length };
     }
-    await orderedPipeline(
-      batches(),
-      o.pool.threads * IN_FLIGHT_PER_THREAD,
-      (batch) => o.pool.compressChunks(batch.chunks),
-      async (frames, batch) => {
-        await Promise.all(
-          batch.chunks.map(async (chunk, i) => {
-            const frame = frames[i];
-            if (!frame) throw new DiskChangedError(chunk.index * o.chunkSize, chunk.id);
-            if (await o.repository.putChunk(chunk.id, frame)) {
-              stats.chunksWritten++;
-              stats.bytesWritten += chunkLength(disk, chunk.index);
-              stats.storedBytesWritten += frame.length;
-            }
-          }),
-        );
-        o.onProgress?.({ index: batch.end, bytesDone: Math.min(batch.end * o.chunkSize, o.sizeBytes) });
-      },
-    );
+    // Writes run behind compression, in batch order, at most WRITE_BATCHES_AHEAD batches deep. Progress is reported
+    // only once a batch is durable, because a retry resumes after the last reported index.
+    let writes: Promise<void> = Promise.resolve();
+    let writesPending = 0;
+    try {
+      await orderedPipeline(
+        batches(),
+        o.pool.threads * IN_FLIGHT_PER_THREAD,
+        (batch) => o.pool.compressChunks(batch.chunks),
+        async (frames, batch) => {
+          if (writesPending >= WRITE_BATCHES_AHEAD) await writes;
+          writesPending++;
+          writes = writes
+            .then(async () => {
+              await Promise.all(batch.chunks.map((chunk, i) => writeChunk(chunk, frames[i] ?? null)));
+              o.onProgress?.({ index: batch.end, bytesDone: Math.min(batch.end * o.chunkSize, o.sizeBytes) });
+            })
+            .finally(() => writesPending--);
+          writes.catch(() => undefined); // surfaced by the next await of `writes`
+        },
+      );
+    } finally {
+      await writes.catch(() => undefined); // never leave writes running behind a failure
+    }
+    await writes;
   });
   return stats;
 }

@@ -37,7 +37,7 @@ export class ChunkPool {
     >;
   }
 
-  /** Re-hashes and compresses chunks; `null` for a chunk whose content no longer matches its id. */
+  /** Re-hashes and compresses chunks; `null` for a chunk whose content no longer matches its id. Buffers are transferred. */
   async compressChunks(chunks: { data: Buffer; id: string }[]): Promise<(Buffer | null)[]> {
     const results = (await this.piscina.run(
       { chunks, level: this.level },
