@@ -1,12 +1,14 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
+import { Worker } from '@temporalio/worker';
 import type { LocalRepository, Repository } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
 import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
 import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
+import { testWorkflowBundle } from './support/temporal';
 import type { snapshotWorkflow } from '../workflows';
 
 let env: SnapshotEnv;
@@ -72,6 +74,9 @@ describe('snapshot workflow on a real Temporal server', () => {
     expect(record.vmConfig).toEqual(vm.config);
     expect(progress).toContain('SUCCESS');
     expect(await restoreAll(record.id, env.platform.dataDir)).toEqual(before);
+    // The workflow code replays its own history deterministically.
+    const history = await env.client.workflow.getHandle(started.workflowId).fetchHistory();
+    await Worker.runReplayHistory({ workflowBundle: testWorkflowBundle() }, history);
     // The point-in-time views and capture journals are gone once the snapshot succeeded.
     await expect(fs.readdir(path.join(env.platform.dataDir, 'views'))).resolves.toEqual([]);
   });
