@@ -12,6 +12,8 @@ const SEGMENT_BYTES = 4 * 1024 * 1024;
 const IN_FLIGHT_PER_THREAD = 2;
 /** Compressed batches waiting for their chunk files to be written: enough to keep the disk busy, bounded in memory. */
 const WRITE_BATCHES_AHEAD = 4;
+/** Stored chunks opened (decompressed and re-hashed) per pool task when verifying or restoring. */
+const CHUNKS_PER_OPEN_TASK = 16;
 
 /**
  * Runs `work` on items from `source` with at most `limit` in flight and hands results to `sink` in source order.
@@ -200,21 +202,27 @@ export async function verifyManifest(o: {
   const bytesTotal = [...lengths.values()].reduce((a, b) => a + b, 0);
   let bytesDone = ids.slice(0, o.fromIndex ?? 0).reduce((sum, id) => sum + lengths.get(id)!, 0);
   let verified = 0;
-  async function* frames() {
+  async function* batches() {
+    let batch: { index: number; id: string; frame: Buffer }[] = [];
     for (let index = o.fromIndex ?? 0; index < ids.length; index++) {
       o.signal?.throwIfAborted();
       const id = ids[index]!;
-      yield { index, id, frame: await o.repository.getChunk(id) };
+      batch.push({ index, id, frame: await o.repository.getChunk(id) });
+      if (batch.length >= CHUNKS_PER_OPEN_TASK) {
+        yield batch;
+        batch = [];
+      }
     }
+    if (batch.length > 0) yield batch;
   }
   await orderedPipeline(
-    frames(),
-    o.pool.threads * IN_FLIGHT_PER_THREAD * 8,
-    (item) => o.pool.openChunk(item.frame, item.id),
-    (data, item) => {
-      verified++;
-      bytesDone += data.length;
-      o.onProgress?.({ index: item.index + 1, total: ids.length, bytesDone, bytesTotal });
+    batches(),
+    o.pool.threads * IN_FLIGHT_PER_THREAD,
+    (batch) => o.pool.openChunks(batch),
+    (chunks, batch) => {
+      verified += chunks.length;
+      bytesDone += chunks.reduce((sum, data) => sum + data.length, 0);
+      o.onProgress?.({ index: batch.at(-1)!.index + 1, total: ids.length, bytesDone, bytesTotal });
     },
   );
   return { chunksVerified: verified, bytesVerified: bytesDone };
@@ -240,19 +248,35 @@ export async function restoreDisk(o: {
   await withFile(partial, 'w', async (handle) => {
     await handle.truncate(disk.sizeBytes);
     let bytesDone = 0;
-    async function* frames() {
+    async function* batches() {
+      let batch: { index: number; ref: string; frame: Buffer | null }[] = [];
       for (const [index, ref] of disk!.chunks.entries()) {
         o.signal?.throwIfAborted();
-        yield { index, ref, frame: ref === ZERO_CHUNK ? null : await o.repository.getChunk(ref) };
+        batch.push({ index, ref, frame: ref === ZERO_CHUNK ? null : await o.repository.getChunk(ref) });
+        if (batch.length >= CHUNKS_PER_OPEN_TASK) {
+          yield batch;
+          batch = [];
+        }
       }
+      if (batch.length > 0) yield batch;
     }
     await orderedPipeline(
-      frames(),
-      o.pool.threads * IN_FLIGHT_PER_THREAD * 8,
-      async (item) => (item.frame ? o.pool.openChunk(item.frame, item.ref) : null),
-      async (data, item) => {
-        if (data) await handle.write(data, 0, data.length, item.index * disk.chunkSize);
-        bytesDone += chunkLength(disk, item.index);
+      batches(),
+      o.pool.threads * IN_FLIGHT_PER_THREAD,
+      async (batch) => {
+        const stored = batch.flatMap((item) => (item.frame ? [{ frame: item.frame, id: item.ref }] : []));
+        return o.pool.openChunks(stored);
+      },
+      async (chunks, batch) => {
+        let next = 0;
+        for (const item of batch) {
+          // Zero chunks are not written: the file was truncated to size, so they read back as holes.
+          if (item.frame) {
+            const data = chunks[next++]!;
+            await handle.write(data, 0, data.length, item.index * disk.chunkSize);
+          }
+          bytesDone += chunkLength(disk, item.index);
+        }
         o.onProgress?.({ bytesDone, bytesTotal: disk.sizeBytes });
       },
     );

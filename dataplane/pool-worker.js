@@ -48,7 +48,7 @@ function compressChunks({ chunks, level }) {
 
 /**
  * Decompresses a stored frame and checks its hash.
- * @param {{ frame: Uint8Array, id: string }} task
+ * @param {{ frame: Uint8Array, id: string }} item
  * @returns {{ data: Uint8Array } | { corrupt: string }}
  */
 function openChunk({ frame, id }) {
@@ -62,4 +62,12 @@ function openChunk({ frame, id }) {
   return actual === id ? { data } : { corrupt: `content hashes to ${actual}` };
 }
 
-module.exports = { hashSegment, compressChunks, openChunk };
+/**
+ * Opens a batch of stored frames.
+ * @param {{ items: { frame: Uint8Array, id: string }[] }} task
+ */
+function openChunks({ items }) {
+  return items.map(openChunk);
+}
+
+module.exports = { hashSegment, compressChunks, openChunks };

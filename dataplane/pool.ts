@@ -46,12 +46,16 @@ export class ChunkPool {
     return results.map((r) => ('frame' in r ? Buffer.from(r.frame.buffer, r.frame.byteOffset, r.frame.length) : null));
   }
 
-  /** Decompresses a stored frame and checks BLAKE3 == id; ChunkCorruptError otherwise. */
-  async openChunk(frame: Buffer, id: string): Promise<Buffer> {
-    const result = (await this.piscina.run({ frame, id }, { name: 'openChunk', transferList: transferable(frame) })) as
-      { data: Uint8Array } | { corrupt: string };
-    if ('corrupt' in result) throw new ChunkCorruptError(id, result.corrupt);
-    return Buffer.from(result.data.buffer, result.data.byteOffset, result.data.length);
+  /** Decompresses stored frames and checks BLAKE3 == id for each; ChunkCorruptError for the first bad one. */
+  async openChunks(items: { frame: Buffer; id: string }[]): Promise<Buffer[]> {
+    const results = (await this.piscina.run(
+      { items },
+      { name: 'openChunks', transferList: items.flatMap((item) => transferable(item.frame)) },
+    )) as ({ data: Uint8Array } | { corrupt: string })[];
+    return results.map((result, i) => {
+      if ('corrupt' in result) throw new ChunkCorruptError(items[i]!.id, result.corrupt);
+      return Buffer.from(result.data.buffer, result.data.byteOffset, result.data.length);
+    });
   }
 
   destroy(): Promise<void> {

@@ -39,6 +39,9 @@ const JOURNAL_LINE = 65;
  * Every file is written to `tmp/`, fsynced and renamed into place, so a reader never sees a partial file.
  */
 export class LocalRepository implements Repository {
+  /** Directories known to exist, so a chunk write costs no mkdir calls after the first in its directory. */
+  private readonly madeDirs = new Set<string>();
+
   constructor(readonly root: string) {}
 
   async hasChunk(id: string): Promise<boolean> {
@@ -139,6 +142,12 @@ export class LocalRepository implements Repository {
     await fs.rm(path.join(this.root, 'staging', snapshotId), { recursive: true, force: true });
   }
 
+  private async makeDir(dir: string): Promise<void> {
+    if (this.madeDirs.has(dir)) return;
+    await fs.mkdir(dir, { recursive: true });
+    this.madeDirs.add(dir);
+  }
+
   private chunkPath(id: string): string {
     if (!/^[0-9a-f]{64}$/.test(id)) throw new Error(`not a chunk id: ${id}`);
     return path.join(this.root, 'chunks', id.slice(0, 2), `${id}.zst`);
@@ -154,8 +163,8 @@ export class LocalRepository implements Repository {
 
   private async writeAtomically(target: string, data: Buffer): Promise<void> {
     const tmpDir = path.join(this.root, 'tmp');
-    await fs.mkdir(tmpDir, { recursive: true });
-    await fs.mkdir(path.dirname(target), { recursive: true });
+    await this.makeDir(tmpDir);
+    await this.makeDir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
     const handle = await fs.open(tmp, 'wx');
     try {

@@ -182,7 +182,7 @@ test('journals append, read back and truncate; chunk writes are idempotent and l
   expect(await repository.putChunk(id, frame!)).toBe(true);
   expect(await repository.putChunk(id, frame!)).toBe(false);
   expect(await fs.readdir(path.join(repository.root, 'tmp'))).toEqual([]);
-  expect(await pool.openChunk(await repository.getChunk(id), id)).toEqual(data);
+  expect(await pool.openChunks([{ frame: await repository.getChunk(id), id }])).toEqual([data]);
 });
 
 test('snapshot statistics add up', async () => {
