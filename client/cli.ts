@@ -67,13 +67,11 @@ program
         account,
         options: { vm: string; name: string; region?: Region; description: string; image: boolean; wait: boolean },
       ) => {
-        const vm = REGIONS.flatMap((r) => snapshots.listEligibleVms(account, r)).find(
-          (v) => v.vm.id === options.vm || v.vm.name === options.vm,
-        );
+        const vm = snapshots.findVm(account, options.vm);
         const started = await snapshots.createSnapshot({
           accountId: account,
-          vmId: vm?.vm.id ?? options.vm,
-          region: options.region ?? vm?.vm.region ?? 'CANADA-1',
+          vmId: vm?.id ?? options.vm,
+          region: options.region ?? vm?.region ?? 'CANADA-1',
           name: options.name,
           description: options.description,
           createAsImage: options.image,

@@ -52,6 +52,11 @@ export class SnapshotClient {
       .map((vm) => ({ vm, label: formatVmChoice(vm) }));
   }
 
+  /** A VM of the account by id or name, whatever its state. */
+  findVm(accountId: string, idOrName: string): Vm | undefined {
+    return this.options.catalog.listVms({ accountId }).find((vm) => vm.id === idOrName || vm.name === idOrName);
+  }
+
   /**
    * Starts a snapshot and returns once the request is accepted. The workflow id is derived from the account and the
    * name, so retrying the same request returns the snapshot already being made instead of starting a second one.

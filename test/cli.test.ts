@@ -73,6 +73,8 @@ test('typed errors reach the user as one line and exit code 2', async () => {
   expect(taken.stderr).toContain('error SnapshotNameTaken');
   const inactive = await snap('create', '--vm', 'vm-notebook-01', '--region', 'US-1', '--name', 'x');
   expect(inactive.stderr).toContain('error NoActiveVms');
+  const building = await snap('create', '--vm', 'builder-01', '--name', 'while-building');
+  expect(building.stderr).toContain('error VmNotActive: VM builder-01 is BUILD');
   const badName = await snap('create', '--vm', 'trainer-01', '--name', '../etc');
   expect(badName.stderr).toContain('error InvalidSnapshotName');
 });
