@@ -45,6 +45,7 @@ export function createValidateActivity(deps: ActivityDeps) {
           name: request.name,
           description: request.description,
           createAsImage: request.createAsImage,
+          idempotencyKey: request.idempotencyKey ?? null,
           workflowId: Context.current().info.workflowExecution?.workflowId ?? input.snapshotId,
         });
       }

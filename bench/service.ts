@@ -6,15 +6,15 @@ import { SnapshotClient } from '../client/snapshot-client';
 import { startDevServer } from '../devserver/dev-server';
 import type { DevServer } from '../devserver/dev-server';
 import { ensureTemporalCli } from '../devserver/temporal-cli';
-import type { SnapshotRecord, SnapshotStatus, Vm } from '../domain/model';
+import type { Account, SnapshotRecord, SnapshotStatus, Vm } from '../domain/model';
 import { isInFlight } from '../domain/model';
-import { openEmbeddedPlatform, writeGuestBlocks } from '../platform/local';
+import { DEMO_ACCOUNT, openEmbeddedPlatform, writeGuestBlocks } from '../platform/local';
 import type { EmbeddedPlatform } from '../platform/local';
 import { createSnapshotWorker } from '../worker/worker';
 import type { BlockWrite } from './images';
 import { run, timed } from './util';
 
-const ACCOUNT = { id: 'bench', name: 'Benchmark' };
+const ACCOUNT: Account = { ...DEMO_ACCOUNT, id: 'bench', name: 'Benchmark' };
 const TASK_QUEUE = 'bench-snapshots';
 
 /** A timed snapshot: wall-clock seconds from the create request to the SUCCESS record, and each stage's share. */

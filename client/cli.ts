@@ -47,7 +47,10 @@ program
   .action(
     action(async (snapshots, account, options: { region: Region }) => {
       const vms = snapshots.listEligibleVms(account, options.region);
-      console.log(vms.length === 0 ? NO_ACTIVE_VMS : vms.map((v) => `${v.label}  [${v.vm.id}]`).join('\n'));
+      const lines = vms.map(
+        (v) => `${v.label}  [${v.vm.id}]  credit hold ${snapshots.creditHold(account, v.vm.id).text}`,
+      );
+      console.log(vms.length === 0 ? NO_ACTIVE_VMS : lines.join('\n'));
     }),
   );
 
@@ -77,7 +80,8 @@ program
           createAsImage: options.image,
           requestedBy: `cli:${process.env.USER ?? 'unknown'}`,
         });
-        console.log(`snapshot ${started.snapshotId} accepted (workflow ${started.workflowId})`);
+        const hold = snapshots.creditHold(account, vm?.id ?? options.vm).text;
+        console.log(`snapshot ${started.snapshotId} accepted (workflow ${started.workflowId}); credit hold ${hold}`);
         if (!options.wait) return;
         const bar = stageProgressBar();
         try {

@@ -3,12 +3,13 @@ import type { Client, WorkflowHandle } from '@temporalio/client';
 import { WorkflowExecutionAlreadyStartedError, WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
+import { MIN_COVERED_HOURS, formatMoney } from '../domain/billing';
 import { SnapshotError, isSnapshotErrorType } from '../domain/errors';
 import type { Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
 import { RegionSchema, isInFlight } from '../domain/model';
 import type { CreateSnapshotRequest, RestoreDiskRequest } from '../domain/requests';
 import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema, snapshotWorkflowId } from '../domain/requests';
-import { checkSnapshotRequest, formatVmChoice } from '../domain/rules';
+import { checkCredits, checkSnapshotRequest, creditHoldFor, formatVmChoice } from '../domain/rules';
 import { SnapshotAccount, SnapshotName, SnapshotRegion, SnapshotStatus, SnapshotVm } from '../domain/search-attributes';
 import type { Catalog } from '../platform/ports';
 import type { restoreDiskWorkflow, snapshotWorkflow } from '../workflows';
@@ -52,6 +53,20 @@ export class SnapshotClient {
       .map((vm) => ({ vm, label: formatVmChoice(vm) }));
   }
 
+  /**
+   * What a snapshot of the VM would hold from the account's credits: its estimated stored size priced for
+   * MIN_COVERED_HOURS (see domain/billing.ts).
+   */
+  creditHold(accountId: string, vmId: string): { micros: number; text: string } {
+    const account = this.options.catalog.getAccount(accountId);
+    const vm = this.options.catalog.getVm(vmId);
+    if (!account || !vm || vm.accountId !== accountId) {
+      throw new SnapshotError('VmNotFound', `VM ${vmId} does not exist in account ${accountId}.`);
+    }
+    const { hold } = creditHoldFor(account, vm);
+    return { micros: hold, text: `${formatMoney(hold, account.currency)} for ${MIN_COVERED_HOURS} h` };
+  }
+
   /** A VM of the account by id or name, whatever its state. */
   findVm(accountId: string, idOrName: string): Vm | undefined {
     return this.options.catalog.listVms({ accountId }).find((vm) => vm.id === idOrName || vm.name === idOrName);
@@ -71,23 +86,36 @@ export class SnapshotClient {
       vm: this.options.catalog.getVm(request.vmId),
     });
     const workflowId = snapshotWorkflowId(request.accountId, request.name);
-    const sameName = this.options.catalog.findSnapshotByName(request.accountId, request.name);
-    if (sameName && !(isInFlight(sameName.status) && sameName.vmId === vm.id)) {
+    const catalog = this.options.catalog;
+    const sameName = catalog.findSnapshotByName(request.accountId, request.name);
+    if (sameName) {
+      if (request.idempotencyKey && sameName.idempotencyKey === request.idempotencyKey) {
+        return { snapshotId: sameName.id, workflowId: sameName.workflowId };
+      }
+      throw nameTaken(request.name, sameName.id);
+    }
+    const inFlight = catalog.listSnapshots({ vmId: vm.id }).find((s) => isInFlight(s.status));
+    if (inFlight) {
       throw new SnapshotError(
-        'SnapshotNameTaken',
-        `A snapshot named "${sameName.name}" already exists in this account (${sameName.id}); choose another name.`,
+        'SnapshotInProgress',
+        `VM ${vm.name} already has a snapshot in progress ("${inFlight.name}"); wait for it to finish.`,
       );
     }
+    checkCredits(catalog.getAccount(request.accountId)!, vm, catalog.heldCredits(request.accountId));
+
     const snapshotId = `snap-${randomUUID()}`;
+    // Identifies this request among concurrent ones for the same name: only the one whose workflow started wins.
+    const requestKey = request.idempotencyKey ?? snapshotId;
+    let handle: WorkflowHandle<typeof snapshotWorkflow>;
     try {
-      const handle = await this.options.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
+      handle = await this.options.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
         workflowId,
         taskQueue: this.options.taskQueue,
         args: [{ snapshotId, request }],
         // A retried request joins the running workflow; the catalog's reservation decides name uniqueness after that.
         workflowIdConflictPolicy: 'USE_EXISTING',
         workflowIdReusePolicy: 'ALLOW_DUPLICATE',
-        memo: { snapshotId },
+        memo: { snapshotId, requestKey },
         typedSearchAttributes: [
           { key: SnapshotAccount, value: request.accountId },
           { key: SnapshotVm, value: vm.id },
@@ -106,12 +134,34 @@ export class SnapshotClient {
           .filter(Boolean)
           .join('\n\n'),
       });
-      return { snapshotId: await this.snapshotIdOf(handle), workflowId };
     } catch (error) {
-      if (error instanceof WorkflowExecutionAlreadyStartedError) {
-        throw new SnapshotError('SnapshotNameTaken', `A snapshot named "${request.name}" is already being created.`);
-      }
+      if (error instanceof WorkflowExecutionAlreadyStartedError) throw nameTaken(request.name);
       throw error;
+    }
+    const { memo } = await handle.describe();
+    if (memo?.requestKey !== requestKey) throw nameTaken(request.name, memo?.snapshotId as string | undefined);
+    const started = { snapshotId: memo.snapshotId as string, workflowId };
+    await this.waitUntilAccepted(handle);
+    return started;
+  }
+
+  /**
+   * Waits until validation has reserved the name, the VM slot and the credit hold (or failed): `createSnapshot`
+   * reports rule violations, including those only the authoritative check can see under races, to its caller.
+   */
+  private async waitUntilAccepted(handle: WorkflowHandle<typeof snapshotWorkflow>): Promise<void> {
+    const ended = handle.result().then(
+      () => ({ error: undefined }),
+      (error: unknown) => ({ error }),
+    );
+    for (;;) {
+      const outcome = await Promise.race([ended, sleep(POLL_INTERVAL_MS / 2).then(() => null)]);
+      if (outcome) {
+        if (outcome.error) throw toSnapshotError(outcome.error);
+        return;
+      }
+      const progress = await handle.query(snapshotProgressQuery).catch(() => undefined);
+      if (progress && progress.status !== 'VALIDATING' && progress.status !== 'FAILED') return;
     }
   }
 
@@ -172,13 +222,18 @@ export class SnapshotClient {
     if (!outcome.ok) throw toSnapshotError(outcome.error);
     return outcome.value;
   }
+}
 
-  private async snapshotIdOf(handle: WorkflowHandle): Promise<string> {
-    const { memo } = await handle.describe();
-    const snapshotId = memo?.snapshotId;
-    if (typeof snapshotId !== 'string') throw new Error(`workflow ${handle.workflowId} has no snapshotId memo`);
-    return snapshotId;
-  }
+function nameTaken(name: string, existingId?: string): SnapshotError {
+  return new SnapshotError(
+    'SnapshotNameTaken',
+    `A snapshot named "${name}" already exists in this account${existingId ? ` (${existingId})` : ''}; ` +
+      'names are unique across all regions, ignoring case. Choose another name.',
+  );
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** Polls `tick` until `done` settles; a failed tick (e.g. the first query before the workflow ran) is skipped. */

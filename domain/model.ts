@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { CURRENCIES } from './billing';
 
 /** Regions of the embedded platform; each has its own repository. */
 export const REGIONS = ['CANADA-1', 'NORWAY-1', 'US-1'] as const;
@@ -31,8 +32,34 @@ export type Vm = z.infer<typeof VmSchema>;
 export const AccountSchema = z.object({
   id: z.string(),
   name: z.string(),
+  profile: z.object({
+    contactName: z.string().nullable(),
+    contactEmail: z.string().nullable(),
+    country: z.string().nullable(),
+  }),
+  billing: z.object({
+    billingAddress: z.string().nullable(),
+    paymentMethod: z.string().nullable(),
+  }),
+  currency: z.enum(CURRENCIES),
+  /** Credit balance in micro-units of the currency. */
+  creditMicros: z.number().int(),
 });
 export type Account = z.infer<typeof AccountSchema>;
+
+/** The profile and billing fields a snapshot needs, as users see them named. */
+const REQUIRED_ACCOUNT_FIELDS: [string, (a: Account) => string | null][] = [
+  ['contact name', (a) => a.profile.contactName],
+  ['contact email', (a) => a.profile.contactEmail],
+  ['country', (a) => a.profile.country],
+  ['billing address', (a) => a.billing.billingAddress],
+  ['payment method', (a) => a.billing.paymentMethod],
+];
+
+/** What is missing from an account's profile and billing information; empty when complete. */
+export function missingAccountFields(account: Account): string[] {
+  return REQUIRED_ACCOUNT_FIELDS.filter(([, get]) => !get(account)?.trim()).map(([name]) => name);
+}
 
 /**
  * Snapshot lifecycle. The in-flight states are the five stages; SUCCESS is reached only after verification passed;
@@ -71,6 +98,10 @@ export interface SnapshotRecord {
   dedupRatio: number | null;
   createdAt: string;
   completedAt: string | null;
+  /** The client's idempotency key: a retried request with the same key gets this snapshot back. */
+  idempotencyKey: string | null;
+  /** Credit hold taken when the snapshot was accepted (micro-units of the account's currency). */
+  creditHoldMicros: number;
 }
 
 /** Live progress of a snapshot, as returned by the workflow's `progress` query. */

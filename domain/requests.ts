@@ -48,6 +48,8 @@ export const CreateSnapshotRequestSchema = z
       .default(''),
     createAsImage: z.boolean().default(false),
     requestedBy: z.string().max(200).default('unknown'),
+    /** Retrying a request with the same key returns the snapshot it created instead of failing or duplicating. */
+    idempotencyKey: z.string().min(1).max(200).optional(),
   })
   .strict();
 export type CreateSnapshotRequest = z.input<typeof CreateSnapshotRequestSchema>;

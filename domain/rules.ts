@@ -1,5 +1,7 @@
 import { SnapshotError } from './errors';
+import { MIN_COVERED_HOURS, RATE_PER_TB_HOUR, creditHoldMicros, estimatedStoredBytes, formatMoney } from './billing';
 import type { Account, Vm } from './model';
+import { missingAccountFields } from './model';
 import type { ValidCreateSnapshotRequest } from './requests';
 
 /**
@@ -13,6 +15,13 @@ export function checkSnapshotRequest(
 ): Vm {
   if (!facts.account) {
     throw new SnapshotError('AccountNotFound', `Account ${request.accountId} does not exist.`);
+  }
+  const missing = missingAccountFields(facts.account);
+  if (missing.length > 0) {
+    throw new SnapshotError(
+      'ProfileIncomplete',
+      `Complete your account profile before creating snapshots; missing: ${missing.join(', ')}.`,
+    );
   }
   const vm = facts.vm;
   if (!vm || vm.accountId !== request.accountId) {
@@ -31,6 +40,32 @@ export function checkSnapshotRequest(
     );
   }
   return vm;
+}
+
+/** The credit hold a snapshot of `vm` takes: its estimated stored size priced for MIN_COVERED_HOURS. */
+export function creditHoldFor(account: Account, vm: Vm): { storedBytes: number; hold: number } {
+  const storedBytes = estimatedStoredBytes(vm.disks.map((d) => d.sizeBytes));
+  return { storedBytes, hold: creditHoldMicros(storedBytes, account.currency) };
+}
+
+/**
+ * "Sufficient credits": the available balance (balance minus holds of snapshots in flight) covers the credit hold of
+ * this snapshot. Returns the hold to reserve.
+ */
+export function checkCredits(account: Account, vm: Vm, heldMicros: number): number {
+  const { storedBytes, hold } = creditHoldFor(account, vm);
+  const available = account.creditMicros - heldMicros;
+  if (available < hold) {
+    const money = (micros: number) => formatMoney(micros, account.currency);
+    throw new SnapshotError(
+      'InsufficientCredits',
+      `Insufficient credits: available ${money(available)} (balance ${money(account.creditMicros)}, ` +
+        `${money(heldMicros)} held by snapshots in progress) is less than the ${money(hold)} needed to store ` +
+        `an estimated ${(storedBytes / 1e9).toFixed(2)} GB for ${MIN_COVERED_HOURS} hours at ` +
+        `${account.currency} ${RATE_PER_TB_HOUR[account.currency]} per TB per hour. Add credits and try again.`,
+    );
+  }
+  return hold;
 }
 
 /** How a VM appears in the eligible-VM dropdown: `my-vm - H100-SXM5-80GB (CANADA-1)`. */

@@ -3,7 +3,16 @@ import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } fr
 /** A snapshot row as first reserved by validation: name and VM slot are taken atomically. */
 export type NewSnapshot = Pick<
   SnapshotRecord,
-  'id' | 'accountId' | 'vmId' | 'vmName' | 'region' | 'name' | 'description' | 'createAsImage' | 'workflowId'
+  | 'id'
+  | 'accountId'
+  | 'vmId'
+  | 'vmName'
+  | 'region'
+  | 'name'
+  | 'description'
+  | 'createAsImage'
+  | 'workflowId'
+  | 'idempotencyKey'
 >;
 
 export type SnapshotPatch = Partial<
@@ -34,11 +43,14 @@ export interface Catalog {
   listVms(filter: { accountId?: string; region?: Region; status?: VmStatus }): Vm[];
   putVm(vm: Vm): void;
   /**
-   * Inserts a snapshot in VALIDATING state. Atomic: fails with `SnapshotNameTaken` if the account already has a live
-   * snapshot with that name (any region, case-insensitive) and `SnapshotInProgress` if the VM has one in flight.
-   * Idempotent for the same id.
+   * Inserts a snapshot in VALIDATING state and takes its credit hold, atomically: fails with `SnapshotNameTaken` if the
+   * account already has a live snapshot with that name (any region, case-insensitive), `SnapshotInProgress` if the VM
+   * has one in flight, and `InsufficientCredits` if the available balance does not cover the hold. Idempotent for the
+   * same id.
    */
   reserveSnapshot(snapshot: NewSnapshot): SnapshotRecord;
+  /** Sum of the credit holds of the account's snapshots in flight. */
+  heldCredits(accountId: string): number;
   getSnapshot(id: string): SnapshotRecord | undefined;
   findSnapshotByName(accountId: string, name: string): SnapshotRecord | undefined;
   listSnapshots(filter: {

@@ -53,6 +53,7 @@ async function prepare(snapshotId: string, vmId: string): Promise<DiskView[]> {
     description: '',
     createAsImage: false,
     workflowId: snapshotId,
+    idempotencyKey: null,
   });
   return new MockActivityEnvironment().run(activities.initiateSnapshot, snapshotId);
 }

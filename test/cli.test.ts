@@ -38,6 +38,7 @@ test('vms lists the ACTIVE VMs of a region in the product format, or says none a
   expect(canada.stdout).toContain('trainer-01 - H100-SXM5-80GB (CANADA-1)');
   expect(canada.stdout).toContain('trainer-02 - H100-SXM5-80GB (CANADA-1)');
   expect(canada.stdout).not.toContain('builder-01');
+  expect(canada.stdout).toMatch(/trainer-01 .* credit hold USD \d+\.\d+ for 720 h/);
   expect((await snap('vms', '--region', 'US-1')).stdout.trim()).toBe('No active VMs available');
 });
 

@@ -8,7 +8,7 @@ import { SqliteCatalog } from './sqlite-catalog';
 export { LocalHypervisor } from './local-hypervisor';
 export { SqliteCatalog } from './sqlite-catalog';
 export { writeGuestBlocks } from './guest';
-export { DEMO_ACCOUNT, DEMO_FLEET, seedDemoFleet } from './seed';
+export { DEMO_ACCOUNT, DEMO_ACCOUNTS, DEMO_FLEET, seedDemoFleet } from './seed';
 
 /** The embedded platform under one data directory: everything a single machine needs, nothing else. */
 export interface EmbeddedPlatform {

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { Region, Vm, VmStatus } from '../../domain/model';
+import type { Account, Region, Vm, VmStatus } from '../../domain/model';
 import type { Catalog } from '../ports';
 
 const run = promisify(execFile);
@@ -20,6 +20,7 @@ export interface SeedOptions {
 
 interface FleetVm {
   id: string;
+  accountId: string;
   name: string;
   region: Region;
   flavor: string;
@@ -27,15 +28,106 @@ interface FleetVm {
   gpus: number;
 }
 
-/** The demo fleet: two ACTIVE VMs in CANADA-1 (so they dedupe against each other), one per other region, and VMs in every non-ACTIVE state. */
-export const DEMO_ACCOUNT = { id: 'acme', name: 'Acme AI Research' };
+const complete = {
+  profile: { contactName: 'Ada Operator', contactEmail: 'ops@example.com', country: 'CA' },
+  billing: { billingAddress: '1 Research Way, Montreal', paymentMethod: 'card-visa-4242' },
+};
+
+/**
+ * Demo accounts: one complete with ample credit (the one the CLI and demo use), one with almost no credit, one whose
+ * profile lacks billing information.
+ */
+export const DEMO_ACCOUNTS: readonly Account[] = [
+  { id: 'acme', name: 'Acme AI Research', ...complete, currency: 'USD', creditMicros: 500_000_000 },
+  { id: 'fjord', name: 'Fjord Robotics', ...complete, currency: 'INR', creditMicros: 1_000 },
+  {
+    id: 'newco',
+    name: 'NewCo Labs',
+    profile: { contactName: 'Sam Founder', contactEmail: 'sam@newco.example', country: null },
+    billing: { billingAddress: null, paymentMethod: null },
+    currency: 'EUR',
+    creditMicros: 100_000_000,
+  },
+];
+export const DEMO_ACCOUNT = DEMO_ACCOUNTS[0]!;
+
+/**
+ * The demo fleet: two ACTIVE VMs of acme in CANADA-1 (so they dedupe against each other), VMs in every other state,
+ * and one ACTIVE VM for each other account.
+ */
 export const DEMO_FLEET: readonly FleetVm[] = [
-  { id: 'vm-trainer-01', name: 'trainer-01', region: 'CANADA-1', flavor: 'H100-SXM5-80GB', status: 'ACTIVE', gpus: 8 },
-  { id: 'vm-trainer-02', name: 'trainer-02', region: 'CANADA-1', flavor: 'H100-SXM5-80GB', status: 'ACTIVE', gpus: 8 },
-  { id: 'vm-builder-01', name: 'builder-01', region: 'CANADA-1', flavor: 'A100-SXM4-80GB', status: 'BUILD', gpus: 1 },
-  { id: 'vm-infer-01', name: 'inference-01', region: 'NORWAY-1', flavor: 'L40S-48GB', status: 'ACTIVE', gpus: 2 },
-  { id: 'vm-broken-01', name: 'broken-01', region: 'NORWAY-1', flavor: 'H100-SXM5-80GB', status: 'ERROR', gpus: 1 },
-  { id: 'vm-notebook-01', name: 'notebook-01', region: 'US-1', flavor: 'RTX-A6000-48GB', status: 'SHUTOFF', gpus: 1 },
+  {
+    id: 'vm-trainer-01',
+    accountId: 'acme',
+    name: 'trainer-01',
+    region: 'CANADA-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ACTIVE',
+    gpus: 8,
+  },
+  {
+    id: 'vm-trainer-02',
+    accountId: 'acme',
+    name: 'trainer-02',
+    region: 'CANADA-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ACTIVE',
+    gpus: 8,
+  },
+  {
+    id: 'vm-builder-01',
+    accountId: 'acme',
+    name: 'builder-01',
+    region: 'CANADA-1',
+    flavor: 'A100-SXM4-80GB',
+    status: 'BUILD',
+    gpus: 1,
+  },
+  {
+    id: 'vm-infer-01',
+    accountId: 'acme',
+    name: 'inference-01',
+    region: 'NORWAY-1',
+    flavor: 'L40S-48GB',
+    status: 'ACTIVE',
+    gpus: 2,
+  },
+  {
+    id: 'vm-broken-01',
+    accountId: 'acme',
+    name: 'broken-01',
+    region: 'NORWAY-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ERROR',
+    gpus: 1,
+  },
+  {
+    id: 'vm-notebook-01',
+    accountId: 'acme',
+    name: 'notebook-01',
+    region: 'US-1',
+    flavor: 'RTX-A6000-48GB',
+    status: 'SHUTOFF',
+    gpus: 1,
+  },
+  {
+    id: 'vm-fjord-01',
+    accountId: 'fjord',
+    name: 'arm-sim-01',
+    region: 'NORWAY-1',
+    flavor: 'L40S-48GB',
+    status: 'ACTIVE',
+    gpus: 1,
+  },
+  {
+    id: 'vm-newco-01',
+    accountId: 'newco',
+    name: 'dev-01',
+    region: 'US-1',
+    flavor: 'A100-SXM4-80GB',
+    status: 'ACTIVE',
+    gpus: 1,
+  },
 ];
 
 /**
@@ -48,7 +140,7 @@ export async function seedDemoFleet(catalog: Catalog, options: SeedOptions): Pro
   const dataBytes = options.dataDiskBytes ?? 256 * MiB;
   const rootSource = await firstExisting(options.rootSources ?? ['/usr/include', '/usr/share']);
   const dataSource = await firstExisting(options.dataSources ?? ['/usr/lib/python3', '/usr/share/doc']);
-  catalog.putAccount(DEMO_ACCOUNT);
+  for (const account of DEMO_ACCOUNTS) catalog.putAccount(account);
   const vms: Vm[] = [];
   for (const spec of DEMO_FLEET) {
     const dir = path.join(options.dataDir, 'disks', spec.id);
@@ -58,7 +150,7 @@ export async function seedDemoFleet(catalog: Catalog, options: SeedOptions): Pro
     await makeExt4Image(data.path, dataBytes, dataSource, 'data');
     const vm: Vm = {
       id: spec.id,
-      accountId: DEMO_ACCOUNT.id,
+      accountId: spec.accountId,
       name: spec.name,
       region: spec.region,
       flavor: spec.flavor,

@@ -5,6 +5,7 @@ import { SnapshotError } from '../../domain/errors';
 import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } from '../../domain/model';
 import { AccountSchema, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
 import { snapshotNameKey } from '../../domain/requests';
+import { checkCredits } from '../../domain/rules';
 import type { Catalog, NewSnapshot, SnapshotPatch } from '../ports';
 
 const IN_FLIGHT = SNAPSHOT_STAGES.map((s) => `'${s}'`).join(', ');
@@ -36,7 +37,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
   compression_ratio REAL,
   dedup_ratio REAL,
   created_at TEXT NOT NULL,
-  completed_at TEXT
+  completed_at TEXT,
+  idempotency_key TEXT,
+  -- Credit hold taken at reservation: HELD while in flight, RELEASED on failure, CONVERTED on success.
+  hold_micros INTEGER NOT NULL DEFAULT 0,
+  hold_state TEXT NOT NULL DEFAULT 'HELD'
 );
 -- A name is taken by every snapshot that is not FAILED, in every region of the account.
 CREATE UNIQUE INDEX IF NOT EXISTS snapshots_name ON snapshots (account_id, name_key) WHERE status <> 'FAILED';
@@ -67,6 +72,8 @@ interface SnapshotRow {
   dedup_ratio: number | null;
   created_at: string;
   completed_at: string | null;
+  idempotency_key: string | null;
+  hold_micros: number;
 }
 
 function toRecord(row: SnapshotRow): SnapshotRecord {
@@ -92,6 +99,8 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
     dedupRatio: row.dedup_ratio,
     createdAt: row.created_at,
     completedAt: row.completed_at,
+    idempotencyKey: row.idempotency_key,
+    creditHoldMicros: row.hold_micros,
   };
 }
 
@@ -186,16 +195,22 @@ export class SqliteCatalog implements Catalog {
           `VM ${s.vmName} already has a snapshot in progress ("${inFlight.name}", ${inFlight.id}); wait for it to finish.`,
         );
       }
+      const account = this.getAccount(s.accountId);
+      const vm = this.getVm(s.vmId);
+      if (!account || !vm)
+        throw new SnapshotError('VmNotFound', `VM ${s.vmId} does not exist in account ${s.accountId}.`);
+      const holdMicros = checkCredits(account, vm, this.heldCredits(s.accountId));
       this.db
         .prepare(
           `INSERT INTO snapshots (id, account_id, vm_id, vm_name, region, name, name_key, description, create_as_image,
-           status, workflow_id, created_at)
+           status, workflow_id, created_at, idempotency_key, hold_micros)
            VALUES (@id, @accountId, @vmId, @vmName, @region, @name, @nameKey, @description, @createAsImage,
-           'VALIDATING', @workflowId, @createdAt)`,
+           'VALIDATING', @workflowId, @createdAt, @idempotencyKey, @holdMicros)`,
         )
         .run({
           ...s,
           nameKey,
+          holdMicros,
           createAsImage: s.createAsImage ? 1 : 0,
           createdAt: new Date().toISOString(),
         });
@@ -203,6 +218,15 @@ export class SqliteCatalog implements Catalog {
     });
     // IMMEDIATE takes the write lock up front, so two processes cannot both pass the checks.
     return reserve.immediate(snapshot);
+  }
+
+  heldCredits(accountId: string): number {
+    const row = this.db
+      .prepare(
+        `SELECT COALESCE(SUM(hold_micros), 0) AS held FROM snapshots WHERE account_id = ? AND hold_state = 'HELD'`,
+      )
+      .get(accountId) as { held: number };
+    return row.held;
   }
 
   getSnapshot(id: string): SnapshotRecord | undefined {
@@ -250,7 +274,14 @@ export class SqliteCatalog implements Catalog {
       const values = Object.fromEntries(
         entries.map(([key, value]) => [key, key === 'vmConfig' && value !== null ? JSON.stringify(value) : value]),
       );
-      this.db.prepare(`UPDATE snapshots SET ${sets} WHERE id = @id`).run({ ...values, id });
+      // Ending a snapshot settles its credit hold in the same statement: released on failure, converted on success.
+      const hold =
+        patch.status === 'FAILED'
+          ? `, hold_state = 'RELEASED'`
+          : patch.status === 'SUCCESS'
+            ? `, hold_state = 'CONVERTED'`
+            : '';
+      this.db.prepare(`UPDATE snapshots SET ${sets}${hold} WHERE id = @id`).run({ ...values, id });
     }
     const updated = this.getSnapshot(id);
     if (!updated) throw new SnapshotError('SnapshotNotFound', `Snapshot ${id} does not exist.`);
