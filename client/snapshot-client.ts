@@ -9,7 +9,7 @@ import type { Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from
 import { RegionSchema, isInFlight } from '../domain/model';
 import type { CreateSnapshotRequest, RestoreDiskRequest } from '../domain/requests';
 import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema, snapshotWorkflowId } from '../domain/requests';
-import { checkCredits, checkSnapshotRequest, creditHoldFor, formatVmChoice } from '../domain/rules';
+import { checkAccount, checkCredits, checkSnapshotRequest, creditHoldFor, formatVmChoice } from '../domain/rules';
 import { SnapshotAccount, SnapshotName, SnapshotRegion, SnapshotStatus, SnapshotVm } from '../domain/search-attributes';
 import type { Catalog } from '../platform/ports';
 import type { restoreDiskWorkflow, snapshotWorkflow } from '../workflows';
@@ -78,6 +78,7 @@ export class SnapshotClient {
    */
   async createSnapshot(input: CreateSnapshotRequest): Promise<StartedSnapshot> {
     const request = parseOrThrow(CreateSnapshotRequestSchema, input, undefined, 'request');
+    checkAccount(request.accountId, this.options.catalog.getAccount(request.accountId));
     if (this.listEligibleVms(request.accountId, request.region).length === 0) {
       throw new SnapshotError('NoActiveVms', `${NO_ACTIVE_VMS} in ${request.region}.`);
     }

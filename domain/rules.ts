@@ -13,16 +13,7 @@ export function checkSnapshotRequest(
   request: ValidCreateSnapshotRequest,
   facts: { account: Account | undefined; vm: Vm | undefined },
 ): Vm {
-  if (!facts.account) {
-    throw new SnapshotError('AccountNotFound', `Account ${request.accountId} does not exist.`);
-  }
-  const missing = missingAccountFields(facts.account);
-  if (missing.length > 0) {
-    throw new SnapshotError(
-      'ProfileIncomplete',
-      `Complete your account profile before creating snapshots; missing: ${missing.join(', ')}.`,
-    );
-  }
+  checkAccount(request.accountId, facts.account);
   const vm = facts.vm;
   if (!vm || vm.accountId !== request.accountId) {
     throw new SnapshotError('VmNotFound', `VM ${request.vmId} does not exist in account ${request.accountId}.`);
@@ -46,6 +37,20 @@ export function checkSnapshotRequest(
 export function creditHoldFor(account: Account, vm: Vm): { storedBytes: number; hold: number } {
   const storedBytes = estimatedStoredBytes(vm.disks.map((d) => d.sizeBytes));
   return { storedBytes, hold: creditHoldMicros(storedBytes, account.currency) };
+}
+
+/** The account exists and its profile and billing information are complete. */
+export function checkAccount(accountId: string, account: Account | undefined): asserts account is Account {
+  if (!account) {
+    throw new SnapshotError('AccountNotFound', `Account ${accountId} does not exist.`);
+  }
+  const missing = missingAccountFields(account);
+  if (missing.length > 0) {
+    throw new SnapshotError(
+      'ProfileIncomplete',
+      `Complete your account profile before creating snapshots; missing: ${missing.join(', ')}.`,
+    );
+  }
 }
 
 /**

@@ -53,7 +53,7 @@ test('create, list, show and restore work end to end', async () => {
     'from the CLI',
   );
   expect(created.code).toBe(0);
-  expect(created.stderr).toContain('VERIFYING');
+  expect(created.stderr).toContain('SUCCESS');
   expect(created.stdout).toMatch(/Status:\s+SUCCESS/);
   expect(created.stdout).toMatch(/Compression ratio:\s+\d+\.\d+x/);
 

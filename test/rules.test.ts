@@ -1,3 +1,5 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import type { SnapshotError } from '../domain/errors';
 import { MAX_DESCRIPTION_LENGTH } from '../domain/requests';
 import type { CreateSnapshotRequest } from '../domain/requests';
@@ -34,6 +36,7 @@ function snapshotCount(): number {
 
 describe('every rule has a typed refusal that changes nothing', () => {
   test.each<[string, CreateSnapshotRequest, string, RegExp]>([
+    ['unknown account', { ...trainer, accountId: 'ghost' }, 'AccountNotFound', /ghost/],
     ['VM not ACTIVE', { ...trainer, vmId: 'vm-builder-01' }, 'VmNotActive', /builder-01 is BUILD/],
     ['VM in another region', { ...trainer, region: 'NORWAY-1' }, 'RegionMismatch', /trainer-01 is in CANADA-1/],
     ['VM of another account', { ...trainer, vmId: 'vm-fjord-01', region: 'NORWAY-1' }, 'VmNotFound', /vm-fjord-01/],
@@ -221,6 +224,20 @@ describe('race-free reservations', () => {
     expect(later.snapshotId).toBe(concurrent[0]!.snapshotId);
     const otherKey = await refusal({ ...request, idempotencyKey: 'req-43' });
     expect(otherKey.type).toBe('SnapshotNameTaken');
+  });
+
+  test('cancelling a snapshot cleans up: FAILED as Cancelled, hold released, name free, views gone', async () => {
+    const started = await env.snapshots.createSnapshot({ ...trainer, name: 'cancel-me' });
+    await env.client.workflow.getHandle(started.workflowId).cancel();
+    const error = await env.snapshots.watchProgress(started).catch((e: unknown) => e as SnapshotError);
+    expect(error).toMatchObject({ type: 'Cancelled' });
+    const record = env.platform.catalog.getSnapshot(started.snapshotId)!;
+    expect(record).toMatchObject({ status: 'FAILED', failureType: 'Cancelled' });
+    expect(env.platform.catalog.heldCredits('acme')).toBe(0);
+    expect(env.platform.catalog.findSnapshotByName('acme', 'cancel-me')).toBeUndefined();
+    const repository = env.platform.repositoryFor('CANADA-1');
+    expect(await repository.listStagingIds()).not.toContain(started.snapshotId);
+    await expect(fs.access(path.join(env.platform.dataDir, 'views', started.snapshotId))).rejects.toThrow();
   });
 
   test('the credit hold is taken on acceptance and converted on success', async () => {

@@ -1,4 +1,5 @@
 import {
+  ActivityCancellationType,
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
@@ -28,6 +29,8 @@ const checks = proxyActivities<Activities>({
 // big disk is not, so it gets a generous timeout but few attempts (each one freezes the guest again).
 const initiation = proxyActivities<Activities>({
   startToCloseTimeout: '30 minutes',
+  // On cancellation, compensations must not run while the activity still works (it would recreate what they remove).
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes },
 });
 
@@ -36,6 +39,7 @@ const initiation = proxyActivities<Activities>({
 const dataStages = proxyActivities<Activities>({
   startToCloseTimeout: '12 hours',
   heartbeatTimeout: '30 seconds',
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: {
     initialInterval: '1s',
     backoffCoefficient: 2,
