@@ -43,6 +43,19 @@ async function orderedPipeline<T, R>(
   }
 }
 
+/** Groups items into arrays of up to `size`, so one pool task handles many chunks. */
+async function* inBatches<T>(items: AsyncIterable<T>, size: number): AsyncGenerator<T[]> {
+  let batch: T[] = [];
+  for await (const item of items) {
+    batch.push(item);
+    if (batch.length >= size) {
+      yield batch;
+      batch = [];
+    }
+  }
+  if (batch.length > 0) yield batch;
+}
+
 async function readExactly(handle: FileHandle, length: number, position: number): Promise<Buffer> {
   // allocUnsafeSlow: the buffer owns its memory, so it can be transferred to a worker thread without a copy.
   const buffer = Buffer.allocUnsafeSlow(length);
@@ -202,21 +215,15 @@ export async function verifyManifest(o: {
   const bytesTotal = [...lengths.values()].reduce((a, b) => a + b, 0);
   let bytesDone = ids.slice(0, o.fromIndex ?? 0).reduce((sum, id) => sum + lengths.get(id)!, 0);
   let verified = 0;
-  async function* batches() {
-    let batch: { index: number; id: string; frame: Buffer }[] = [];
+  async function* frames() {
     for (let index = o.fromIndex ?? 0; index < ids.length; index++) {
       o.signal?.throwIfAborted();
       const id = ids[index]!;
-      batch.push({ index, id, frame: await o.repository.getChunk(id) });
-      if (batch.length >= CHUNKS_PER_OPEN_TASK) {
-        yield batch;
-        batch = [];
-      }
+      yield { index, id, frame: await o.repository.getChunk(id) };
     }
-    if (batch.length > 0) yield batch;
   }
   await orderedPipeline(
-    batches(),
+    inBatches(frames(), CHUNKS_PER_OPEN_TASK),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     (batch) => o.pool.openChunks(batch),
     (chunks, batch) => {
@@ -248,20 +255,14 @@ export async function restoreDisk(o: {
   await withFile(partial, 'w', async (handle) => {
     await handle.truncate(disk.sizeBytes);
     let bytesDone = 0;
-    async function* batches() {
-      let batch: { index: number; ref: string; frame: Buffer | null }[] = [];
+    async function* frames() {
       for (const [index, ref] of disk!.chunks.entries()) {
         o.signal?.throwIfAborted();
-        batch.push({ index, ref, frame: ref === ZERO_CHUNK ? null : await o.repository.getChunk(ref) });
-        if (batch.length >= CHUNKS_PER_OPEN_TASK) {
-          yield batch;
-          batch = [];
-        }
+        yield { index, ref, frame: ref === ZERO_CHUNK ? null : await o.repository.getChunk(ref) };
       }
-      if (batch.length > 0) yield batch;
     }
     await orderedPipeline(
-      batches(),
+      inBatches(frames(), CHUNKS_PER_OPEN_TASK),
       o.pool.threads * IN_FLIGHT_PER_THREAD,
       async (batch) => {
         const stored = batch.flatMap((item) => (item.frame ? [{ frame: item.frame, id: item.ref }] : []));
