@@ -74,6 +74,16 @@ describe('snapshot workflow on a real Temporal server', () => {
     expect(record.vmConfig).toEqual(vm.config);
     expect(progress).toContain('SUCCESS');
     expect(await restoreAll(record.id, env.platform.dataDir)).toEqual(before);
+    // Operators find it in the Web UI by search attributes, and it carries a summary.
+    const query = `SnapshotAccount = "acme" AND SnapshotVm = "${vm.id}" AND SnapshotRegion = "${vm.region}" AND SnapshotName = "full-1" AND SnapshotStatus = "SUCCESS"`;
+    const found = await waitFor(async () => {
+      const ids: string[] = [];
+      for await (const w of env.client.workflow.list({ query })) ids.push(w.workflowId);
+      return ids.length > 0 ? ids : undefined;
+    });
+    expect(found).toEqual([started.workflowId]);
+    const description = await env.client.workflow.getHandle(started.workflowId).describe();
+    expect(await description.staticSummary()).toContain('Snapshot "full-1" of trainer-01 - H100-SXM5-80GB (CANADA-1)');
     // The workflow code replays its own history deterministically.
     const history = await env.client.workflow.getHandle(started.workflowId).fetchHistory();
     await Worker.runReplayHistory({ workflowBundle: testWorkflowBundle() }, history);
