@@ -1,4 +1,4 @@
-/** Typed data-plane errors; `type` is stable and matches the service's error types. */
+/** A stored chunk does not decompress (zstd format or checksum error) or does not hash to its id. */
 export class ChunkCorruptError extends Error {
   readonly type = 'ChunkCorrupt';
   constructor(
@@ -9,13 +9,17 @@ export class ChunkCorruptError extends Error {
   }
 }
 
+/** A chunk a manifest or caller refers to is not in the repository. */
 export class ChunkMissingError extends Error {
   readonly type = 'ChunkMissing';
   constructor(readonly chunkId: string) {
-    super(`Stored chunk ${chunkId} is missing from the repository.`);
+    super(
+      `Stored chunk ${chunkId} is missing from the repository; the snapshots that reference it cannot be restored.`,
+    );
   }
 }
 
+/** A snapshot has no manifest in the repository (never committed, or deleted). */
 export class ManifestMissingError extends Error {
   readonly type = 'ManifestMissing';
   constructor(readonly snapshotId: string) {
@@ -23,18 +27,22 @@ export class ManifestMissingError extends Error {
   }
 }
 
+/** Bytes read for storage no longer hash to the id recorded at capture: the point-in-time view changed. */
 export class DiskChangedError extends Error {
   readonly type = 'DiskChanged';
   constructor(
-    readonly offset: number,
     readonly expectedId: string,
+    /** Byte offset of the chunk in its disk, when the caller knows it. */
+    readonly offset?: number,
   ) {
+    const where = offset === undefined ? '' : ` at offset ${offset}`;
     super(
-      `The point-in-time view changed at offset ${offset} after capture (expected chunk ${expectedId}); take the snapshot again.`,
+      `The point-in-time view changed${where} after capture (expected chunk ${expectedId}); take the snapshot again.`,
     );
   }
 }
 
+/** The stable `type` strings of the data-plane errors. */
 export type DataPlaneErrorType = (
   ChunkCorruptError | ChunkMissingError | ManifestMissingError | DiskChangedError
 )['type'];

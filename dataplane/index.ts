@@ -4,9 +4,9 @@
  */
 export { ChunkCorruptError, ChunkMissingError, DiskChangedError, ManifestMissingError } from './errors';
 export type { DataPlaneErrorType } from './errors';
-export { DEFAULT_CHUNK_SIZE, ManifestSchema, ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
+export { DEFAULT_CHUNK_SIZE, ManifestSchema, ZERO_CHUNK, distinctChunks } from './manifest';
 export type { ChunkRef, Manifest } from './manifest';
-export { ChunkPool, DEFAULT_COMPRESSION_LEVEL } from './pool';
+export { ChunkPool } from './pool';
 export { LocalRepository } from './repository';
 export type { Repository } from './repository';
 export { manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';

@@ -8,8 +8,8 @@ export type ChunkRef = string;
 
 /**
  * Fixed chunk size. Chosen by measured incremental growth for 300 scattered 4 KiB writes plus one 32 MiB region on a
- * 1 GiB ext4 image: 4 MiB chunks grew the repository by 150 MiB, 1 MiB by 83 MiB, 256 KiB by 48 MiB (restic: 81 MiB);
- * 64 KiB saves little more (37 MiB) for four times the objects. `npm run bench` re-measures it.
+ * 1 GiB ext4 image (`npm run bench`): 4 MiB chunks grew the repository by 164 MiB, 1 MiB by 70 MiB, 256 KiB by 31 MiB
+ * (restic: 62–71 MiB); 64 KiB saves a third more (20 MiB) for four times the objects.
  */
 export const DEFAULT_CHUNK_SIZE = 256 * 1024;
 

@@ -1,6 +1,5 @@
 import fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { DiskChangedError } from './errors';
 import type { ChunkRef, Manifest } from './manifest';
 import { ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
 import type { ChunkPool } from './pool';
@@ -68,6 +67,14 @@ async function readExactly(handle: FileHandle, length: number, position: number)
   return buffer;
 }
 
+async function writeExactly(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  let written = 0;
+  while (written < data.length) {
+    const { bytesWritten } = await handle.write(data, written, data.length - written, position + written);
+    written += bytesWritten;
+  }
+}
+
 async function withFile<T>(file: string, flags: string, use: (handle: FileHandle) => Promise<T>): Promise<T> {
   const handle = await fs.open(file, flags);
   try {
@@ -131,8 +138,7 @@ export async function storeChunks(o: {
   const chunksPerBatch = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
   const stats = { chunksWritten: 0, bytesWritten: 0, storedBytesWritten: 0 };
   const queued = new Set<string>();
-  const writeChunk = async (chunk: { index: number; id: string }, frame: Buffer | null) => {
-    if (!frame) throw new DiskChangedError(chunk.index * o.chunkSize, chunk.id);
+  const writeChunk = async (chunk: { index: number; id: string }, frame: Buffer) => {
     if (await o.repository.putChunk(chunk.id, frame)) {
       stats.chunksWritten++;
       stats.bytesWritten += chunkLength(disk, chunk.index);
@@ -142,13 +148,14 @@ export async function storeChunks(o: {
   await withFile(o.path, 'r', async (handle) => {
     /** Batches of chunks to store; `end` is the ref index the batch covers up to (for progress). */
     async function* batches() {
-      let batch: { index: number; id: string; data: Buffer }[] = [];
+      let batch: { index: number; id: string; offset: number; data: Buffer }[] = [];
       for (let index = o.fromIndex ?? 0; index < o.refs.length; index++) {
         o.signal?.throwIfAborted();
         const id = o.refs[index]!;
         if (id !== ZERO_CHUNK && !queued.has(id) && !(await o.repository.hasChunk(id))) {
           queued.add(id);
-          batch.push({ index, id, data: await readExactly(handle, chunkLength(disk, index), index * o.chunkSize) });
+          const offset = index * o.chunkSize;
+          batch.push({ index, id, offset, data: await readExactly(handle, chunkLength(disk, index), offset) });
         }
         if (batch.length >= chunksPerBatch || (index + 1) % (chunksPerBatch * 16) === 0) {
           yield { chunks: batch, end: index + 1 };
@@ -171,7 +178,7 @@ export async function storeChunks(o: {
           writesPending++;
           writes = writes
             .then(async () => {
-              await Promise.all(batch.chunks.map((chunk, i) => writeChunk(chunk, frames[i] ?? null)));
+              await Promise.all(batch.chunks.map((chunk, i) => writeChunk(chunk, frames[i]!)));
               o.onProgress?.({ index: batch.end, bytesDone: Math.min(batch.end * o.chunkSize, o.sizeBytes) });
             })
             .finally(() => writesPending--);
@@ -252,38 +259,44 @@ export async function restoreDisk(o: {
   const disk = o.manifest.disks.find((d) => d.name === o.diskName);
   if (!disk) throw new Error(`manifest of ${o.manifest.snapshotId} has no disk ${o.diskName}`);
   const partial = `${o.target}.partial`;
-  await withFile(partial, 'w', async (handle) => {
-    await handle.truncate(disk.sizeBytes);
-    let bytesDone = 0;
-    async function* frames() {
-      for (const [index, ref] of disk!.chunks.entries()) {
-        o.signal?.throwIfAborted();
-        yield { index, ref, frame: ref === ZERO_CHUNK ? null : await o.repository.getChunk(ref) };
-      }
-    }
-    await orderedPipeline(
-      inBatches(frames(), CHUNKS_PER_OPEN_TASK),
-      o.pool.threads * IN_FLIGHT_PER_THREAD,
-      async (batch) => {
-        const stored = batch.flatMap((item) => (item.frame ? [{ frame: item.frame, id: item.ref }] : []));
-        return o.pool.openChunks(stored);
-      },
-      async (chunks, batch) => {
-        let next = 0;
-        for (const item of batch) {
-          // Zero chunks are not written: the file was truncated to size, so they read back as holes.
-          if (item.frame) {
-            const data = chunks[next++]!;
-            await handle.write(data, 0, data.length, item.index * disk.chunkSize);
-          }
-          bytesDone += chunkLength(disk, item.index);
-        }
-        o.onProgress?.({ bytesDone, bytesTotal: disk.sizeBytes });
-      },
-    );
-    await handle.sync();
-  });
+  try {
+    await withFile(partial, 'w', (handle) => restoreInto(handle, disk, o));
+  } catch (error) {
+    await fs.rm(partial, { force: true });
+    throw error;
+  }
   await fs.rename(partial, o.target);
+}
+
+/** Fills an open image file with a disk's chunks; see restoreDisk. */
+async function restoreInto(
+  handle: FileHandle,
+  disk: Manifest['disks'][number],
+  o: Parameters<typeof restoreDisk>[0],
+): Promise<void> {
+  // Zero chunks are never written: the file is sized first, so they stay holes and read back as zeros.
+  await handle.truncate(disk.sizeBytes);
+  let bytesDone = 0;
+  async function* frames() {
+    for (const [index, ref] of disk.chunks.entries()) {
+      o.signal?.throwIfAborted();
+      yield { index, ref, frame: ref === ZERO_CHUNK ? null : await o.repository.getChunk(ref) };
+    }
+  }
+  await orderedPipeline(
+    inBatches(frames(), CHUNKS_PER_OPEN_TASK),
+    o.pool.threads * IN_FLIGHT_PER_THREAD,
+    (batch) => o.pool.openChunks(batch.flatMap((item) => (item.frame ? [{ frame: item.frame, id: item.ref }] : []))),
+    async (chunks, batch) => {
+      let next = 0;
+      for (const item of batch) {
+        if (item.frame) await writeExactly(handle, chunks[next++]!, item.index * disk.chunkSize);
+        bytesDone += chunkLength(disk, item.index);
+      }
+      o.onProgress?.({ bytesDone, bytesTotal: disk.sizeBytes });
+    },
+  );
+  await handle.sync();
 }
 
 export interface ManifestStats {

@@ -34,15 +34,13 @@ function hashSegment({ data, chunkSize }) {
 }
 
 /**
- * Re-hashes and compresses chunks; a chunk whose hash no longer matches is reported, not stored.
+ * Re-hashes and compresses chunks; `null` for a chunk that no longer hashes to its id (it is not compressed).
  * @param {{ chunks: { data: Uint8Array, id: string }[], level: number }} task
- * @returns {({ frame: Uint8Array } | { changed: true })[]}
+ * @returns {(Uint8Array | null)[]}
  */
 function compressChunks({ chunks, level }) {
   return chunks.map(({ data, id }) =>
-    hashOf(data) === id
-      ? { frame: compress(data, { compressionLevel: level, checksumFlag: true }) }
-      : { changed: true },
+    hashOf(data) === id ? compress(data, { compressionLevel: level, checksumFlag: true }) : null,
   );
 }
 

@@ -1,15 +1,16 @@
 import os from 'node:os';
 import path from 'node:path';
 import Piscina from 'piscina';
-import { ChunkCorruptError } from './errors';
+import { ChunkCorruptError, DiskChangedError } from './errors';
 import type { ChunkRef } from './manifest';
 
-/** Default zstd level: level 1 runs at about 600 MB/s per core here and already compresses disk data well. */
-export const DEFAULT_COMPRESSION_LEVEL = 1;
+/** Default zstd level: level 1 runs at about 600 MB/s per core and already compresses disk data well. */
+const DEFAULT_COMPRESSION_LEVEL = 1;
 
 /**
- * A worker-thread pool (one thread per core) for the CPU work: BLAKE3 hashing, zstd compression and decompression.
- * Callers send whole segments of many chunks, so per-task messaging stays negligible next to the work.
+ * A worker-thread pool (one thread per core by default) for the CPU work: BLAKE3 hashing, zstd compression and
+ * decompression. The pipeline sends many chunks per task (the plural methods), so messaging stays negligible next to
+ * the work. Input buffers that own their whole ArrayBuffer are transferred, not copied: do not reuse them afterwards.
  */
 export class ChunkPool {
   private readonly piscina: Piscina;
@@ -30,23 +31,44 @@ export class ChunkPool {
     return this.piscina.options.maxThreads;
   }
 
-  /** Hashes every chunk of a segment; zero chunks come back as ZERO_CHUNK. The segment's buffer is transferred. */
+  /** Hashes every chunk of a segment; zero chunks come back as ZERO_CHUNK. */
   hashSegment(data: Buffer, chunkSize: number): Promise<ChunkRef[]> {
     return this.piscina.run({ data, chunkSize }, { name: 'hashSegment', transferList: transferable(data) }) as Promise<
       ChunkRef[]
     >;
   }
 
-  /** Re-hashes and compresses chunks; `null` for a chunk whose content no longer matches its id. Buffers are transferred. */
-  async compressChunks(chunks: { data: Buffer; id: string }[]): Promise<(Buffer | null)[]> {
-    const results = (await this.piscina.run(
-      { chunks, level: this.level },
-      { name: 'compressChunks', transferList: chunks.flatMap((c) => transferable(c.data)) },
-    )) as ({ frame: Uint8Array } | { changed: true })[];
-    return results.map((r) => ('frame' in r ? Buffer.from(r.frame.buffer, r.frame.byteOffset, r.frame.length) : null));
+  /** Re-hashes (must equal expectedId, else DiskChangedError) and compresses one chunk; returns the zstd frame. */
+  async compressChunk(data: Buffer, expectedId: string): Promise<Buffer> {
+    const [frame] = await this.compressChunks([{ data, id: expectedId }]);
+    return frame!;
   }
 
-  /** Decompresses stored frames and checks BLAKE3 == id for each; ChunkCorruptError for the first bad one. */
+  /**
+   * compressChunk for many chunks in one task. `offset` (the chunk's place in its disk) only serves the error: the
+   * first chunk that no longer hashes to its id fails the whole call with DiskChangedError.
+   */
+  async compressChunks(chunks: { data: Buffer; id: string; offset?: number }[]): Promise<Buffer[]> {
+    const results = (await this.piscina.run(
+      { chunks: chunks.map(({ data, id }) => ({ data, id })), level: this.level },
+      { name: 'compressChunks', transferList: chunks.flatMap((c) => transferable(c.data)) },
+    )) as (Uint8Array | null)[];
+    return results.map((frame, i) => {
+      if (!frame) throw new DiskChangedError(chunks[i]!.id, chunks[i]!.offset);
+      return asBuffer(frame);
+    });
+  }
+
+  /**
+   * Decompresses a stored frame and checks BLAKE3 == id; returns the raw bytes. ChunkCorruptError when they differ or
+   * zstd rejects the frame (format or checksum error).
+   */
+  async openChunk(frame: Buffer, id: string): Promise<Buffer> {
+    const [data] = await this.openChunks([{ frame, id }]);
+    return data!;
+  }
+
+  /** openChunk for many frames in one task; ChunkCorruptError for the first bad one. */
   async openChunks(items: { frame: Buffer; id: string }[]): Promise<Buffer[]> {
     const results = (await this.piscina.run(
       { items },
@@ -54,10 +76,11 @@ export class ChunkPool {
     )) as ({ data: Uint8Array } | { corrupt: string })[];
     return results.map((result, i) => {
       if ('corrupt' in result) throw new ChunkCorruptError(items[i]!.id, result.corrupt);
-      return Buffer.from(result.data.buffer, result.data.byteOffset, result.data.length);
+      return asBuffer(result.data);
     });
   }
 
+  /** Stops the threads; pending tasks are rejected. */
   destroy(): Promise<void> {
     return this.piscina.destroy();
   }
@@ -69,4 +92,9 @@ function transferable(data: Buffer): ArrayBuffer[] {
   return buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength
     ? [buffer]
     : [];
+}
+
+/** Results come back from a thread as plain Uint8Arrays; view them as Buffers without copying. */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
 }

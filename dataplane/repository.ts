@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkMissingError, ManifestMissingError } from './errors';
 import type { ChunkRef, Manifest } from './manifest';
-import { ManifestSchema } from './manifest';
+import { ManifestSchema, ZERO_CHUNK } from './manifest';
 
 /**
  * A region's content-addressed store of compressed chunks, snapshot manifests and capture journals. The embedded
@@ -11,32 +11,43 @@ import { ManifestSchema } from './manifest';
  */
 export interface Repository {
   hasChunk(id: string): Promise<boolean>;
-  /** Stores a chunk frame under its id; false when it was already there (writes are idempotent). */
+  /** Stores a chunk frame under its id; true if written, false if it was already there (idempotent). */
   putChunk(id: string, frame: Buffer): Promise<boolean>;
+  /** The stored frame; ChunkMissingError if absent. */
   getChunk(id: string): Promise<Buffer>;
+  /** Compressed size of a stored chunk; ChunkMissingError if absent. */
   chunkStoredSize(id: string): Promise<number>;
+  /** Removes a chunk; no error if absent. */
   deleteChunk(id: string): Promise<void>;
   listChunkIds(): AsyncIterable<string>;
   writeManifest(manifest: Manifest): Promise<void>;
+  /** The snapshot's manifest, validated with ManifestSchema; ManifestMissingError if absent. */
   readManifest(snapshotId: string): Promise<Manifest>;
   deleteManifest(snapshotId: string): Promise<void>;
   listManifestIds(): Promise<string[]>;
-  /** Appends refs to a snapshot's named capture journal (durable when this resolves). */
+  /** Appends refs to a snapshot's named chunk-list journal, used to resume a capture; durable when this resolves. */
   appendJournal(snapshotId: string, name: string, refs: ChunkRef[]): Promise<void>;
+  /** The refs of a journal, in order; [] if absent. A torn last line (crash during an append) is left out. */
   readJournal(snapshotId: string, name: string): Promise<ChunkRef[]>;
   /** Keeps the first `entries` refs of a journal. */
   truncateJournal(snapshotId: string, name: string, entries: number): Promise<void>;
+  /** Names of a snapshot's journals. */
   listJournals(snapshotId: string): Promise<string[]>;
+  /** Snapshots that have a staging area (journals). */
   listStagingIds(): Promise<string[]>;
+  /** Removes a snapshot's staging area; no error if absent. */
   dropStaging(snapshotId: string): Promise<void>;
 }
 
 /** Each journal line is a 64-hex id or the zero marker, padded to a fixed width so truncation is arithmetic. */
 const JOURNAL_LINE = 65;
+const CHUNK_ID = /^[0-9a-f]{64}$/;
 
 /**
- * Layout: `chunks/<2 hex>/<id>.zst`, `manifests/<snapshot>.json`, `staging/<snapshot>/<journal>.refs`, `tmp/`.
- * Every file is written to `tmp/`, fsynced and renamed into place, so a reader never sees a partial file.
+ * The repository in a local directory. Layout: `chunks/<2 hex>/<id>.zst`, `manifests/<snapshot>.json`,
+ * `staging/<snapshot>/<journal>.refs`, `tmp/`. Chunks and manifests are written to a unique file in `tmp/`, fsynced
+ * and renamed into place, so a reader never sees a partial file; the manifests directory is fsynced after a rename
+ * too (one per snapshot), chunk directories are not (that would double the fsyncs per chunk).
  */
 export class LocalRepository implements Repository {
   /** Directories known to exist, so a chunk write costs no mkdir calls after the first in its directory. */
@@ -82,7 +93,9 @@ export class LocalRepository implements Repository {
 
   async writeManifest(manifest: Manifest): Promise<void> {
     const valid = ManifestSchema.parse(manifest);
-    await this.writeAtomically(this.manifestPath(valid.snapshotId), Buffer.from(JSON.stringify(valid)));
+    const target = this.manifestPath(valid.snapshotId);
+    await this.writeAtomically(target, Buffer.from(JSON.stringify(valid)));
+    await syncDir(path.dirname(target));
   }
 
   async readManifest(snapshotId: string): Promise<Manifest> {
@@ -105,12 +118,15 @@ export class LocalRepository implements Repository {
     const file = this.journalPath(snapshotId, name);
     await fs.mkdir(path.dirname(file), { recursive: true });
     const handle = await fs.open(file, 'a');
+    let created: boolean;
     try {
+      created = (await handle.stat()).size === 0;
       await handle.write(refs.map((ref) => `${ref.padEnd(JOURNAL_LINE - 1)}\n`).join(''));
       await handle.sync();
     } finally {
       await handle.close();
     }
+    if (created) await syncDir(path.dirname(file));
   }
 
   async readJournal(snapshotId: string, name: string): Promise<ChunkRef[]> {
@@ -120,13 +136,26 @@ export class LocalRepository implements Repository {
     });
     const lines = text.split('\n');
     lines.pop(); // text ends with a newline; a torn last line (no newline) is dropped with it
-    return lines.filter((line) => line.length === JOURNAL_LINE - 1).map((line) => line.trimEnd());
+    return lines.map((line, i) => {
+      const ref = line.trimEnd();
+      if (line.length !== JOURNAL_LINE - 1 || !(ref === ZERO_CHUNK || CHUNK_ID.test(ref))) {
+        throw new Error(`journal ${name} of snapshot ${snapshotId} is damaged at line ${i + 1}`);
+      }
+      return ref;
+    });
   }
 
   async truncateJournal(snapshotId: string, name: string, entries: number): Promise<void> {
     const file = this.journalPath(snapshotId, name);
-    if (!(await exists(file))) return;
-    await fs.truncate(file, entries * JOURNAL_LINE);
+    const size = await fs.stat(file).then(
+      (stat) => stat.size,
+      (error: unknown) => {
+        if (isNotFound(error)) return 0;
+        throw error;
+      },
+    );
+    // Only ever shorten: truncating past the end would extend the file with NUL bytes.
+    if (entries * JOURNAL_LINE < size) await fs.truncate(file, entries * JOURNAL_LINE);
   }
 
   async listJournals(snapshotId: string): Promise<string[]> {
@@ -149,7 +178,7 @@ export class LocalRepository implements Repository {
   }
 
   private chunkPath(id: string): string {
-    if (!/^[0-9a-f]{64}$/.test(id)) throw new Error(`not a chunk id: ${id}`);
+    if (!CHUNK_ID.test(id)) throw new Error(`not a chunk id: ${id}`);
     return path.join(this.root, 'chunks', id.slice(0, 2), `${id}.zst`);
   }
 
@@ -166,14 +195,19 @@ export class LocalRepository implements Repository {
     await this.makeDir(tmpDir);
     await this.makeDir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
-    const handle = await fs.open(tmp, 'wx');
     try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
+      const handle = await fs.open(tmp, 'wx');
+      try {
+        await handle.writeFile(data);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await fs.rename(tmp, target);
+    } catch (error) {
+      await fs.rm(tmp, { force: true });
+      throw error;
     }
-    await fs.rename(tmp, target);
   }
 }
 
@@ -184,6 +218,16 @@ function safeName(name: string): string {
 
 function isNotFound(error: unknown): boolean {
   return (error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
+}
+
+/** Makes renames and new files in `dir` durable. */
+async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 async function exists(file: string): Promise<boolean> {

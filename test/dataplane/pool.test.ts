@@ -1,0 +1,68 @@
+import { blake3 } from '@napi-rs/blake-hash';
+import fs from 'node:fs/promises';
+import { decompress } from 'zstd-napi';
+import { ChunkCorruptError, ChunkPool, DiskChangedError, ZERO_CHUNK } from '../../dataplane';
+import { KiB } from './helpers';
+
+const CHUNK = 64 * KiB;
+let pool: ChunkPool;
+let text: Buffer;
+
+beforeAll(async () => {
+  pool = new ChunkPool();
+  // Real, compressible bytes: a system text file, repeated up to three chunks.
+  const source = await fs.readFile('/usr/share/common-licenses/GPL-3');
+  text = Buffer.alloc(3 * CHUNK);
+  for (let at = 0; at < text.length; at += source.length) source.copy(text, at);
+});
+
+afterAll(async () => {
+  await pool.destroy();
+});
+
+function hex(data: Uint8Array): string {
+  return blake3(data).toString('hex');
+}
+
+test('hashSegment gives the BLAKE3 of each chunk, zero for all-zero chunks, and hashes a short tail on its own', async () => {
+  const segment = Buffer.concat([text.subarray(0, CHUNK), Buffer.alloc(CHUNK), text.subarray(CHUNK, CHUNK + 1000)]);
+  const expected = [hex(text.subarray(0, CHUNK)), ZERO_CHUNK, hex(text.subarray(CHUNK, CHUNK + 1000))];
+  expect(await pool.hashSegment(segment, CHUNK)).toEqual(expected);
+  expect(await pool.hashSegment(Buffer.alloc(100), CHUNK)).toEqual([ZERO_CHUNK]);
+});
+
+test('compressChunk makes a checksummed zstd frame that openChunk turns back into the same bytes', async () => {
+  const data = text.subarray(0, CHUNK);
+  const id = hex(data);
+  const frame = await pool.compressChunk(Buffer.from(data), id);
+  expect(frame.length).toBeLessThan(data.length / 2);
+  expect(frame[4]! & 0x04).toBe(0x04); // frame header descriptor: content checksum flag
+  expect(hex(decompress(frame))).toBe(id);
+  expect((await pool.openChunk(Buffer.from(frame), id)).equals(data)).toBe(true);
+});
+
+test('compressChunk refuses bytes that no longer hash to the id recorded at capture', async () => {
+  const id = hex(text.subarray(0, CHUNK));
+  const changed = Buffer.from(text.subarray(0, CHUNK));
+  changed[100] = changed[100]! ^ 0xff;
+  const error = await pool.compressChunk(changed, id).catch((e: unknown) => e);
+  expect(error).toBeInstanceOf(DiskChangedError);
+  expect(error).toMatchObject({ type: 'DiskChanged', expectedId: id });
+});
+
+test('openChunk reports ChunkCorrupt for a frame zstd rejects and for a sound frame of other content', async () => {
+  const data = text.subarray(0, CHUNK);
+  const id = hex(data);
+  const frame = await pool.compressChunk(Buffer.from(data), id);
+
+  const damaged = Buffer.from(frame);
+  damaged[damaged.length - 2] = damaged[damaged.length - 2]! ^ 0x01; // inside the frame's content checksum
+  const rejected = await pool.openChunk(damaged, id).catch((e: unknown) => e);
+  expect(rejected).toBeInstanceOf(ChunkCorruptError);
+  expect(rejected).toMatchObject({ type: 'ChunkCorrupt', chunkId: id });
+  expect((rejected as ChunkCorruptError).reason).toMatch(/^zstd/);
+
+  const otherId = hex(text.subarray(CHUNK, 2 * CHUNK));
+  const mismatched = await pool.openChunk(Buffer.from(frame), otherId).catch((e: unknown) => e);
+  expect(mismatched).toMatchObject({ type: 'ChunkCorrupt', chunkId: otherId, reason: `content hashes to ${id}` });
+});
