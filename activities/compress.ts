@@ -35,6 +35,8 @@ export function createCompressActivity(deps: ActivityDeps) {
   return async function compressSnapshot(input: CompressInput): Promise<CompressResult> {
     return withFailureTypes(async () => {
       const snapshot = deps.catalog.updateSnapshot(input.snapshotId, { status: 'COMPRESSING' });
+      const vmConfig = snapshot.vmConfig;
+      if (!vmConfig) throw new SnapshotError('InvalidRequest', `Snapshot ${snapshot.id} has no VM configuration`);
       const repository = deps.repositoryFor(input.region);
       const bytesTotal = bytesBefore(input.disks, input.disks.length);
       const from = StageReporter.checkpoint<CompressCheckpoint>() ?? { disk: 0, index: 0 };
@@ -70,8 +72,6 @@ export function createCompressActivity(deps: ActivityDeps) {
         result.addedBytes += stored.storedBytesWritten;
       }
 
-      if (!snapshot.vmConfig)
-        throw new SnapshotError('InvalidRequest', `Snapshot ${snapshot.id} has no VM configuration`);
       await repository.writeManifest({
         version: 1,
         snapshotId: snapshot.id,
@@ -80,7 +80,7 @@ export function createCompressActivity(deps: ActivityDeps) {
         region: snapshot.region,
         parentSnapshotId: snapshot.parentSnapshotId,
         createdAt: snapshot.createdAt,
-        vmConfig: snapshot.vmConfig,
+        vmConfig,
         disks,
       });
       reporter.update(bytesTotal, { disk: input.disks.length, index: 0 }, true);

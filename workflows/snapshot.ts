@@ -103,12 +103,8 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
 
   const enter = (next: SnapshotStatus): void => {
     status = next;
-    stage = {
-      stage: next === 'SUCCESS' || next === 'FAILED' ? stage.stage : next,
-      bytesDone: 0,
-      bytesTotal: 0,
-      throughput: 0,
-    };
+    // A terminal state keeps the last stage's figures; a new stage starts from zero until its activity reports.
+    if (next !== 'SUCCESS' && next !== 'FAILED') stage = { stage: next, bytesDone: 0, bytesTotal: 0, throughput: 0 };
     upsertSearchAttributes([{ key: SnapshotStatusKey, value: next }]);
     setCurrentDetails(`**${next}** — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})`);
   };
