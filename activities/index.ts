@@ -4,6 +4,7 @@ import { createCompressActivity } from './compress';
 import type { ActivityDeps } from './deps';
 import { createInitiateActivity } from './initiate';
 import { createRestoreActivity } from './restore';
+import { createSchedulingActivities } from './scheduling';
 import { createValidateActivity } from './validate';
 import { createVerifyActivity } from './verify';
 
@@ -19,6 +20,7 @@ export function createActivities(deps: ActivityDeps) {
     verifySnapshot: createVerifyActivity(deps),
     restoreSnapshotDisk: createRestoreActivity(deps),
     ...createCleanupActivities(deps),
+    ...createSchedulingActivities(deps),
   };
 }
 

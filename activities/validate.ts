@@ -46,6 +46,7 @@ export function createValidateActivity(deps: ActivityDeps) {
           description: request.description,
           createAsImage: request.createAsImage,
           idempotencyKey: request.idempotencyKey ?? null,
+          policyId: request.policyId ?? null,
           workflowId: Context.current().info.workflowExecution?.workflowId ?? input.snapshotId,
         });
       }

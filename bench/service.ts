@@ -110,6 +110,7 @@ async function registerVm(platform: EmbeddedPlatform, image: string, sizeBytes: 
     status: 'ACTIVE',
     config: { flavor: 'H100-SXM5-80GB', gpus: 8, vcpus: 128, ramGiB: 1024, image: 'ubuntu-22.04-cuda-12.4' },
     disks: [{ name: 'root', path: diskPath, sizeBytes }],
+    labels: [],
   };
   platform.catalog.putAccount(ACCOUNT);
   platform.catalog.putVm(vm);

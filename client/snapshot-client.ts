@@ -8,12 +8,12 @@ import { SnapshotError, isSnapshotErrorType } from '../domain/errors';
 import type { Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
 import { RegionSchema, isInFlight } from '../domain/model';
 import type { CreateSnapshotRequest, RestoreDiskRequest } from '../domain/requests';
-import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema, snapshotWorkflowId } from '../domain/requests';
+import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema } from '../domain/requests';
 import { checkAccount, checkCredits, checkSnapshotRequest, creditHoldFor, formatVmChoice } from '../domain/rules';
-import { SnapshotAccount, SnapshotName, SnapshotRegion, SnapshotStatus, SnapshotVm } from '../domain/search-attributes';
 import type { Catalog } from '../platform/ports';
 import type { restoreDiskWorkflow, snapshotWorkflow } from '../workflows';
 import { restoreProgressQuery, snapshotProgressQuery } from '../workflows/messages';
+import { snapshotStartOptions } from '../workflows/start-options';
 
 export interface SnapshotClientOptions {
   client: Client;
@@ -86,7 +86,6 @@ export class SnapshotClient {
       account: this.options.catalog.getAccount(request.accountId),
       vm: this.options.catalog.getVm(request.vmId),
     });
-    const workflowId = snapshotWorkflowId(request.accountId, request.name);
     const catalog = this.options.catalog;
     const sameName = catalog.findSnapshotByName(request.accountId, request.name);
     if (sameName) {
@@ -110,30 +109,11 @@ export class SnapshotClient {
     let handle: WorkflowHandle<typeof snapshotWorkflow>;
     try {
       handle = await this.options.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
-        workflowId,
+        ...snapshotStartOptions({ snapshotId, request }, vm, requestKey),
         taskQueue: this.options.taskQueue,
-        args: [{ snapshotId, request }],
         // A retried request joins the running workflow; the catalog's reservation decides name uniqueness after that.
         workflowIdConflictPolicy: 'USE_EXISTING',
         workflowIdReusePolicy: 'ALLOW_DUPLICATE',
-        memo: { snapshotId, requestKey },
-        typedSearchAttributes: [
-          { key: SnapshotAccount, value: request.accountId },
-          { key: SnapshotVm, value: vm.id },
-          { key: SnapshotRegion, value: request.region },
-          { key: SnapshotName, value: request.name },
-          { key: SnapshotStatus, value: 'VALIDATING' },
-        ],
-        staticSummary: `Snapshot "${request.name}" of ${formatVmChoice(vm)}`,
-        staticDetails: [
-          `**VM**: ${vm.name} (\`${vm.id}\`), ${vm.flavor}, ${vm.region}`,
-          `**Snapshot**: ${request.name} (\`${snapshotId}\`)`,
-          `**Account**: ${request.accountId}, requested by ${request.requestedBy}`,
-          `**Create as image**: ${request.createAsImage ? 'yes' : 'no'}`,
-          request.description ? `**Description**: ${request.description}` : '',
-        ]
-          .filter(Boolean)
-          .join('\n\n'),
       });
     } catch (error) {
       if (error instanceof WorkflowExecutionAlreadyStartedError) throw nameTaken(request.name);
@@ -141,7 +121,7 @@ export class SnapshotClient {
     }
     const { memo } = await handle.describe();
     if (memo?.requestKey !== requestKey) throw nameTaken(request.name, memo?.snapshotId as string | undefined);
-    const started = { snapshotId: memo.snapshotId as string, workflowId };
+    const started = { snapshotId: memo.snapshotId as string, workflowId: handle.workflowId };
     await this.waitUntilAccepted(handle);
     return started;
   }

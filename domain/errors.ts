@@ -23,6 +23,9 @@ export const SnapshotErrorType = {
   ChunkMissing: 'ChunkMissing',
   ManifestMissing: 'ManifestMissing',
   Cancelled: 'Cancelled',
+  InvalidPolicy: 'InvalidPolicy',
+  PolicyNotFound: 'PolicyNotFound',
+  PolicyExists: 'PolicyExists',
 } as const;
 
 export type SnapshotErrorType = (typeof SnapshotErrorType)[keyof typeof SnapshotErrorType];
@@ -51,6 +54,7 @@ export const PERMANENT_ERROR_TYPES: readonly SnapshotErrorType[] = [
   'ChunkCorrupt',
   'ChunkMissing',
   'ManifestMissing',
+  'InvalidPolicy',
 ];
 
 /** An error with a stable type; thrown by domain code, the platform adapters and the client library. */

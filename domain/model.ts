@@ -26,8 +26,17 @@ export const VmSchema = z.object({
   status: VmStatusSchema,
   config: z.record(z.string(), z.unknown()),
   disks: z.array(DiskSchema),
+  /** Free-form tags (e.g. `nightly`, `team=ml`); snapshot policies can select the VMs of a region by label. */
+  labels: z.array(z.string()).default([]),
 });
 export type Vm = z.infer<typeof VmSchema>;
+
+/** How busy a VM is right now, as the hypervisor measures it: utilisation in percent (0–100). */
+export const VmLoadSchema = z.object({
+  cpuPercent: z.number().min(0).max(100),
+  diskIoPercent: z.number().min(0).max(100),
+});
+export type VmLoad = z.infer<typeof VmLoadSchema>;
 
 export const AccountSchema = z.object({
   id: z.string(),
@@ -102,6 +111,10 @@ export interface SnapshotRecord {
   idempotencyKey: string | null;
   /** Credit hold taken when the snapshot was accepted (micro-units of the account's currency). */
   creditHoldMicros: number;
+  /** The snapshot policy whose scheduled run made this snapshot; null for snapshots users started. */
+  policyId: string | null;
+  /** When the policy's retention expired this snapshot; it stays stored and restorable until deleted. */
+  expiredAt: string | null;
 }
 
 /** Live progress of a snapshot, as returned by the workflow's `progress` query. */

@@ -50,6 +50,8 @@ export const CreateSnapshotRequestSchema = z
     requestedBy: z.string().max(200).default('unknown'),
     /** Retrying a request with the same key returns the snapshot it created instead of failing or duplicating. */
     idempotencyKey: z.string().min(1).max(200).optional(),
+    /** Set by scheduled runs: the snapshot policy the snapshot belongs to (its retention applies to it). */
+    policyId: z.string().min(1).max(200).optional(),
   })
   .strict();
 export type CreateSnapshotRequest = z.input<typeof CreateSnapshotRequestSchema>;

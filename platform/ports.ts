@@ -1,4 +1,4 @@
-import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } from '../domain/model';
+import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmLoad, VmStatus } from '../domain/model';
 
 /** A snapshot row as first reserved by validation: name and VM slot are taken atomically. */
 export type NewSnapshot = Pick<
@@ -13,6 +13,7 @@ export type NewSnapshot = Pick<
   | 'createAsImage'
   | 'workflowId'
   | 'idempotencyKey'
+  | 'policyId'
 >;
 
 export type SnapshotPatch = Partial<
@@ -29,6 +30,7 @@ export type SnapshotPatch = Partial<
     | 'compressionRatio'
     | 'dedupRatio'
     | 'completedAt'
+    | 'expiredAt'
   >
 >;
 
@@ -58,6 +60,7 @@ export interface Catalog {
     region?: Region;
     vmId?: string;
     status?: SnapshotStatus;
+    policyId?: string;
   }): SnapshotRecord[];
   updateSnapshot(id: string, patch: SnapshotPatch): SnapshotRecord;
   /** The VM's most recent SUCCESS snapshot: the parent an incremental capture is measured against. */
@@ -85,4 +88,6 @@ export interface Hypervisor {
   openViews(vm: Vm, viewId: string): Promise<DiskView[]>;
   /** Release the views; idempotent. */
   releaseViews(viewId: string): Promise<void>;
+  /** The VM's current CPU and disk I/O utilisation, which scheduled snapshots wait on to drop. */
+  readLoad(vm: Vm): Promise<VmLoad>;
 }

@@ -63,4 +63,7 @@ fi
 # --- Temporal CLI (project-local in .tools/ unless one is on PATH or in $TEMPORAL_CLI) ---
 cli=$(node_modules/.bin/tsx devserver/temporal-cli.ts)
 say "Temporal CLI: $cli"
+# --- Time-skipping test server (tests of long durable waits; same rules: $TEMPORAL_TEST_SERVER or .tools/) ---
+test_server=$(node_modules/.bin/tsx devserver/temporal-cli.ts --test-server)
+say "Temporal test server: $test_server"
 say "done in $((SECONDS - started)) s"

@@ -54,6 +54,7 @@ async function prepare(snapshotId: string, vmId: string): Promise<DiskView[]> {
     createAsImage: false,
     workflowId: snapshotId,
     idempotencyKey: null,
+    policyId: null,
   });
   return new MockActivityEnvironment().run(activities.initiateSnapshot, snapshotId);
 }

@@ -2,3 +2,4 @@
 export { snapshotWorkflow } from './snapshot';
 export type { SnapshotWorkflowResult } from './snapshot';
 export { restoreDiskWorkflow } from './restore';
+export { scheduledSnapshotWorkflow } from './scheduled-snapshot';

@@ -11,3 +11,28 @@ export const restoreProgressQuery = defineQuery<StageProgress & { etaSeconds: nu
 
 /** Sent by a running activity to its own workflow, at most about once a second. */
 export const stageProgressSignal = defineSignal<[StageProgress]>('stageProgress');
+
+/** What a scheduled run did for one VM of its policy. */
+export interface VmRunOutcome {
+  vmId: string;
+  vmName: string;
+  outcome: 'snapshot' | 'skipped' | 'failed';
+  snapshotName?: string;
+  snapshotId?: string;
+  /** Why it was skipped or failed. */
+  reason?: string;
+  /** How long the run waited for the VM's load to drop. */
+  waitedSeconds: number;
+  /** Snapshots retention expired after this one succeeded. */
+  expired: string[];
+}
+
+/** A scheduled run so far: the VMs it finished with and every decision it made, oldest first. */
+export interface ScheduledRunState {
+  policy: string;
+  scheduledAt: string;
+  vms: VmRunOutcome[];
+  decisions: string[];
+}
+
+export const scheduledRunQuery = defineQuery<ScheduledRunState>('scheduledRun');

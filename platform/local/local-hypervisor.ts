@@ -2,7 +2,8 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { Vm } from '../../domain/model';
+import type { Vm, VmLoad } from '../../domain/model';
+import { VmLoadSchema } from '../../domain/model';
 import type { DiskView, Hypervisor } from '../ports';
 
 const run = promisify(execFile);
@@ -15,6 +16,9 @@ const run = promisify(execFile);
  * - point-in-time views: `cp --reflink=auto --sparse=always` of each disk while frozen — an instant copy-on-write clone
  *   on file systems with reflinks (XFS, Btrfs), a hole-preserving copy elsewhere. A QEMU/KVM driver would instead take
  *   a blockdev snapshot and export it over NBD.
+ * - load: the embedded guests run no workload, so their CPU and disk I/O utilisation is a figure kept in
+ *   `load/<vm>.json` that the demo and tests set (`setLoad`, or `npm run snap -- load`); idle when never set. A real
+ *   driver would read the hypervisor's counters (libvirt domain stats).
  */
 export class LocalHypervisor implements Hypervisor {
   constructor(private readonly root: string) {}
@@ -53,6 +57,26 @@ export class LocalHypervisor implements Hypervisor {
 
   async releaseViews(viewId: string): Promise<void> {
     await fs.rm(this.viewDir(viewId), { recursive: true, force: true });
+  }
+
+  async readLoad(vm: Vm): Promise<VmLoad> {
+    const text = await fs.readFile(this.loadFile(vm.id), 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+    return text === undefined ? { cpuPercent: 0, diskIoPercent: 0 } : VmLoadSchema.parse(JSON.parse(text));
+  }
+
+  /** Sets the load figure `readLoad` returns for the VM (atomically replaced, so readers never see half a file). */
+  async setLoad(vmId: string, load: VmLoad): Promise<void> {
+    const file = this.loadFile(vmId);
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    await fs.writeFile(`${file}.tmp`, JSON.stringify(VmLoadSchema.parse(load)));
+    await fs.rename(`${file}.tmp`, file);
+  }
+
+  private loadFile(vmId: string): string {
+    return path.join(this.root, 'load', `${vmId}.json`);
   }
 
   private viewDir(viewId: string): string {

@@ -26,6 +26,7 @@ interface FleetVm {
   flavor: string;
   status: VmStatus;
   gpus: number;
+  labels: string[];
 }
 
 const complete = {
@@ -64,6 +65,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'H100-SXM5-80GB',
     status: 'ACTIVE',
     gpus: 8,
+    labels: ['nightly', 'team=research'],
   },
   {
     id: 'vm-trainer-02',
@@ -73,6 +75,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'H100-SXM5-80GB',
     status: 'ACTIVE',
     gpus: 8,
+    labels: ['nightly', 'team=research'],
   },
   {
     id: 'vm-builder-01',
@@ -82,6 +85,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'A100-SXM4-80GB',
     status: 'BUILD',
     gpus: 1,
+    labels: ['nightly'],
   },
   {
     id: 'vm-infer-01',
@@ -91,6 +95,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'L40S-48GB',
     status: 'ACTIVE',
     gpus: 2,
+    labels: [],
   },
   {
     id: 'vm-broken-01',
@@ -100,6 +105,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'H100-SXM5-80GB',
     status: 'ERROR',
     gpus: 1,
+    labels: [],
   },
   {
     id: 'vm-notebook-01',
@@ -109,6 +115,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'RTX-A6000-48GB',
     status: 'SHUTOFF',
     gpus: 1,
+    labels: [],
   },
   {
     id: 'vm-fjord-01',
@@ -118,6 +125,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'L40S-48GB',
     status: 'ACTIVE',
     gpus: 1,
+    labels: [],
   },
   {
     id: 'vm-newco-01',
@@ -127,6 +135,7 @@ export const DEMO_FLEET: readonly FleetVm[] = [
     flavor: 'A100-SXM4-80GB',
     status: 'ACTIVE',
     gpus: 1,
+    labels: [],
   },
 ];
 
@@ -165,6 +174,7 @@ export async function seedDemoFleet(catalog: Catalog, options: SeedOptions): Pro
         sshKeys: ['ops@acme'],
       },
       disks: [root, data],
+      labels: spec.labels,
     };
     catalog.putVm(vm);
     vms.push(vm);

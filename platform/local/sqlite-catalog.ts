@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
   idempotency_key TEXT,
   -- Credit hold taken at reservation: HELD while in flight, RELEASED on failure, CONVERTED on success.
   hold_micros INTEGER NOT NULL DEFAULT 0,
-  hold_state TEXT NOT NULL DEFAULT 'HELD'
+  hold_state TEXT NOT NULL DEFAULT 'HELD',
+  policy_id TEXT,
+  expired_at TEXT
 );
 -- A name is taken by every snapshot that is not FAILED, in every region of the account.
 CREATE UNIQUE INDEX IF NOT EXISTS snapshots_name ON snapshots (account_id, name_key) WHERE status <> 'FAILED';
@@ -74,6 +76,8 @@ interface SnapshotRow {
   completed_at: string | null;
   idempotency_key: string | null;
   hold_micros: number;
+  policy_id: string | null;
+  expired_at: string | null;
 }
 
 function toRecord(row: SnapshotRow): SnapshotRecord {
@@ -101,6 +105,8 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
     completedAt: row.completed_at,
     idempotencyKey: row.idempotency_key,
     creditHoldMicros: row.hold_micros,
+    policyId: row.policy_id,
+    expiredAt: row.expired_at,
   };
 }
 
@@ -116,7 +122,11 @@ const PATCH_COLUMNS: Record<keyof SnapshotPatch, string> = {
   compressionRatio: 'compression_ratio',
   dedupRatio: 'dedup_ratio',
   completedAt: 'completed_at',
+  expiredAt: 'expired_at',
 };
+
+/** Columns added after the first release, with their definitions: catalogs made before them gain them on open. */
+const ADDED_COLUMNS: Record<string, string> = { policy_id: 'TEXT', expired_at: 'TEXT' };
 
 /**
  * The embedded catalog: one SQLite file in WAL mode, shared by the worker and the CLI processes. Reservations rely on
@@ -131,6 +141,16 @@ export class SqliteCatalog implements Catalog {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(SCHEMA);
+    this.addMissingColumns();
+  }
+
+  private addMissingColumns(): void {
+    const present = new Set(
+      (this.db.prepare('PRAGMA table_info(snapshots)').all() as { name: string }[]).map((c) => c.name),
+    );
+    for (const [column, type] of Object.entries(ADDED_COLUMNS)) {
+      if (!present.has(column)) this.db.exec(`ALTER TABLE snapshots ADD COLUMN ${column} ${type}`);
+    }
   }
 
   getAccount(id: string): Account | undefined {
@@ -203,9 +223,9 @@ export class SqliteCatalog implements Catalog {
       this.db
         .prepare(
           `INSERT INTO snapshots (id, account_id, vm_id, vm_name, region, name, name_key, description, create_as_image,
-           status, workflow_id, created_at, idempotency_key, hold_micros)
+           status, workflow_id, created_at, idempotency_key, hold_micros, policy_id)
            VALUES (@id, @accountId, @vmId, @vmName, @region, @name, @nameKey, @description, @createAsImage,
-           'VALIDATING', @workflowId, @createdAt, @idempotencyKey, @holdMicros)`,
+           'VALIDATING', @workflowId, @createdAt, @idempotencyKey, @holdMicros, @policyId)`,
         )
         .run({
           ...s,
@@ -248,18 +268,21 @@ export class SqliteCatalog implements Catalog {
     region?: Region;
     vmId?: string;
     status?: SnapshotStatus;
+    policyId?: string;
   }): SnapshotRecord[] {
     const rows = this.db
       .prepare(
         `SELECT * FROM snapshots WHERE (@accountId IS NULL OR account_id = @accountId)
          AND (@region IS NULL OR region = @region) AND (@vmId IS NULL OR vm_id = @vmId)
-         AND (@status IS NULL OR status = @status) ORDER BY created_at, id`,
+         AND (@status IS NULL OR status = @status) AND (@policyId IS NULL OR policy_id = @policyId)
+         ORDER BY created_at, id`,
       )
       .all({
         accountId: filter.accountId ?? null,
         region: filter.region ?? null,
         vmId: filter.vmId ?? null,
         status: filter.status ?? null,
+        policyId: filter.policyId ?? null,
       }) as SnapshotRow[];
     return rows.map(toRecord);
   }

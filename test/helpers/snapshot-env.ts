@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
+import { PolicyClient } from '../../client/policy-client';
 import { SnapshotClient } from '../../client/snapshot-client';
 import type { Repository } from '../../dataplane';
 import type { ChunkPool } from '../../dataplane';
@@ -31,6 +32,7 @@ export async function seedTestFleet(platform: EmbeddedPlatform): Promise<void> {
 export interface SnapshotEnv {
   platform: EmbeddedPlatform;
   snapshots: SnapshotClient;
+  policies: PolicyClient;
   client: Client;
   taskQueue: string;
   /** Starts a worker on the env's task queue; `repositoryFor` lets a test wrap a repository (fault injection). */
@@ -61,6 +63,7 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
     taskQueue,
     client: temporal.client,
     snapshots: new SnapshotClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
+    policies: new PolicyClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
     async startWorker(options = {}) {
       const { worker, pool } = await createSnapshotWorker({
         connection: temporal.nativeConnection,

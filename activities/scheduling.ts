@@ -1,0 +1,114 @@
+import type { Region, VmLoad, VmStatus } from '../domain/model';
+import { renderSnapshotName } from '../domain/naming';
+import type { SnapshotPolicy } from '../domain/policies';
+import { policyScheduleId } from '../domain/policies';
+import { selectRetained } from '../domain/retention';
+import { SnapshotError } from '../domain/errors';
+import type { ActivityDeps } from './deps';
+import { withFailureTypes } from './failures';
+
+/** A VM a scheduled run will snapshot: what the child workflow's summary and search attributes need. */
+export interface TargetVm {
+  id: string;
+  name: string;
+  flavor: string;
+  region: Region;
+}
+
+export interface PolicyTargets {
+  vms: TargetVm[];
+  /** VMs the policy names but cannot snapshot now, with why. */
+  skipped: { vmId: string; reason: string }[];
+}
+
+export interface RetentionOutcome {
+  kept: string[];
+  /** Names of the snapshots this run expired. */
+  expired: string[];
+}
+
+/**
+ * Activities of scheduled runs: resolve the policy's VMs, read a VM's load, name the next snapshot, apply retention.
+ * All read or write the catalog only, so they are quick and safe to retry.
+ */
+export function createSchedulingActivities(deps: ActivityDeps) {
+  return {
+    async resolvePolicyTargets(policy: SnapshotPolicy): Promise<PolicyTargets> {
+      return withFailureTypes(async () => {
+        if (!deps.catalog.getAccount(policy.accountId)) {
+          throw new SnapshotError('AccountNotFound', `Account ${policy.accountId} does not exist.`);
+        }
+        const skipped: PolicyTargets['skipped'] = [];
+        const candidates =
+          'vmIds' in policy.target
+            ? policy.target.vmIds.flatMap((vmId) => {
+                const vm = deps.catalog.getVm(vmId);
+                if (vm && vm.accountId === policy.accountId) return [vm];
+                skipped.push({ vmId, reason: `VM ${vmId} does not exist in account ${policy.accountId}` });
+                return [];
+              })
+            : deps.catalog
+                .listVms({ accountId: policy.accountId, region: policy.target.region })
+                .filter((vm) => vm.labels.includes((policy.target as { label: string }).label));
+        const vms: TargetVm[] = [];
+        for (const vm of candidates) {
+          if (vm.status === 'ACTIVE') vms.push({ id: vm.id, name: vm.name, flavor: vm.flavor, region: vm.region });
+          else skipped.push({ vmId: vm.id, reason: notActive(vm.name, vm.status) });
+        }
+        return { vms, skipped };
+      });
+    },
+
+    async readVmLoad(vmId: string): Promise<VmLoad> {
+      return withFailureTypes(async () => {
+        const vm = deps.catalog.getVm(vmId);
+        if (!vm) throw new SnapshotError('VmNotFound', `VM ${vmId} does not exist.`);
+        return deps.hypervisor.readLoad(vm);
+      });
+    },
+
+    /** The next snapshot's name from the policy's template; its version counts the policy's snapshots of the VM. */
+    async nameScheduledSnapshot(input: { policy: SnapshotPolicy; vm: TargetVm; scheduledAt: string }): Promise<string> {
+      const { policy, vm } = input;
+      const previous = deps.catalog.listSnapshots({
+        vmId: vm.id,
+        policyId: policyScheduleId(policy.accountId, policy.name),
+      });
+      return renderSnapshotName(policy.nameTemplate, {
+        vm: vm.name,
+        purpose: policy.purpose,
+        at: new Date(input.scheduledAt),
+        timeZone: policy.window.timeZone,
+        version: previous.length + 1,
+      });
+    },
+
+    /**
+     * Applies the policy's retention to its SUCCESS snapshots of one VM: those it does not keep are marked expired.
+     * Deletion itself (freeing the stored data) is not built yet; expired snapshots stay listed as such until then.
+     */
+    async applyRetention(input: { policy: SnapshotPolicy; vmId: string }): Promise<RetentionOutcome> {
+      const { policy } = input;
+      const live = deps.catalog
+        .listSnapshots({
+          vmId: input.vmId,
+          policyId: policyScheduleId(policy.accountId, policy.name),
+          status: 'SUCCESS',
+        })
+        .filter((snapshot) => snapshot.expiredAt === null);
+      const { keep, expire } = selectRetained(
+        live.map((s) => ({ id: s.id, createdAt: new Date(s.createdAt) })),
+        policy.retention,
+        policy.window.timeZone,
+      );
+      const now = new Date().toISOString();
+      const nameOf = new Map(live.map((s) => [s.id, s.name]));
+      for (const id of expire) deps.catalog.updateSnapshot(id, { expiredAt: now });
+      return { kept: keep.map((k) => nameOf.get(k.id)!), expired: expire.map((id) => nameOf.get(id)!) };
+    },
+  };
+}
+
+function notActive(name: string, status: VmStatus): string {
+  return `VM ${name} is ${status}; only ACTIVE VMs can be snapshotted`;
+}

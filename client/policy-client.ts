@@ -1,0 +1,352 @@
+import type { CalendarSpec, Client, DayOfWeek, ScheduleDescription, ScheduleSpec } from '@temporalio/client';
+import { ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy } from '@temporalio/client';
+import { SnapshotError } from '../domain/errors';
+import type { SnapshotPolicy, SnapshotPolicyInput } from '../domain/policies';
+import { policyScheduleId, SnapshotPolicySchema, windowMinutes } from '../domain/policies';
+import { SnapshotAccount } from '../domain/search-attributes';
+import type { Weekday } from '../domain/windows';
+import { formatWindow } from '../domain/windows';
+import type { Catalog } from '../platform/ports';
+import type { scheduledSnapshotWorkflow } from '../workflows';
+import type { ScheduledRunState } from '../workflows/messages';
+import { scheduledRunQuery } from '../workflows/messages';
+
+export interface PolicyClientOptions {
+  client: Client;
+  catalog: Catalog;
+  taskQueue: string;
+}
+
+/** A policy as its Schedule describes it: the policy, its state, when it runs next and what its last runs did. */
+export interface PolicyView {
+  policy: SnapshotPolicy;
+  scheduleId: string;
+  paused: boolean;
+  note: string | null;
+  nextRuns: Date[];
+  recentRuns: RecentRun[];
+}
+
+export interface RecentRun {
+  scheduledAt: Date;
+  startedAt: Date;
+  workflowId: string;
+  runId: string;
+  /** Temporal's execution status: RUNNING, COMPLETED, FAILED, CANCELLED, TERMINATED, TIMED_OUT. */
+  status: string;
+  /** What the run did (finished runs) or its latest decision (running ones). */
+  outcome: string;
+}
+
+/** Changes to a policy: any field but the account and the name. */
+export type PolicyPatch = Partial<Omit<SnapshotPolicyInput, 'accountId' | 'name'>>;
+
+const TRIGGER_WAIT_MS = 10_000;
+
+/**
+ * Snapshot policies, each one a Temporal Schedule (visible under Schedules in the Web UI) whose action starts a
+ * `scheduledSnapshotWorkflow` with the policy. The Schedule is the policy's only store: what `describe` shows is what
+ * runs.
+ */
+export class PolicyClient {
+  constructor(private readonly options: PolicyClientOptions) {}
+
+  /** Creates the policy's Schedule. Fails with `InvalidPolicy`, `VmNotFound` or `PolicyExists`; nothing is changed then. */
+  async createPolicy(input: SnapshotPolicyInput): Promise<PolicyView> {
+    const policy = this.validate(input);
+    try {
+      await this.options.client.schedule.create<typeof scheduledSnapshotWorkflow>({
+        scheduleId: policyScheduleId(policy.accountId, policy.name),
+        ...this.scheduleBody(policy),
+      });
+    } catch (error) {
+      if (error instanceof ScheduleAlreadyRunning) {
+        throw new SnapshotError('PolicyExists', `Account ${policy.accountId} already has a policy "${policy.name}".`);
+      }
+      throw invalidSpec(error, policy);
+    }
+    return this.describePolicy(policy.accountId, policy.name);
+  }
+
+  /** Applies `patch` to the policy; the Schedule's spec and action are rebuilt from the result. */
+  async updatePolicy(accountId: string, name: string, patch: PolicyPatch): Promise<PolicyView> {
+    const current = await this.describePolicy(accountId, name);
+    const policy = this.validate({ ...current.policy, ...patch, accountId, name });
+    try {
+      await this.handle(accountId, name).update<typeof scheduledSnapshotWorkflow>((previous) => ({
+        ...this.scheduleBody(policy),
+        state: previous.state,
+      }));
+    } catch (error) {
+      throw invalidSpec(error, policy);
+    }
+    return this.describePolicy(accountId, name);
+  }
+
+  async pausePolicy(accountId: string, name: string, note = 'paused'): Promise<void> {
+    await this.withSchedule(accountId, name, (handle) => handle.pause(note));
+  }
+
+  async resumePolicy(accountId: string, name: string, note = 'resumed'): Promise<void> {
+    await this.withSchedule(accountId, name, (handle) => handle.unpause(note));
+  }
+
+  /**
+   * Starts a run now (outside the window it may wait for low load for the window's length). Resolves with the run's
+   * workflow id; a run already in progress is not doubled (`SnapshotInProgress`).
+   */
+  async triggerPolicy(accountId: string, name: string): Promise<{ workflowId: string; runId: string }> {
+    const handle = this.handle(accountId, name);
+    const before = await this.describeSchedule(accountId, name);
+    await handle.trigger();
+    const deadline = Date.now() + TRIGGER_WAIT_MS;
+    while (Date.now() < deadline) {
+      const now = await handle.describe();
+      if (now.info.numActionsTaken > before.info.numActionsTaken) {
+        const { workflowId, firstExecutionRunId } = now.info.recentActions.at(-1)!.action.workflow;
+        return { workflowId, runId: firstExecutionRunId };
+      }
+      if (now.info.numActionsSkippedOverlap > before.info.numActionsSkippedOverlap) break;
+      await sleep(200);
+    }
+    const running = before.info.runningActions[0]?.workflow.workflowId ?? 'a run';
+    throw new SnapshotError(
+      'SnapshotInProgress',
+      `Policy "${name}" already has a run in progress (${running}); runs never pile up. Wait for it to finish.`,
+    );
+  }
+
+  /** Takes the runs the policy would have started between `start` and `end`, one after the other, now. */
+  async backfillPolicy(accountId: string, name: string, start: Date, end: Date): Promise<void> {
+    if (!(start < end) || end.getTime() > Date.now()) {
+      throw new SnapshotError('InvalidPolicy', 'A backfill needs start < end, both in the past.');
+    }
+    await this.withSchedule(accountId, name, (handle) =>
+      handle.backfill({ start, end, overlap: ScheduleOverlapPolicy.BUFFER_ALL }),
+    );
+  }
+
+  /** Deletes the policy's Schedule. Snapshots it made are kept; a run in progress finishes. */
+  async deletePolicy(accountId: string, name: string): Promise<void> {
+    await this.withSchedule(accountId, name, (handle) => handle.delete());
+  }
+
+  /** The account's policies, by name. */
+  async listPolicies(accountId: string): Promise<PolicyView[]> {
+    const prefix = policyScheduleId(accountId, '');
+    const names: string[] = [];
+    for await (const summary of this.options.client.schedule.list({ query: `SnapshotAccount = "${accountId}"` })) {
+      if (summary.scheduleId.startsWith(prefix)) names.push(summary.scheduleId.slice(prefix.length));
+    }
+    const views = await Promise.all(names.map((name) => this.describePolicy(accountId, name).catch(() => undefined)));
+    return views.filter((view) => view !== undefined).sort((a, b) => a.policy.name.localeCompare(b.policy.name));
+  }
+
+  async describePolicy(accountId: string, name: string): Promise<PolicyView> {
+    const description = await this.describeSchedule(accountId, name);
+    const policy = SnapshotPolicySchema.parse(description.action.args?.[0]);
+    return {
+      policy,
+      scheduleId: description.scheduleId,
+      paused: description.state.paused,
+      note: description.state.note ?? null,
+      nextRuns: description.info.nextActionTimes,
+      recentRuns: await Promise.all(
+        description.info.recentActions.map((action) =>
+          this.recentRun(action.scheduledAt, action.takenAt, action.action.workflow),
+        ),
+      ),
+    };
+  }
+
+  private validate(input: SnapshotPolicyInput): SnapshotPolicy {
+    const parsed = SnapshotPolicySchema.safeParse(input);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const field = issue?.path.join('.') || 'policy';
+      throw new SnapshotError('InvalidPolicy', `Invalid ${field}: ${issue?.message ?? 'malformed policy'}`);
+    }
+    const policy = parsed.data;
+    if (!this.options.catalog.getAccount(policy.accountId)) {
+      throw new SnapshotError('AccountNotFound', `Account ${policy.accountId} does not exist.`);
+    }
+    if ('vmIds' in policy.target) {
+      for (const vmId of policy.target.vmIds) {
+        const vm = this.options.catalog.getVm(vmId);
+        if (!vm || vm.accountId !== policy.accountId) {
+          throw new SnapshotError(
+            'VmNotFound',
+            `Unknown VM ${vmId}: it does not exist in account ${policy.accountId}.`,
+          );
+        }
+      }
+    }
+    return policy;
+  }
+
+  /** Spec, action and policies of a policy's Schedule. */
+  private scheduleBody(policy: SnapshotPolicy) {
+    return {
+      spec: policyScheduleSpec(policy),
+      action: {
+        type: 'startWorkflow' as const,
+        workflowType: 'scheduledSnapshotWorkflow',
+        // Temporal appends the scheduled time, so every run has its own id.
+        workflowId: `scheduled-snapshots/${policy.accountId}/${policy.name}`,
+        taskQueue: this.options.taskQueue,
+        args: [policy] as [SnapshotPolicy],
+        typedSearchAttributes: [{ key: SnapshotAccount, value: policy.accountId }],
+        staticSummary: `Scheduled snapshots: policy "${policy.name}" of ${policy.accountId}`,
+        staticDetails: describeTarget(policy),
+      },
+      policies: {
+        // A new run must not pile up on a slow one.
+        overlap: ScheduleOverlapPolicy.SKIP,
+        // Runs missed while the server was down are still taken if the window has not passed since.
+        catchupWindow: Math.max(windowMinutes(policy.window), 1) * 60_000,
+        pauseOnFailure: false,
+      },
+      typedSearchAttributes: [{ key: SnapshotAccount, value: policy.accountId }],
+    };
+  }
+
+  private async recentRun(
+    scheduledAt: Date,
+    startedAt: Date,
+    workflow: { workflowId: string; firstExecutionRunId: string },
+  ): Promise<RecentRun> {
+    const handle = this.options.client.workflow.getHandle<typeof scheduledSnapshotWorkflow>(
+      workflow.workflowId,
+      workflow.firstExecutionRunId,
+    );
+    const base = { scheduledAt, startedAt, workflowId: workflow.workflowId, runId: workflow.firstExecutionRunId };
+    const { status } = await handle.describe();
+    if (status.name === 'COMPLETED')
+      return { ...base, status: status.name, outcome: summarizeRun(await handle.result()) };
+    if (status.name === 'RUNNING') {
+      const state = await handle.query(scheduledRunQuery).catch(() => undefined);
+      return { ...base, status: status.name, outcome: state?.decisions.at(-1)?.slice(25) ?? 'starting' };
+    }
+    const failure = await handle.result().then(
+      () => '',
+      (error: unknown) => (error instanceof Error ? (error.cause?.toString() ?? error.message) : String(error)),
+    );
+    return { ...base, status: status.name, outcome: failure };
+  }
+
+  private handle(accountId: string, name: string) {
+    return this.options.client.schedule.getHandle(policyScheduleId(accountId, name));
+  }
+
+  private async describeSchedule(accountId: string, name: string): Promise<ScheduleDescription> {
+    return this.withSchedule(accountId, name, (handle) => handle.describe());
+  }
+
+  private async withSchedule<T>(
+    accountId: string,
+    name: string,
+    fn: (handle: ReturnType<PolicyClient['handle']>) => Promise<T>,
+  ): Promise<T> {
+    try {
+      return await fn(this.handle(accountId, name));
+    } catch (error) {
+      if (error instanceof ScheduleNotFoundError) {
+        throw new SnapshotError('PolicyNotFound', `Account ${accountId} has no policy "${name}".`);
+      }
+      throw error;
+    }
+  }
+}
+
+const DAY_NAMES: Record<Weekday, DayOfWeek> = {
+  MON: 'MONDAY',
+  TUE: 'TUESDAY',
+  WED: 'WEDNESDAY',
+  THU: 'THURSDAY',
+  FRI: 'FRIDAY',
+  SAT: 'SATURDAY',
+  SUN: 'SUNDAY',
+};
+const NEXT_DAY: Record<Weekday, Weekday> = {
+  MON: 'TUE',
+  TUE: 'WED',
+  WED: 'THU',
+  THU: 'FRI',
+  FRI: 'SAT',
+  SAT: 'SUN',
+  SUN: 'MON',
+};
+
+/**
+ * The Schedule spec of a policy, in the window's time zone (Temporal applies daylight-saving changes): `daily` and
+ * `weekly` fire when the window opens; `hourly` at the window's start minute of every hour it is open (hours past
+ * midnight fall on the next day); `cron` as written.
+ */
+export function policyScheduleSpec(policy: SnapshotPolicy): ScheduleSpec {
+  const { window, cadence } = policy;
+  const [hour, minute] = window.start.split(':').map(Number) as [number, number];
+  const base = { timezone: window.timeZone, jitter: policy.jitterSeconds * 1000 };
+  const days = (list: readonly Weekday[]) => list.map((day) => DAY_NAMES[day]);
+  switch (cadence.kind) {
+    case 'cron':
+      return { ...base, cronExpressions: [cadence.expression] };
+    case 'daily':
+      return { ...base, calendars: [{ hour, minute, dayOfWeek: days(window.days) }] };
+    case 'weekly':
+      return { ...base, calendars: [{ hour, minute, dayOfWeek: days([cadence.day]) }] };
+    case 'hourly': {
+      const sameDay: number[] = [];
+      const nextDay: number[] = [];
+      for (let offset = 0; offset < windowMinutes(window); offset += 60) {
+        const at = hour * 60 + minute + offset;
+        (at >= 24 * 60 ? nextDay : sameDay).push(Math.floor(at / 60) % 24);
+      }
+      const calendars: CalendarSpec[] = [{ hour: sameDay, minute, dayOfWeek: days(window.days) }];
+      if (nextDay.length > 0) {
+        calendars.push({ hour: nextDay, minute, dayOfWeek: days(window.days.map((day) => NEXT_DAY[day])) });
+      }
+      return { ...base, calendars };
+    }
+  }
+}
+
+function describeTarget(policy: SnapshotPolicy): string {
+  const target =
+    'vmIds' in policy.target
+      ? `VMs ${policy.target.vmIds.join(', ')}`
+      : `VMs of ${policy.target.region} labelled "${policy.target.label}"`;
+  const { keepLast, keepDaily, keepWeekly, keepMonthly } = policy.retention;
+  return [
+    `**Targets**: ${target}`,
+    `**Cadence**: ${policy.cadence.kind === 'cron' ? `cron "${policy.cadence.expression}"` : policy.cadence.kind}`,
+    `**Window**: ${formatWindow(policy.window)}; waits for CPU ≤ ${policy.loadThreshold.cpuPercent}% and disk I/O ≤ ${policy.loadThreshold.diskIoPercent}%, then ${policy.onWindowClose === 'skip' ? 'skips' : 'snapshots anyway'} when the window closes`,
+    `**Names**: ${policy.nameTemplate}${policy.createAsImage ? ', created as images' : ''}`,
+    `**Retention**: last ${keepLast}, daily ${keepDaily}, weekly ${keepWeekly}, monthly ${keepMonthly}`,
+  ].join('\n\n');
+}
+
+/** One line per VM: `trainer-01: snapshot "trainer-01-nightly-…"`, `trainer-02: skipped (…)`. */
+export function summarizeRun(state: ScheduledRunState): string {
+  if (state.vms.length === 0) return 'no VM to snapshot';
+  return state.vms
+    .map((vm) =>
+      vm.outcome === 'snapshot'
+        ? `${vm.vmName}: snapshot "${vm.snapshotName}"${vm.expired.length ? `, expired ${vm.expired.length}` : ''}`
+        : `${vm.vmName}: ${vm.outcome} (${vm.reason})`,
+    )
+    .join('; ');
+}
+
+/**
+ * The server refuses what only it parses (a cron expression) with INVALID_ARGUMENT, which the Temporal client raises
+ * as a TypeError: that is the policy's fault, not a bug.
+ */
+function invalidSpec(error: unknown, policy: SnapshotPolicy): unknown {
+  if (!(error instanceof TypeError)) return error;
+  const what = policy.cadence.kind === 'cron' ? `cron expression "${policy.cadence.expression}"` : 'schedule';
+  return new SnapshotError('InvalidPolicy', `Invalid cadence: the server refused the ${what}: ${error.message}`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,170 @@
+import {
+  ApplicationFailure,
+  ChildWorkflowFailure,
+  ParentClosePolicy,
+  WorkflowIdReusePolicy,
+  executeChild,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  sleep,
+  upsertMemo,
+  uuid4,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
+import type { Activities } from '../activities';
+import type { TargetVm } from '../activities/scheduling';
+import { formatLoad, isQuiet, policyScheduleId, runDeadline, SnapshotPolicySchema } from '../domain/policies';
+import type { SnapshotPolicy } from '../domain/policies';
+import { formatWindow } from '../domain/windows';
+import { scheduledRunQuery } from './messages';
+import type { ScheduledRunState, VmRunOutcome } from './messages';
+import type { snapshotWorkflow } from './snapshot';
+import { snapshotStartOptions } from './start-options';
+
+/** Set by Temporal on every workflow a Schedule starts: the time the run stands for (a trigger's or backfill's too). */
+const ScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);
+
+const catalog = proxyActivities<Activities>({
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1s', maximumAttempts: 5, nonRetryableErrorTypes: ['AccountNotFound', 'VmNotFound'] },
+});
+
+/**
+ * One run of a snapshot policy, started by the policy's Temporal Schedule: for each of its VMs, wait (with durable
+ * timers) until the VM's load is under the threshold or the window closes, take the snapshot as a child workflow
+ * named from the policy's template, then apply retention. Every decision is recorded in the history (timer and
+ * activity summaries, memo updates), in the run's current details and in its result.
+ */
+export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<ScheduledRunState> {
+  const parsed = SnapshotPolicySchema.safeParse(input);
+  if (!parsed.success) {
+    throw ApplicationFailure.create({ type: 'InvalidPolicy', message: parsed.error.message, nonRetryable: true });
+  }
+  const policy = parsed.data;
+  const policyId = policyScheduleId(policy.accountId, policy.name);
+  const scheduledAt = workflowInfo().typedSearchAttributes.get(ScheduledStartTime) ?? workflowInfo().startTime;
+  const state: ScheduledRunState = { policy: policyId, scheduledAt: scheduledAt.toISOString(), vms: [], decisions: [] };
+  setHandler(scheduledRunQuery, () => state);
+
+  const decide = (text: string): void => {
+    const line = `${new Date(Date.now()).toISOString()} ${text}`;
+    state.decisions.push(line);
+    log.info(text, { policy: policyId });
+    upsertMemo({ decisions: state.decisions });
+    setCurrentDetails(`**Policy** ${policyId}\n\n${state.decisions.map((d) => `- ${d}`).join('\n')}`);
+  };
+
+  const deadline = runDeadline(policy.window, new Date(Date.now()));
+  decide(
+    deadline.insideWindow
+      ? `inside the window ${formatWindow(policy.window)}; may wait for low load until ${deadline.closesAt.toISOString()}`
+      : `started outside the window ${formatWindow(policy.window)} (trigger, backfill or late start); ` +
+          `treating it as open until ${deadline.closesAt.toISOString()}`,
+  );
+
+  const targets = await catalog.resolvePolicyTargets(policy);
+  for (const { vmId, reason } of targets.skipped) {
+    state.vms.push({ vmId, vmName: vmId, outcome: 'skipped', reason, waitedSeconds: 0, expired: [] });
+    decide(`skipped ${vmId}: ${reason}`);
+  }
+  if (targets.vms.length === 0) decide('no VM to snapshot');
+
+  const runVm = async (vm: TargetVm): Promise<VmRunOutcome> => {
+    const waitStarted = Date.now();
+    const waited = () => Math.round((Date.now() - waitStarted) / 1000);
+    let load = await catalog.readVmLoad.executeWithOptions({ summary: `Read the load of ${vm.name}` }, [vm.id]);
+    if (!isQuiet(load, policy.loadThreshold)) {
+      decide(`${vm.name} is busy (${formatLoad(load)}); waiting for it to drop under ${thresholdText(policy)}`);
+    }
+    while (!isQuiet(load, policy.loadThreshold) && Date.now() < deadline.closesAt.getTime()) {
+      const wait = Math.min(policy.loadCheckSeconds * 1000, deadline.closesAt.getTime() - Date.now());
+      await sleep(wait, { summary: `${vm.name} busy (${formatLoad(load)}): check again` });
+      load = await catalog.readVmLoad.executeWithOptions({ summary: `Read the load of ${vm.name}` }, [vm.id]);
+    }
+    if (!isQuiet(load, policy.loadThreshold)) {
+      const why = `the window closed after waiting ${minutes(waited())} while ${vm.name} stayed busy (${formatLoad(load)})`;
+      if (policy.onWindowClose === 'skip') {
+        decide(`skipped ${vm.name}: ${why}`);
+        return { vmId: vm.id, vmName: vm.name, outcome: 'skipped', reason: why, waitedSeconds: waited(), expired: [] };
+      }
+      decide(`${why}; taking the snapshot anyway, as the policy says`);
+    } else if (waited() > 0) {
+      decide(`${vm.name} quiet (${formatLoad(load)}) after waiting ${minutes(waited())}`);
+    }
+
+    const name = await catalog.nameScheduledSnapshot({ policy, vm, scheduledAt: scheduledAt.toISOString() });
+    const snapshotId = `snap-${uuid4()}`;
+    decide(`starting snapshot "${name}" of ${vm.name}`);
+    const request = {
+      accountId: policy.accountId,
+      vmId: vm.id,
+      region: vm.region,
+      name,
+      description: policy.description || `Scheduled by policy ${policy.name}`,
+      createAsImage: policy.createAsImage,
+      requestedBy: `policy ${policy.name}`,
+      policyId,
+    };
+    try {
+      await executeChild<typeof snapshotWorkflow>('snapshotWorkflow', {
+        ...snapshotStartOptions({ snapshotId, request }, vm, snapshotId),
+        workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
+        // Cancelling the run cancels its snapshot, whose compensations then clean up.
+        parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+      });
+    } catch (error) {
+      const reason = failureText(error);
+      decide(`snapshot "${name}" of ${vm.name} failed: ${reason}`);
+      return {
+        vmId: vm.id,
+        vmName: vm.name,
+        outcome: 'failed',
+        snapshotName: name,
+        snapshotId,
+        reason,
+        waitedSeconds: waited(),
+        expired: [],
+      };
+    }
+    decide(`snapshot "${name}" of ${vm.name} succeeded`);
+    const retention = await catalog.applyRetention.executeWithOptions({ summary: `Apply retention to ${vm.name}` }, [
+      { policy, vmId: vm.id },
+    ]);
+    decide(
+      retention.expired.length === 0
+        ? `retention kept all ${retention.kept.length} snapshots of ${vm.name}`
+        : `retention kept ${retention.kept.length} snapshots of ${vm.name} and expired ${retention.expired.map((n) => `"${n}"`).join(', ')}`,
+    );
+    return {
+      vmId: vm.id,
+      vmName: vm.name,
+      outcome: 'snapshot',
+      snapshotName: name,
+      snapshotId,
+      waitedSeconds: waited(),
+      expired: retention.expired,
+    };
+  };
+
+  // VMs wait for their own quiet moment independently.
+  state.vms.push(...(await Promise.all(targets.vms.map(runVm))));
+  return state;
+}
+
+function thresholdText(policy: SnapshotPolicy): string {
+  return `CPU ${policy.loadThreshold.cpuPercent}% and disk I/O ${policy.loadThreshold.diskIoPercent}%`;
+}
+
+function minutes(seconds: number): string {
+  return seconds < 120 ? `${seconds} s` : `${Math.round(seconds / 60)} min`;
+}
+
+/** The typed reason a child snapshot failed, e.g. `InsufficientCredits: …`. */
+function failureText(error: unknown): string {
+  const cause = error instanceof ChildWorkflowFailure ? error.cause : error;
+  if (cause instanceof ApplicationFailure) return `${cause.type ?? 'Error'}: ${cause.message}`;
+  return error instanceof Error ? error.message : String(error);
+}
