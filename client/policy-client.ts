@@ -1,11 +1,11 @@
 import type { CalendarSpec, Client, DayOfWeek, ScheduleDescription, ScheduleSpec } from '@temporalio/client';
-import { ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy } from '@temporalio/client';
+import { MONTHS, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy } from '@temporalio/client';
 import { SnapshotError } from '../domain/errors';
 import type { SnapshotPolicy, SnapshotPolicyInput } from '../domain/policies';
 import { policyScheduleId, SnapshotPolicySchema, windowMinutes } from '../domain/policies';
 import { SnapshotAccount } from '../domain/search-attributes';
 import type { Weekday } from '../domain/windows';
-import { formatWindow } from '../domain/windows';
+import { formatWindow, inTimeZone, shiftedOpenings } from '../domain/windows';
 import type { Catalog } from '../platform/ports';
 import type { scheduledSnapshotWorkflow } from '../workflows';
 import type { ScheduledRunState } from '../workflows/messages';
@@ -277,23 +277,45 @@ const NEXT_DAY: Record<Weekday, Weekday> = {
   SUN: 'MON',
 };
 
+/** How far ahead the spec lists the openings a spring-forward change moves (see `policyScheduleSpec`). */
+const DST_LOOKAHEAD_DAYS = 20 * 366;
+
 /**
- * The Schedule spec of a policy, in the window's time zone (Temporal applies daylight-saving changes): `daily` and
- * `weekly` fire when the window opens; `hourly` at the window's start minute of every hour it is open (hours past
- * midnight fall on the next day); `cron` as written.
+ * The Schedule spec of a policy, in the window's time zone: `daily` and `weekly` fire when the window opens; `hourly`
+ * at the window's start minute of every hour it is open (hours past midnight fall on the next day); `cron` as written.
+ *
+ * Temporal skips a calendar time that a spring-forward change removes, so a 02:00 Europe/Oslo window would get no run
+ * on the last Sunday of March. For `daily` and `weekly`, the spec therefore also lists those days' real openings (the
+ * moment of the change) for the next 20 years; they are recomputed whenever the policy is updated. (`hourly` loses only
+ * the removed hour's fire; the window's other hours still fire.) A time a fall-back change repeats fires once, at its
+ * second occurrence (Temporal's choice), which still lies inside the window.
  */
-export function policyScheduleSpec(policy: SnapshotPolicy): ScheduleSpec {
+export function policyScheduleSpec(policy: SnapshotPolicy, now = new Date()): ScheduleSpec {
   const { window, cadence } = policy;
   const [hour, minute] = window.start.split(':').map(Number) as [number, number];
   const base = { timezone: window.timeZone, jitter: policy.jitterSeconds * 1000 };
   const days = (list: readonly Weekday[]) => list.map((day) => DAY_NAMES[day]);
+  const atOpenings = (openingDays: Weekday[]): CalendarSpec[] => [
+    { hour, minute, dayOfWeek: days(openingDays) },
+    ...shiftedOpenings({ ...window, days: openingDays }, now, DST_LOOKAHEAD_DAYS).map((opening) => {
+      const local = inTimeZone(opening, window.timeZone);
+      return {
+        year: local.year,
+        month: MONTHS[local.month - 1]!,
+        dayOfMonth: local.day,
+        hour: local.hour,
+        minute: local.minute,
+        comment: `${window.start} does not exist that day (daylight saving): the window opens at ${local.toFormat('HH:mm')}`,
+      };
+    }),
+  ];
   switch (cadence.kind) {
     case 'cron':
       return { ...base, cronExpressions: [cadence.expression] };
     case 'daily':
-      return { ...base, calendars: [{ hour, minute, dayOfWeek: days(window.days) }] };
+      return { ...base, calendars: atOpenings(window.days) };
     case 'weekly':
-      return { ...base, calendars: [{ hour, minute, dayOfWeek: days([cadence.day]) }] };
+      return { ...base, calendars: atOpenings([cadence.day]) };
     case 'hourly': {
       const sameDay: number[] = [];
       const nextDay: number[] = [];

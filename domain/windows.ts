@@ -108,6 +108,28 @@ export function nextWindowOpening(window: LowActivityWindow, after: Date): Windo
   throw new RangeError(`window ${formatWindow(window)} never opens`);
 }
 
+/**
+ * Openings in the `days` days from `from` that are not at the window's wall-clock start, because a spring-forward
+ * change skipped that time (02:00 Europe/Oslo on 2027-03-28 opens at 03:00 CEST). A calendar that fires at the start
+ * time never fires on those days; these are the extra fire times it needs.
+ */
+export function shiftedOpenings(window: LowActivityWindow, from: Date, days: number): Date[] {
+  const first = localDate(window, from);
+  const zone = IANAZone.create(window.timeZone);
+  const hour = 60 * 60 * 1000;
+  const shifted: Date[] = [];
+  for (let day = 0; day < days; day++) {
+    // Most days have no clock change anywhere near them (any UTC offset is within ±14 h): skip them cheaply.
+    const midnight = first.toMillis() + day * 24 * hour;
+    if (zone.offset(midnight - 14 * hour) === zone.offset(midnight + 38 * hour)) continue;
+    const instance = instanceOn(window, first.plus({ days: day }));
+    if (instance && inTimeZone(instance.opensAt, window.timeZone).toFormat('HH:mm') !== window.start) {
+      shifted.push(instance.opensAt);
+    }
+  }
+  return shifted;
+}
+
 /** A short human description: "02:00–05:00 Europe/Oslo, Mon–Sun", "22:00–02:00 UTC, Mon, Wed, Fri". */
 export function formatWindow(window: LowActivityWindow): string {
   return `${window.start}–${window.end} ${window.timeZone}, ${formatDays(window.days)}`;

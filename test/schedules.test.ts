@@ -1,7 +1,8 @@
 import { SnapshotError } from '../domain/errors';
 import type { SnapshotPolicyInput } from '../domain/policies';
-import { policyScheduleId } from '../domain/policies';
-import { nextWindowOpening } from '../domain/windows';
+import { policyScheduleId, SnapshotPolicySchema } from '../domain/policies';
+import { policyScheduleSpec } from '../client/policy-client';
+import { nextWindowOpening, windowContaining } from '../domain/windows';
 import type { scheduledSnapshotWorkflow } from '../workflows';
 import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
@@ -99,6 +100,45 @@ describe('snapshot policies on Temporal Schedules', () => {
     const times = view.nextRuns.slice(0, 3).map((t) => `${t.getUTCDay()} ${t.toISOString().slice(11, 16)}`);
     expect(times).toEqual(['6 22:30', '6 23:30', '0 00:30']);
     await env.policies.deletePolicy('acme', input.name);
+  });
+
+  test('on daylight-saving change days the Schedule fires inside the window, as the window arithmetic says', async () => {
+    const input = policyInput({ window: { start: '02:00', end: '05:00', timeZone: 'Europe/Oslo' }, jitterSeconds: 0 });
+    const policy = SnapshotPolicySchema.parse(input);
+    const handle = await env.client.schedule.create({
+      scheduleId: uniqueId('dst-check'),
+      // The policy's own spec, starting just before each change: 2027-03-28 (02:00 is skipped), 2027-10-31 (repeated).
+      spec: { ...policyScheduleSpec(policy), startAt: new Date('2027-03-27T12:00:00Z') },
+      action: {
+        type: 'startWorkflow',
+        workflowType: 'scheduledSnapshotWorkflow',
+        taskQueue: env.taskQueue,
+        args: [policy],
+      },
+      state: { paused: true },
+    });
+    const spring = (await handle.describe()).info.nextActionTimes.slice(0, 3);
+    await handle.update((previous) => ({
+      ...previous,
+      spec: { ...policyScheduleSpec(policy), startAt: new Date('2027-10-30T12:00:00Z') },
+    }));
+    const autumn = (await handle.describe()).info.nextActionTimes.slice(0, 3);
+    await handle.delete();
+
+    for (const fire of [...spring, ...autumn]) {
+      const window = windowContaining(policy.window, fire);
+      expect(window).toBeDefined();
+    }
+    expect(spring.map((t) => t.toISOString())).toEqual([
+      '2027-03-28T01:00:00.000Z', // 02:00 CET (UTC+1) does not exist that day: 03:00 CEST, when the window opens
+      '2027-03-29T00:00:00.000Z',
+      '2027-03-30T00:00:00.000Z',
+    ]);
+    expect(autumn.map((t) => t.toISOString())).toEqual([
+      '2027-10-31T01:00:00.000Z', // the second 02:00 (CET): the window opened at the first, an hour earlier
+      '2027-11-01T01:00:00.000Z',
+      '2027-11-02T01:00:00.000Z',
+    ]);
   });
 
   test('bad policies are refused with a clear reason and create nothing', async () => {

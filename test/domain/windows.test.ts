@@ -4,6 +4,7 @@ import {
   WEEKDAYS,
   formatWindow,
   nextWindowOpening,
+  shiftedOpenings,
   windowContaining,
 } from '../../domain/windows';
 import type { LowActivityWindow, WindowInstance } from '../../domain/windows';
@@ -158,5 +159,22 @@ describe('formatWindow', () => {
     [{ start: '22:00', end: '02:00', timeZone: 'UTC', days: ['SAT', 'SUN'] }, '22:00–02:00 UTC, Sat, Sun'],
   ])('%j reads %j', (input, expected) => {
     expect(formatWindow(window(input))).toBe(expected);
+  });
+});
+
+describe('shiftedOpenings', () => {
+  test('lists the days a spring-forward change moves the opening, and only those', () => {
+    const from = new Date('2026-11-25T12:00:00Z');
+    const oslo = window({ start: '02:00', end: '05:00', timeZone: 'Europe/Oslo' });
+    expect(shiftedOpenings(oslo, from, 400).map((d) => d.toISOString())).toEqual(['2027-03-28T01:00:00.000Z']);
+    const newYork = window({ start: '02:30', end: '04:00', timeZone: 'America/New_York' });
+    expect(shiftedOpenings(newYork, from, 400).map((d) => d.toISOString())).toEqual(['2027-03-14T07:00:00.000Z']);
+  });
+
+  test('nothing when the window does not open that day, or the zone has no clock changes', () => {
+    const from = new Date('2026-11-25T12:00:00Z');
+    const weekdays = window({ start: '02:00', end: '05:00', timeZone: 'Europe/Oslo', days: ['MON', 'FRI'] });
+    expect(shiftedOpenings(weekdays, from, 400)).toEqual([]);
+    expect(shiftedOpenings(window({ start: '02:00', end: '05:00', timeZone: 'Asia/Tokyo' }), from, 400)).toEqual([]);
   });
 });
