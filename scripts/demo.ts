@@ -2,19 +2,21 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { snapshotDetails } from '../client/format';
+import { PolicyClient } from '../client/policy-client';
 import { stageProgressBar } from '../client/progress-bar';
 import { SnapshotClient } from '../client/snapshot-client';
 import type { StartedSnapshot } from '../client/snapshot-client';
 import { startDevServer, isServerUp } from '../devserver/dev-server';
 import { ensureTemporalCli } from '../devserver/temporal-cli';
 import { loadConfig } from '../domain/config';
+import { formatWindow } from '../domain/windows';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../platform/local';
 import { createSnapshotWorker } from '../worker/worker';
 
 /**
  * The main job on the embedded defaults (`npm run demo`): a Temporal dev server with the Web UI, the demo fleet, a
- * worker, then a full snapshot of a VM, some guest writes, and an incremental snapshot of it. Server and worker stay
- * up for the Web UI until Ctrl-C (or exit at once with --exit).
+ * worker, then a full snapshot of a VM, some guest writes, an incremental snapshot of it, and a nightly snapshot
+ * policy (a Temporal Schedule). Server and worker stay up for the Web UI until Ctrl-C (or exit at once with --exit).
  */
 async function main(): Promise<void> {
   const config = loadConfig();
@@ -86,6 +88,28 @@ async function main(): Promise<void> {
   }));
   await writeGuestBlocks(platform.hypervisor, vm, 'root', writes);
   await take(`${vm.name}-demo-${stamp}-v2`);
+
+  // Recurring snapshots: a nightly policy for the VMs labelled "nightly", as a Temporal Schedule.
+  const policies = new PolicyClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
+  const nightly = await policies.describePolicy(config.SNAP_ACCOUNT, 'nightly').catch(() =>
+    policies.createPolicy({
+      accountId: config.SNAP_ACCOUNT,
+      name: 'nightly',
+      target: { region: 'CANADA-1', label: 'nightly' },
+      cadence: { kind: 'daily' },
+      window: { start: '02:00', end: '05:00', timeZone: 'America/Toronto' },
+      purpose: 'nightly',
+      retention: { keepLast: 7, keepWeekly: 4 },
+    }),
+  );
+  console.log(
+    `\nPolicy "nightly" (${formatWindow(nightly.policy.window)}), next runs: ` +
+      nightly.nextRuns
+        .slice(0, 3)
+        .map((t) => t.toISOString())
+        .join(', '),
+  );
+  console.log(`Schedules in the Web UI: ${uiUrl}/namespaces/${config.TEMPORAL_NAMESPACE}/schedules`);
 
   console.log(
     `\nAll snapshots: npm run snap -- list    Search them in the Web UI: ${uiUrl} (query SnapshotVm="${vm.id}")`,
