@@ -3,7 +3,8 @@ import { createCleanupActivities } from './cleanup';
 import { createCompressActivity } from './compress';
 import type { ActivityDeps } from './deps';
 import { createInitiateActivity } from './initiate';
-import { createRestoreActivity } from './restore';
+import { createLifecycleActivities } from './lifecycle';
+import { createRestoreActivities } from './restore';
 import { createSchedulingActivities } from './scheduling';
 import { createValidateActivity } from './validate';
 import { createVerifyActivity } from './verify';
@@ -18,9 +19,10 @@ export function createActivities(deps: ActivityDeps) {
     captureSnapshot: createCaptureActivity(deps),
     compressSnapshot: createCompressActivity(deps),
     verifySnapshot: createVerifyActivity(deps),
-    restoreSnapshotDisk: createRestoreActivity(deps),
     ...createCleanupActivities(deps),
     ...createSchedulingActivities(deps),
+    ...createRestoreActivities(deps),
+    ...createLifecycleActivities(deps),
   };
 }
 

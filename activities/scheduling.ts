@@ -22,13 +22,13 @@ export interface PolicyTargets {
 }
 
 export interface RetentionOutcome {
+  /** Names of the snapshots retention keeps. */
   kept: string[];
-  /** Names of the snapshots this run expired. */
-  expired: string[];
+  expired: { id: string; name: string }[];
 }
 
 /**
- * Activities of scheduled runs: resolve the policy's VMs, read a VM's load, name the next snapshot, apply retention.
+ * Activities of scheduled runs: resolve the policy's VMs, read a VM's load, name the next snapshot, select expired ones.
  * All read or write the catalog only, so they are quick and safe to retry.
  */
 export function createSchedulingActivities(deps: ActivityDeps) {
@@ -70,9 +70,11 @@ export function createSchedulingActivities(deps: ActivityDeps) {
     /** The next snapshot's name from the policy's template; its version counts the policy's snapshots of the VM. */
     async nameScheduledSnapshot(input: { policy: SnapshotPolicy; vm: TargetVm; scheduledAt: string }): Promise<string> {
       const { policy, vm } = input;
+      // Deleted and failed ones count too, so a version is never reused.
       const previous = deps.catalog.listSnapshots({
         vmId: vm.id,
         policyId: policyScheduleId(policy.accountId, policy.name),
+        includeDeleted: true,
       });
       return renderSnapshotName(policy.nameTemplate, {
         vm: vm.name,
@@ -84,27 +86,26 @@ export function createSchedulingActivities(deps: ActivityDeps) {
     },
 
     /**
-     * Applies the policy's retention to its SUCCESS snapshots of one VM: those it does not keep are marked expired.
-     * Deletion itself (freeing the stored data) is not built yet; expired snapshots stay listed as such until then.
+     * Applies the policy's retention to its SUCCESS snapshots of one VM: which it keeps, and which are to be deleted
+     * (the workflow deletes them through the same path as a user deletion).
      */
-    async applyRetention(input: { policy: SnapshotPolicy; vmId: string }): Promise<RetentionOutcome> {
+    async selectExpiredSnapshots(input: { policy: SnapshotPolicy; vmId: string }): Promise<RetentionOutcome> {
       const { policy } = input;
-      const live = deps.catalog
-        .listSnapshots({
-          vmId: input.vmId,
-          policyId: policyScheduleId(policy.accountId, policy.name),
-          status: 'SUCCESS',
-        })
-        .filter((snapshot) => snapshot.expiredAt === null);
+      const live = deps.catalog.listSnapshots({
+        vmId: input.vmId,
+        policyId: policyScheduleId(policy.accountId, policy.name),
+        status: 'SUCCESS',
+      });
       const { keep, expire } = selectRetained(
         live.map((s) => ({ id: s.id, createdAt: new Date(s.createdAt) })),
         policy.retention,
         policy.window.timeZone,
       );
-      const now = new Date().toISOString();
       const nameOf = new Map(live.map((s) => [s.id, s.name]));
-      for (const id of expire) deps.catalog.updateSnapshot(id, { expiredAt: now });
-      return { kept: keep.map((k) => nameOf.get(k.id)!), expired: expire.map((id) => nameOf.get(id)!) };
+      return {
+        kept: keep.map((k) => nameOf.get(k.id)!),
+        expired: expire.map((id) => ({ id, name: nameOf.get(id)! })),
+      };
     },
   };
 }

@@ -45,6 +45,7 @@ export function createVerifyActivity(deps: ActivityDeps) {
         compressionRatio: stats.compressionRatio,
         dedupRatio: stats.dedupRatio,
         completedAt: new Date().toISOString(),
+        verifiedAt: new Date().toISOString(),
       });
     });
   };

@@ -1,17 +1,25 @@
 import { randomUUID } from 'node:crypto';
 import type { Client, WorkflowHandle } from '@temporalio/client';
-import { WorkflowExecutionAlreadyStartedError, WorkflowFailedError } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
 import { MIN_COVERED_HOURS, formatMoney } from '../domain/billing';
 import { SnapshotError, isSnapshotErrorType } from '../domain/errors';
-import type { Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
+import type { ImageRecord, Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
 import { RegionSchema, isInFlight } from '../domain/model';
-import type { CreateSnapshotRequest, RestoreDiskRequest } from '../domain/requests';
-import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema } from '../domain/requests';
+import type { CreateSnapshotRequest, RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
+import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
 import { checkAccount, checkCredits, checkSnapshotRequest, creditHoldFor, formatVmChoice } from '../domain/rules';
 import type { Catalog } from '../platform/ports';
-import type { restoreDiskWorkflow, snapshotWorkflow } from '../workflows';
+import type {
+  createImageWorkflow,
+  deleteImageWorkflow,
+  deleteSnapshotWorkflow,
+  restoreDiskWorkflow,
+  restoreVmWorkflow,
+  snapshotWorkflow,
+} from '../workflows';
+import { deletionWorkflowId } from '../workflows/lifecycle';
 import { restoreProgressQuery, snapshotProgressQuery } from '../workflows/messages';
 import { snapshotStartOptions } from '../workflows/start-options';
 
@@ -203,6 +211,90 @@ export class SnapshotClient {
     if (!outcome.ok) throw toSnapshotError(outcome.error);
     return outcome.value;
   }
+
+  /**
+   * Restores a SUCCESS snapshot, or an image, to a new VM in its region with the captured configuration; resolves
+   * with the new VM once it is ACTIVE. A failed or cancelled restore leaves no VM behind.
+   */
+  async restoreVm(
+    input: RestoreVmRequest,
+    onProgress: (progress: StageProgress) => void = () => undefined,
+  ): Promise<{ vm: Vm; bytesRestored: number }> {
+    const request = parseOrThrow(RestoreVmRequestSchema, input, 'InvalidRequest', 'restore request');
+    if (this.findVm(request.accountId, request.vmName)) {
+      throw new SnapshotError(
+        'InvalidVmName',
+        `Account ${request.accountId} already has a VM named "${request.vmName}".`,
+      );
+    }
+    const handle = await this.options.client.workflow.start<typeof restoreVmWorkflow>('restoreVmWorkflow', {
+      workflowId: `restore-vm/${request.accountId}/${request.vmName}/${randomUUID()}`,
+      taskQueue: this.options.taskQueue,
+      args: [request],
+      staticSummary: `Restore VM ${request.vmName} from ${'snapshotId' in request.source ? request.source.snapshotId : request.source.imageId}`,
+    });
+    const outcome = await pollUntil(handle.result(), async () => onProgress(await handle.query(restoreProgressQuery)));
+    if (!outcome.ok) throw toSnapshotError(outcome.error);
+    const vm = this.options.catalog.getVm(outcome.value.vmId)!;
+    return { vm, bytesRestored: outcome.value.bytesRestored };
+  }
+
+  /**
+   * Deletes a snapshot: at once from listings and billing; one in flight is cancelled first. Its stored data is
+   * freed by the region's garbage collection, never while another snapshot or an image needs it. Idempotent.
+   */
+  async deleteSnapshot(accountId: string, snapshotId: string): Promise<void> {
+    const snapshot = this.options.catalog.getSnapshot(snapshotId);
+    if (!snapshot || snapshot.accountId !== accountId) {
+      throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
+    }
+    if (snapshot.status === 'DELETED') return;
+    const handle = await this.options.client.workflow.start<typeof deleteSnapshotWorkflow>('deleteSnapshotWorkflow', {
+      workflowId: deletionWorkflowId(snapshotId),
+      taskQueue: this.options.taskQueue,
+      args: [{ accountId, snapshotId, reason: 'user' }],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      workflowIdReusePolicy: 'ALLOW_DUPLICATE',
+      staticSummary: `Delete snapshot "${snapshot.name}" (${snapshotId})`,
+    });
+    await handle.result().catch((error: unknown) => {
+      throw toSnapshotError(error);
+    });
+  }
+
+  /** Boot sources: the account's images, optionally of one region. */
+  listImages(accountId: string, region?: Region): ImageRecord[] {
+    return this.options.catalog.listImages({ accountId, region });
+  }
+
+  /** Makes a SUCCESS snapshot a boot image ("Create as Image" after the fact); returns the existing one if any. */
+  async createImage(accountId: string, snapshotId: string, name?: string): Promise<ImageRecord> {
+    const existing = this.options.catalog.listImages({ accountId, snapshotId })[0];
+    if (existing) return existing;
+    const snapshot = this.options.catalog.getSnapshot(snapshotId);
+    const handle = await this.options.client.workflow.start<typeof createImageWorkflow>('createImageWorkflow', {
+      workflowId: `create-image/${snapshotId}`,
+      taskQueue: this.options.taskQueue,
+      args: [{ accountId, snapshotId, imageId: `img-${randomUUID()}`, name: name ?? snapshot?.name ?? snapshotId }],
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      workflowIdReusePolicy: 'ALLOW_DUPLICATE',
+    });
+    return handle.result().catch((error: unknown) => {
+      throw toSnapshotError(error);
+    });
+  }
+
+  /** Deletes an image; what it kept alive goes once its snapshot is deleted too. Idempotent. */
+  async deleteImage(accountId: string, imageId: string): Promise<void> {
+    const handle = await this.options.client.workflow.start<typeof deleteImageWorkflow>('deleteImageWorkflow', {
+      workflowId: `delete-image/${imageId}/${randomUUID()}`,
+      taskQueue: this.options.taskQueue,
+      args: [{ accountId, imageId }],
+    });
+    await handle.result().catch((error: unknown) => {
+      throw toSnapshotError(error);
+    });
+  }
 }
 
 function nameTaken(name: string, existingId?: string): SnapshotError {
@@ -236,11 +328,12 @@ async function pollUntil<T>(
   }
 }
 
-/** Turns a workflow failure into the typed error its failing stage raised. */
+/** Turns a workflow failure into the typed error its failing activity raised (found down the cause chain). */
 export function toSnapshotError(error: unknown): unknown {
-  const cause = error instanceof WorkflowFailedError ? error.cause : error;
-  if (cause instanceof ApplicationFailure && isSnapshotErrorType(cause.type)) {
-    return new SnapshotError(cause.type, cause.message);
+  for (let cause = error; cause instanceof Error; cause = cause.cause) {
+    if (cause instanceof ApplicationFailure && isSnapshotErrorType(cause.type)) {
+      return new SnapshotError(cause.type, cause.message);
+    }
   }
   return error;
 }

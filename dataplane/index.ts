@@ -1,13 +1,16 @@
 /**
  * The data plane: fixed-size chunking, BLAKE3 ids, zstd on a worker-thread pool, a content-addressed repository,
- * manifests, verification and restore. A plain library with no Temporal imports; activities and the benchmark call it.
+ * manifests, verification, restore and garbage collection. A plain library with no Temporal imports; activities and
+ * the benchmark call it.
  */
 export { ChunkCorruptError, ChunkMissingError, DiskChangedError, ManifestMissingError } from './errors';
 export type { DataPlaneErrorType } from './errors';
 export { DEFAULT_CHUNK_SIZE, ManifestSchema, ZERO_CHUNK, distinctChunks } from './manifest';
 export type { ChunkRef, Manifest } from './manifest';
+export { collectGarbage } from './gc';
+export type { GcProgress, GcResult } from './gc';
 export { ChunkPool } from './pool';
 export { LocalRepository } from './repository';
-export type { Repository } from './repository';
+export type { Repository, StoredChunk } from './repository';
 export { manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';
 export type { ManifestStats } from './pipeline';

@@ -121,7 +121,7 @@ export async function scanDisk(o: {
 /**
  * Stage "compress": stores every distinct non-zero chunk of `refs` (from index `fromIndex` on) that the repository
  * lacks, reading it from `path`, re-hashing it (DiskChangedError if the view changed since capture) and compressing it
- * on the pool. Idempotent: what is already stored is skipped.
+ * on the pool. Idempotent: what is already stored is skipped (and touched, see collectGarbage).
  */
 export async function storeChunks(o: {
   path: string;
@@ -152,7 +152,8 @@ export async function storeChunks(o: {
       for (let index = o.fromIndex ?? 0; index < o.refs.length; index++) {
         o.signal?.throwIfAborted();
         const id = o.refs[index]!;
-        if (id !== ZERO_CHUNK && !queued.has(id) && !(await o.repository.hasChunk(id))) {
+        // A stored chunk is reused, and touched so that a concurrent garbage collection keeps it.
+        if (id !== ZERO_CHUNK && !queued.has(id) && !(await o.repository.touchChunk(id))) {
           queued.add(id);
           const offset = index * o.chunkSize;
           batch.push({ index, id, offset, data: await readExactly(handle, chunkLength(disk, index), offset) });

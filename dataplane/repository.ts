@@ -20,6 +20,18 @@ export interface Repository {
   /** Removes a chunk; no error if absent. */
   deleteChunk(id: string): Promise<void>;
   listChunkIds(): AsyncIterable<string>;
+  /** Every stored chunk with its size and last write or touch; never a partial write. */
+  listChunks(): AsyncIterable<StoredChunk>;
+  /**
+   * Marks a stored chunk as just used (its modifiedAt becomes now), so garbage collection's grace period protects it;
+   * false, and nothing done, if the chunk is absent (the caller must then store it).
+   */
+  touchChunk(id: string): Promise<boolean>;
+  /**
+   * Garbage collection's delete: removes a chunk unless it was written or touched at or after `cutoff`. Atomic
+   * against touchChunk: a touch either lands first (the chunk is kept: 'young') or finds the chunk gone (false).
+   */
+  deleteChunkIfOlder(id: string, cutoff: Date): Promise<'deleted' | 'young' | 'missing'>;
   writeManifest(manifest: Manifest): Promise<void>;
   /** The snapshot's manifest, validated with ManifestSchema; ManifestMissingError if absent. */
   readManifest(snapshotId: string): Promise<Manifest>;
@@ -39,9 +51,17 @@ export interface Repository {
   dropStaging(snapshotId: string): Promise<void>;
 }
 
+/** A chunk as listed: its compressed size and when it was last written or touched. */
+export interface StoredChunk {
+  id: string;
+  storedBytes: number;
+  modifiedAt: Date;
+}
+
 /** Each journal line is a 64-hex id or the zero marker, padded to a fixed width so truncation is arithmetic. */
 const JOURNAL_LINE = 65;
 const CHUNK_ID = /^[0-9a-f]{64}$/;
+const CHUNK_FILE = /^[0-9a-f]{64}\.zst$/;
 
 /**
  * The repository in a local directory. Layout: `chunks/<2 hex>/<id>.zst`, `manifests/<snapshot>.json`,
@@ -83,12 +103,58 @@ export class LocalRepository implements Repository {
     await fs.rm(this.chunkPath(id), { force: true });
   }
 
+  /** Chunk files only: writes in progress are temp files in `tmp/`, never in `chunks/`. */
   async *listChunkIds(): AsyncIterable<string> {
     for (const prefix of await listDir(path.join(this.root, 'chunks'))) {
       for (const file of await listDir(path.join(this.root, 'chunks', prefix))) {
-        if (file.endsWith('.zst')) yield file.slice(0, -'.zst'.length);
+        if (CHUNK_FILE.test(file)) yield file.slice(0, -'.zst'.length);
       }
     }
+  }
+
+  async *listChunks(): AsyncIterable<StoredChunk> {
+    for await (const id of this.listChunkIds()) {
+      const stat = await fs.stat(this.chunkPath(id)).catch((error: unknown) => {
+        if (isNotFound(error)) return null; // deleted since the directory was read
+        throw error;
+      });
+      if (stat) yield { id, storedBytes: stat.size, modifiedAt: stat.mtime };
+    }
+  }
+
+  async touchChunk(id: string): Promise<boolean> {
+    const now = new Date();
+    return fs.utimes(this.chunkPath(id), now, now).then(
+      () => true,
+      (error: unknown) => {
+        if (isNotFound(error)) return false;
+        throw error;
+      },
+    );
+  }
+
+  /**
+   * Moves the chunk out of `chunks/` first, so a concurrent touch either happened before (seen in the moved file's
+   * mtime: the chunk is moved back) or finds no chunk. A read during the move misses the chunk; only a just-touched
+   * chunk is moved back, and the snapshot that touched it reads it much later (verification).
+   */
+  async deleteChunkIfOlder(id: string, cutoff: Date): Promise<'deleted' | 'young' | 'missing'> {
+    const target = this.chunkPath(id);
+    const tmpDir = path.join(this.root, 'tmp');
+    await this.makeDir(tmpDir);
+    const moved = path.join(tmpDir, randomUUID());
+    try {
+      await fs.rename(target, moved);
+    } catch (error) {
+      if (isNotFound(error)) return 'missing';
+      throw error;
+    }
+    if ((await fs.stat(moved)).mtime >= cutoff) {
+      await fs.rename(moved, target); // same content if a writer stored the chunk again meanwhile
+      return 'young';
+    }
+    await fs.rm(moved);
+    return 'deleted';
   }
 
   async writeManifest(manifest: Manifest): Promise<void> {

@@ -26,6 +26,8 @@ export const SnapshotErrorType = {
   InvalidPolicy: 'InvalidPolicy',
   PolicyNotFound: 'PolicyNotFound',
   PolicyExists: 'PolicyExists',
+  ImageNotFound: 'ImageNotFound',
+  InvalidVmName: 'InvalidVmName',
 } as const;
 
 export type SnapshotErrorType = (typeof SnapshotErrorType)[keyof typeof SnapshotErrorType];
@@ -55,6 +57,8 @@ export const PERMANENT_ERROR_TYPES: readonly SnapshotErrorType[] = [
   'ChunkMissing',
   'ManifestMissing',
   'InvalidPolicy',
+  'ImageNotFound',
+  'InvalidVmName',
 ];
 
 /** An error with a stable type; thrown by domain code, the platform adapters and the client library. */

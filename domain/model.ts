@@ -72,12 +72,13 @@ export function missingAccountFields(account: Account): string[] {
 
 /**
  * Snapshot lifecycle. The in-flight states are the five stages; SUCCESS is reached only after verification passed;
- * FAILED carries the typed reason (cancellation included).
+ * FAILED carries the typed reason (cancellation included); DAMAGED is a SUCCESS snapshot that re-verification found
+ * with missing or corrupt chunks (the reason is kept); DELETED snapshots are gone from listings and billing.
  */
 export const SNAPSHOT_STAGES = ['VALIDATING', 'INITIATING', 'CAPTURING', 'COMPRESSING', 'VERIFYING'] as const;
 export const SnapshotStageSchema = z.enum(SNAPSHOT_STAGES);
 export type SnapshotStage = z.infer<typeof SnapshotStageSchema>;
-export const SnapshotStatusSchema = z.enum([...SNAPSHOT_STAGES, 'SUCCESS', 'FAILED']);
+export const SnapshotStatusSchema = z.enum([...SNAPSHOT_STAGES, 'SUCCESS', 'FAILED', 'DAMAGED', 'DELETED']);
 export type SnapshotStatus = z.infer<typeof SnapshotStatusSchema>;
 
 export interface SnapshotRecord {
@@ -113,8 +114,28 @@ export interface SnapshotRecord {
   creditHoldMicros: number;
   /** The snapshot policy whose scheduled run made this snapshot; null for snapshots users started. */
   policyId: string | null;
-  /** When the policy's retention expired this snapshot; it stays stored and restorable until deleted. */
-  expiredAt: string | null;
+  /** When the snapshot's data was last read back and found intact (verification, then re-verification). */
+  verifiedAt: string | null;
+  deletedAt: string | null;
+  /** Who deleted it: `user`, or `retention of policy <id>`. */
+  deletedReason: string | null;
+}
+
+/**
+ * A boot image: the data of a snapshot made with "Create as Image" (or converted later), listed among boot sources.
+ * It keeps its snapshot's manifest, and so its chunks, alive even after the snapshot itself is deleted.
+ */
+export interface ImageRecord {
+  id: string;
+  accountId: string;
+  region: Region;
+  name: string;
+  /** The snapshot whose manifest the image uses. */
+  snapshotId: string;
+  flavor: string;
+  vmConfig: Record<string, unknown>;
+  logicalBytes: number;
+  createdAt: string;
 }
 
 /** Live progress of a snapshot, as returned by the workflow's `progress` query. */

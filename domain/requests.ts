@@ -72,3 +72,24 @@ export const RestoreDiskRequestSchema = z
   })
   .strict();
 export type RestoreDiskRequest = z.infer<typeof RestoreDiskRequestSchema>;
+
+/** VM names: 1–63 letters, digits, "-", "_" and "." starting with a letter or digit (a host name's label). */
+export const VmNameSchema = z
+  .string()
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
+    'must be 1–63 letters, digits, "-", "_" or ".", starting with a letter or digit',
+  );
+
+/** A new VM in the source's region from a SUCCESS snapshot or from an image, with the captured configuration. */
+export const RestoreVmRequestSchema = z
+  .object({
+    accountId: z.string().min(1),
+    source: z.union([
+      z.object({ snapshotId: z.string().min(1) }).strict(),
+      z.object({ imageId: z.string().min(1) }).strict(),
+    ]),
+    vmName: VmNameSchema,
+  })
+  .strict();
+export type RestoreVmRequest = z.infer<typeof RestoreVmRequestSchema>;

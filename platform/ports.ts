@@ -1,4 +1,4 @@
-import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmLoad, VmStatus } from '../domain/model';
+import type { Account, Disk, ImageRecord, Region, SnapshotRecord, SnapshotStatus, Vm, VmLoad, VmStatus } from '../domain/model';
 
 /** A snapshot row as first reserved by validation: name and VM slot are taken atomically. */
 export type NewSnapshot = Pick<
@@ -30,7 +30,7 @@ export type SnapshotPatch = Partial<
     | 'compressionRatio'
     | 'dedupRatio'
     | 'completedAt'
-    | 'expiredAt'
+    | 'verifiedAt'
   >
 >;
 
@@ -44,6 +44,7 @@ export interface Catalog {
   getVm(id: string): Vm | undefined;
   listVms(filter: { accountId?: string; region?: Region; status?: VmStatus }): Vm[];
   putVm(vm: Vm): void;
+  deleteVm(id: string): void;
   /**
    * Inserts a snapshot in VALIDATING state and takes its credit hold, atomically: fails with `SnapshotNameTaken` if the
    * account already has a live snapshot with that name (any region, case-insensitive), `SnapshotInProgress` if the VM
@@ -61,8 +62,20 @@ export interface Catalog {
     vmId?: string;
     status?: SnapshotStatus;
     policyId?: string;
+    /** DELETED snapshots are left out unless asked for (or `status: 'DELETED'` is given). */
+    includeDeleted?: boolean;
   }): SnapshotRecord[];
   updateSnapshot(id: string, patch: SnapshotPatch): SnapshotRecord;
+  /**
+   * Marks a snapshot DELETED (gone from listings and billing; its name is free again) and releases a credit hold it
+   * still had. Idempotent: a DELETED snapshot is returned as it is.
+   */
+  markSnapshotDeleted(id: string, reason: string): SnapshotRecord;
+  /** Registers an image (idempotent for the same id). */
+  putImage(image: ImageRecord): ImageRecord;
+  getImage(id: string): ImageRecord | undefined;
+  listImages(filter: { accountId?: string; region?: Region; snapshotId?: string }): ImageRecord[];
+  deleteImage(id: string): void;
   /** The VM's most recent SUCCESS snapshot: the parent an incremental capture is measured against. */
   latestSuccessfulSnapshot(vmId: string): SnapshotRecord | undefined;
   close(): void;
@@ -90,4 +103,8 @@ export interface Hypervisor {
   releaseViews(viewId: string): Promise<void>;
   /** The VM's current CPU and disk I/O utilisation, which scheduled snapshots wait on to drop. */
   readLoad(vm: Vm): Promise<VmLoad>;
+  /** Where the disks of a new VM (restored from a snapshot or an image) are to be written. */
+  diskPaths(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]>;
+  /** Removes a VM's disks (a half-restored VM that is discarded). Idempotent. */
+  removeDisks(vmId: string): Promise<void>;
 }

@@ -263,12 +263,14 @@ describe('snapshot policies on Temporal Schedules', () => {
     }, 110_000);
     expect(runs.map((r) => r.scheduledAt.getUTCMinutes())).toEqual([0, 0, 0]);
 
-    // Both labelled ACTIVE VMs (trainer-01 and trainer-02) got three snapshots; each VM keeps its newest two.
+    // Both labelled ACTIVE VMs (trainer-01 and trainer-02) got three snapshots; each VM keeps its newest two, the
+    // oldest was deleted the way a user deletes one.
     for (const vmId of ['vm-trainer-01', 'vm-trainer-02']) {
-      const made = env.platform.catalog.listSnapshots({ vmId, policyId });
-      expect(made.map((s) => s.status)).toEqual(['SUCCESS', 'SUCCESS', 'SUCCESS']);
-      expect(made.map((s) => s.expiredAt !== null)).toEqual([true, false, false]);
+      const made = env.platform.catalog.listSnapshots({ vmId, policyId, includeDeleted: true });
+      expect(made.map((s) => s.status)).toEqual(['DELETED', 'SUCCESS', 'SUCCESS']);
+      expect(made[0]!.deletedReason).toBe(`retention of policy ${policyId}`);
       expect(made.map((s) => s.name.slice(-3))).toEqual(['-v1', '-v2', '-v3']);
+      expect(env.platform.catalog.listSnapshots({ vmId, policyId })).toHaveLength(2);
     }
     // builder-01 carries the label too but is in BUILD: skipped with the reason.
     const last = await runResult(runs[2]!.workflowId, runs[2]!.runId);

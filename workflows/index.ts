@@ -1,5 +1,6 @@
 /** Every workflow the worker runs; the worker bundles this module. */
 export { snapshotWorkflow } from './snapshot';
 export type { SnapshotWorkflowResult } from './snapshot';
-export { restoreDiskWorkflow } from './restore';
+export { restoreDiskWorkflow, restoreVmWorkflow } from './restore';
 export { scheduledSnapshotWorkflow } from './scheduled-snapshot';
+export { createImageWorkflow, deleteImageWorkflow, deleteSnapshotWorkflow } from './lifecycle';

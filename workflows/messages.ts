@@ -23,7 +23,7 @@ export interface VmRunOutcome {
   reason?: string;
   /** How long the run waited for the VM's load to drop. */
   waitedSeconds: number;
-  /** Snapshots retention expired after this one succeeded. */
+  /** Names of the snapshots retention deleted after this one succeeded. */
   expired: string[];
 }
 

@@ -19,6 +19,7 @@ import type { TargetVm } from '../activities/scheduling';
 import { formatLoad, isQuiet, policyScheduleId, runDeadline, SnapshotPolicySchema } from '../domain/policies';
 import type { SnapshotPolicy } from '../domain/policies';
 import { formatWindow } from '../domain/windows';
+import { deleteSnapshotWorkflow, deletionWorkflowId } from './lifecycle';
 import { scheduledRunQuery } from './messages';
 import type { ScheduledRunState, VmRunOutcome } from './messages';
 import type { snapshotWorkflow } from './snapshot';
@@ -35,7 +36,7 @@ const catalog = proxyActivities<Activities>({
 /**
  * One run of a snapshot policy, started by the policy's Temporal Schedule: for each of its VMs, wait (with durable
  * timers) until the VM's load is under the threshold or the window closes, take the snapshot as a child workflow
- * named from the policy's template, then apply retention. Every decision is recorded in the history (timer and
+ * named from the policy's template, then apply retention (expired snapshots are deleted like a user deletion). Every decision is recorded in the history (timer and
  * activity summaries, memo updates), in the run's current details and in its result.
  */
 export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<ScheduledRunState> {
@@ -130,14 +131,24 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
       };
     }
     decide(`snapshot "${name}" of ${vm.name} succeeded`);
-    const retention = await catalog.applyRetention.executeWithOptions({ summary: `Apply retention to ${vm.name}` }, [
-      { policy, vmId: vm.id },
-    ]);
+    const retention = await catalog.selectExpiredSnapshots.executeWithOptions(
+      { summary: `Apply retention to ${vm.name}` },
+      [{ policy, vmId: vm.id }],
+    );
     decide(
       retention.expired.length === 0
         ? `retention kept all ${retention.kept.length} snapshots of ${vm.name}`
-        : `retention kept ${retention.kept.length} snapshots of ${vm.name} and expired ${retention.expired.map((n) => `"${n}"`).join(', ')}`,
+        : `retention kept ${retention.kept.length} snapshots of ${vm.name} and deletes ${retention.expired.map((s) => `"${s.name}"`).join(', ')}`,
     );
+    // Expired snapshots are deleted exactly as a user deletion would (same workflow, same id, so never twice).
+    for (const expired of retention.expired) {
+      await executeChild(deleteSnapshotWorkflow, {
+        workflowId: deletionWorkflowId(expired.id),
+        args: [{ accountId: policy.accountId, snapshotId: expired.id, reason: `retention of policy ${policyId}` }],
+        parentClosePolicy: ParentClosePolicy.ABANDON,
+        workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
+      });
+    }
     return {
       vmId: vm.id,
       vmName: vm.name,
@@ -145,7 +156,7 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
       snapshotName: name,
       snapshotId,
       waitedSeconds: waited(),
-      expired: retention.expired,
+      expired: retention.expired.map((s) => s.name),
     };
   };
 

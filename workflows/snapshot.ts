@@ -9,10 +9,11 @@ import {
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
+  uuid4,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
-import type { SnapshotProgress, SnapshotStage, SnapshotStatus, StageProgress } from '../domain/model';
+import type { Region, SnapshotProgress, SnapshotRecord, SnapshotStage, StageProgress } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
 import { snapshotProgressQuery, stageProgressSignal } from './messages';
@@ -80,7 +81,7 @@ export interface SnapshotWorkflowResult {
  */
 export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<SnapshotWorkflowResult> {
   const { snapshotId, request } = input;
-  let status: SnapshotStatus = 'VALIDATING';
+  let status: SnapshotStage | 'SUCCESS' | 'FAILED' = 'VALIDATING';
   let stage: StageProgress = { stage: 'VALIDATING', bytesDone: 0, bytesTotal: 0, throughput: 0 };
   let failure: { type: string; reason: string } | null = null;
 
@@ -101,7 +102,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     };
   });
 
-  const enter = (next: SnapshotStatus): void => {
+  const enter = (next: typeof status): void => {
     status = next;
     // A terminal state keeps the last stage's figures; a new stage starts from zero until its activity reports.
     if (next !== 'SUCCESS' && next !== 'FAILED') stage = { stage: next, bytesDone: 0, bytesTotal: 0, throughput: 0 };
@@ -119,6 +120,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   };
 
   const undo: (() => Promise<unknown>)[] = [];
+  let verified: { region: Region; record: SnapshotRecord; captureBytesRead: number };
   try {
     const vm = await run('VALIDATING', checks.validateSnapshot, input);
     undo.unshift(() => compensations.thawVm(snapshotId));
@@ -137,17 +139,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       region: vm.region,
       addedBytes: compressed.addedBytes,
     });
-    enter('SUCCESS');
-    await compensations.releaseViews(snapshotId);
-    await compensations.dropStaging(snapshotId, vm.region);
-    return {
-      snapshotId,
-      status: 'SUCCESS',
-      logicalBytes: record.logicalBytes ?? 0,
-      storedBytes: record.storedBytes ?? 0,
-      addedBytes: record.addedBytes ?? 0,
-      captureBytesRead: captured.bytesRead,
-    };
+    verified = { region: vm.region, record, captureBytesRead: captured.bytesRead };
   } catch (error) {
     failure = describeFailure(error);
     const reason = failure;
@@ -169,6 +161,30 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       cause: error as Error,
     });
   }
+
+  // Verified and marked SUCCESS: nothing below may undo that, so it runs outside the compensated block.
+  enter('SUCCESS');
+  await CancellationScope.nonCancellable(async () => {
+    await compensations.releaseViews(snapshotId);
+    await compensations.dropStaging(snapshotId, verified.region);
+    if (request.createAsImage) {
+      await compensations.createImage({
+        accountId: request.accountId,
+        snapshotId,
+        imageId: `img-${uuid4()}`,
+        name: request.name,
+      });
+    }
+  });
+  const { record } = verified;
+  return {
+    snapshotId,
+    status: 'SUCCESS',
+    logicalBytes: record.logicalBytes ?? 0,
+    storedBytes: record.storedBytes ?? 0,
+    addedBytes: record.addedBytes ?? 0,
+    captureBytesRead: verified.captureBytesRead,
+  };
 }
 
 /** The typed reason a snapshot failed: the failing activity's error type, or `Cancelled`. */

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { Vm, VmLoad } from '../../domain/model';
+import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { VmLoadSchema } from '../../domain/model';
 import type { DiskView, Hypervisor } from '../ports';
 
@@ -73,6 +73,20 @@ export class LocalHypervisor implements Hypervisor {
     await fs.mkdir(path.dirname(file), { recursive: true });
     await fs.writeFile(`${file}.tmp`, JSON.stringify(VmLoadSchema.parse(load)));
     await fs.rename(`${file}.tmp`, file);
+  }
+
+  /** New VMs' disks live where the seeded ones do: `disks/<vm>/<disk>.raw`. */
+  async diskPaths(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
+    await fs.mkdir(this.diskDir(vmId), { recursive: true });
+    return disks.map((disk) => ({ ...disk, path: path.join(this.diskDir(vmId), `${disk.name}.raw`) }));
+  }
+
+  async removeDisks(vmId: string): Promise<void> {
+    await fs.rm(this.diskDir(vmId), { recursive: true, force: true });
+  }
+
+  private diskDir(vmId: string): string {
+    return path.join(this.root, 'disks', vmId);
   }
 
   private loadFile(vmId: string): string {

@@ -2,13 +2,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { SnapshotError } from '../../domain/errors';
-import type { Account, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } from '../../domain/model';
+import type { Account, ImageRecord, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } from '../../domain/model';
 import { AccountSchema, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
 import { snapshotNameKey } from '../../domain/requests';
 import { checkCredits } from '../../domain/rules';
 import type { Catalog, NewSnapshot, SnapshotPatch } from '../ports';
 
 const IN_FLIGHT = SNAPSHOT_STAGES.map((s) => `'${s}'`).join(', ');
+/** Snapshots that hold their name (and count as existing). */
+const HOLDS_NAME = `status NOT IN ('FAILED', 'DELETED')`;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -43,13 +45,21 @@ CREATE TABLE IF NOT EXISTS snapshots (
   hold_micros INTEGER NOT NULL DEFAULT 0,
   hold_state TEXT NOT NULL DEFAULT 'HELD',
   policy_id TEXT,
-  expired_at TEXT
+  verified_at TEXT,
+  deleted_at TEXT,
+  deleted_reason TEXT
 );
--- A name is taken by every snapshot that is not FAILED, in every region of the account.
-CREATE UNIQUE INDEX IF NOT EXISTS snapshots_name ON snapshots (account_id, name_key) WHERE status <> 'FAILED';
+-- A name is taken by every snapshot that is not FAILED or DELETED, in every region of the account.
+DROP INDEX IF EXISTS snapshots_name;
+CREATE UNIQUE INDEX IF NOT EXISTS snapshots_live_name ON snapshots (account_id, name_key) WHERE ${HOLDS_NAME};
 -- One snapshot in flight per VM.
 CREATE UNIQUE INDEX IF NOT EXISTS snapshots_in_flight ON snapshots (vm_id) WHERE status IN (${IN_FLIGHT});
 CREATE INDEX IF NOT EXISTS snapshots_account ON snapshots (account_id, created_at);
+CREATE TABLE IF NOT EXISTS images (
+  id TEXT PRIMARY KEY, account_id TEXT NOT NULL, region TEXT NOT NULL, name TEXT NOT NULL, snapshot_id TEXT NOT NULL,
+  doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_account ON images (account_id, region);
 `;
 
 interface SnapshotRow {
@@ -77,7 +87,9 @@ interface SnapshotRow {
   idempotency_key: string | null;
   hold_micros: number;
   policy_id: string | null;
-  expired_at: string | null;
+  verified_at: string | null;
+  deleted_at: string | null;
+  deleted_reason: string | null;
 }
 
 function toRecord(row: SnapshotRow): SnapshotRecord {
@@ -106,7 +118,9 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
     idempotencyKey: row.idempotency_key,
     creditHoldMicros: row.hold_micros,
     policyId: row.policy_id,
-    expiredAt: row.expired_at,
+    verifiedAt: row.verified_at,
+    deletedAt: row.deleted_at,
+    deletedReason: row.deleted_reason,
   };
 }
 
@@ -122,11 +136,16 @@ const PATCH_COLUMNS: Record<keyof SnapshotPatch, string> = {
   compressionRatio: 'compression_ratio',
   dedupRatio: 'dedup_ratio',
   completedAt: 'completed_at',
-  expiredAt: 'expired_at',
+  verifiedAt: 'verified_at',
 };
 
 /** Columns added after the first release, with their definitions: catalogs made before them gain them on open. */
-const ADDED_COLUMNS: Record<string, string> = { policy_id: 'TEXT', expired_at: 'TEXT' };
+const ADDED_COLUMNS: Record<string, string> = {
+  policy_id: 'TEXT',
+  verified_at: 'TEXT',
+  deleted_at: 'TEXT',
+  deleted_reason: 'TEXT',
+};
 
 /**
  * The embedded catalog: one SQLite file in WAL mode, shared by the worker and the CLI processes. Reservations rely on
@@ -192,13 +211,17 @@ export class SqliteCatalog implements Catalog {
       .run({ id: doc.id, accountId: doc.accountId, region: doc.region, status: doc.status, doc: JSON.stringify(doc) });
   }
 
+  deleteVm(id: string): void {
+    this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+  }
+
   reserveSnapshot(snapshot: NewSnapshot): SnapshotRecord {
     const reserve = this.db.transaction((s: NewSnapshot): SnapshotRecord => {
       const existing = this.getSnapshot(s.id);
       if (existing) return existing;
       const nameKey = snapshotNameKey(s.name);
       const sameName = this.db
-        .prepare(`SELECT id FROM snapshots WHERE account_id = ? AND name_key = ? AND status <> 'FAILED'`)
+        .prepare(`SELECT id FROM snapshots WHERE account_id = ? AND name_key = ? AND ${HOLDS_NAME}`)
         .get(s.accountId, nameKey) as { id: string } | undefined;
       if (sameName) {
         throw new SnapshotError(
@@ -257,7 +280,7 @@ export class SqliteCatalog implements Catalog {
   findSnapshotByName(accountId: string, name: string): SnapshotRecord | undefined {
     const row = this.db
       .prepare(
-        `SELECT * FROM snapshots WHERE account_id = ? AND name_key = ? AND status <> 'FAILED' ORDER BY created_at DESC`,
+        `SELECT * FROM snapshots WHERE account_id = ? AND name_key = ? AND ${HOLDS_NAME} ORDER BY created_at DESC`,
       )
       .get(accountId, snapshotNameKey(name)) as SnapshotRow | undefined;
     return row && toRecord(row);
@@ -269,12 +292,14 @@ export class SqliteCatalog implements Catalog {
     vmId?: string;
     status?: SnapshotStatus;
     policyId?: string;
+    includeDeleted?: boolean;
   }): SnapshotRecord[] {
     const rows = this.db
       .prepare(
         `SELECT * FROM snapshots WHERE (@accountId IS NULL OR account_id = @accountId)
          AND (@region IS NULL OR region = @region) AND (@vmId IS NULL OR vm_id = @vmId)
          AND (@status IS NULL OR status = @status) AND (@policyId IS NULL OR policy_id = @policyId)
+         AND (@includeDeleted = 1 OR @status IS NOT NULL OR status <> 'DELETED')
          ORDER BY created_at, id`,
       )
       .all({
@@ -283,6 +308,7 @@ export class SqliteCatalog implements Catalog {
         vmId: filter.vmId ?? null,
         status: filter.status ?? null,
         policyId: filter.policyId ?? null,
+        includeDeleted: filter.includeDeleted ? 1 : 0,
       }) as SnapshotRow[];
     return rows.map(toRecord);
   }
@@ -309,6 +335,52 @@ export class SqliteCatalog implements Catalog {
     const updated = this.getSnapshot(id);
     if (!updated) throw new SnapshotError('SnapshotNotFound', `Snapshot ${id} does not exist.`);
     return updated;
+  }
+
+  markSnapshotDeleted(id: string, reason: string): SnapshotRecord {
+    this.db
+      .prepare(
+        `UPDATE snapshots SET status = 'DELETED', deleted_at = @now, deleted_reason = @reason,
+         hold_state = CASE hold_state WHEN 'HELD' THEN 'RELEASED' ELSE hold_state END
+         WHERE id = @id AND status <> 'DELETED'`,
+      )
+      .run({ id, reason, now: new Date().toISOString() });
+    const deleted = this.getSnapshot(id);
+    if (!deleted) throw new SnapshotError('SnapshotNotFound', `Snapshot ${id} does not exist.`);
+    return deleted;
+  }
+
+  putImage(image: ImageRecord): ImageRecord {
+    const existing = this.getImage(image.id);
+    if (existing) return existing;
+    this.db
+      .prepare('INSERT INTO images (id, account_id, region, name, snapshot_id, doc) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(image.id, image.accountId, image.region, image.name, image.snapshotId, JSON.stringify(image));
+    return image;
+  }
+
+  getImage(id: string): ImageRecord | undefined {
+    const row = this.db.prepare('SELECT doc FROM images WHERE id = ?').get(id) as { doc: string } | undefined;
+    return row && (JSON.parse(row.doc) as ImageRecord);
+  }
+
+  listImages(filter: { accountId?: string; region?: Region; snapshotId?: string }): ImageRecord[] {
+    const rows = this.db
+      .prepare(
+        `SELECT doc FROM images WHERE (@accountId IS NULL OR account_id = @accountId)
+         AND (@region IS NULL OR region = @region) AND (@snapshotId IS NULL OR snapshot_id = @snapshotId)
+         ORDER BY name`,
+      )
+      .all({
+        accountId: filter.accountId ?? null,
+        region: filter.region ?? null,
+        snapshotId: filter.snapshotId ?? null,
+      }) as { doc: string }[];
+    return rows.map((row) => JSON.parse(row.doc) as ImageRecord);
+  }
+
+  deleteImage(id: string): void {
+    this.db.prepare('DELETE FROM images WHERE id = ?').run(id);
   }
 
   latestSuccessfulSnapshot(vmId: string): SnapshotRecord | undefined {

@@ -65,6 +65,52 @@ test('listChunkIds yields every stored chunk', async () => {
   expect(listed.sort()).toEqual(chunks.map((c) => c.id).sort());
 });
 
+test('listChunks yields each chunk with its stored size and mtime, and no other file', async () => {
+  const chunks = ['q', 'r'].map(chunk);
+  for (const { id, frame } of chunks) await repository.putChunk(id, frame);
+  const stray = path.join(path.dirname(chunkFile(repository.root, chunks[0]!.id)), 'stray.zst.tmp');
+  await fs.writeFile(stray, 'not a chunk');
+  const listed: { id: string; storedBytes: number; modifiedAt: Date }[] = [];
+  for await (const stored of repository.listChunks()) listed.push(stored);
+  const expected = [];
+  for (const { id, frame } of chunks) {
+    const { mtime } = await fs.stat(chunkFile(repository.root, id));
+    expected.push({ id, storedBytes: frame.length, modifiedAt: mtime });
+  }
+  expect(listed.sort((a, b) => a.id.localeCompare(b.id))).toEqual(expected.sort((a, b) => a.id.localeCompare(b.id)));
+});
+
+test('touchChunk sets a chunk’s mtime to now, and reports an absent chunk without creating it', async () => {
+  const { id, frame } = chunk('s');
+  const file = chunkFile(repository.root, id);
+  expect(await repository.touchChunk(id)).toBe(false);
+  await expect(fs.access(file)).rejects.toThrow();
+  await repository.putChunk(id, frame);
+  await fs.utimes(file, new Date(2020, 0, 1), new Date(2020, 0, 1));
+  const before = Date.now();
+  expect(await repository.touchChunk(id)).toBe(true);
+  expect((await fs.stat(file)).mtimeMs).toBeGreaterThanOrEqual(before - 1); // utimes may round down a hair
+  expect(await repository.getChunk(id)).toEqual(frame);
+});
+
+test('deleteChunkIfOlder deletes an old chunk, keeps one touched since the cutoff, and reports an absent one', async () => {
+  const old = chunk('t');
+  const touched = chunk('u');
+  const cutoff = new Date(Date.now() - 1000);
+  for (const { id, frame } of [old, touched]) {
+    await repository.putChunk(id, frame);
+    await fs.utimes(chunkFile(repository.root, id), new Date(2020, 0, 1), new Date(2020, 0, 1));
+  }
+  await repository.touchChunk(touched.id);
+  expect(await repository.deleteChunkIfOlder(old.id, cutoff)).toBe('deleted');
+  expect(await repository.deleteChunkIfOlder(touched.id, cutoff)).toBe('young');
+  expect(await repository.deleteChunkIfOlder(old.id, cutoff)).toBe('missing');
+  expect(await repository.hasChunk(old.id)).toBe(false);
+  expect(await repository.getChunk(touched.id)).toEqual(touched.frame);
+  expect(await repository.touchChunk(old.id)).toBe(false); // a writer reusing it now stores it again
+  expect(await tmpFiles()).toEqual([]);
+});
+
 test('a manifest round-trips through JSON, is listed, and is ManifestMissing once deleted', async () => {
   const manifest = manifestOf('snap-1', [
     { name: 'root', sizeBytes: 10, chunkSize: 8, chunks: [chunk('h').id, ZERO_CHUNK] },

@@ -1,0 +1,191 @@
+import { blake3 } from '@napi-rs/blake-hash';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { GcProgress, Manifest } from '../../dataplane';
+import {
+  ChunkPool,
+  LocalRepository,
+  ZERO_CHUNK,
+  collectGarbage,
+  distinctChunks,
+  verifyManifest,
+} from '../../dataplane';
+import { KiB, capture, chunkFile, makeTempDir, manifestOf } from './helpers';
+
+const CHUNK = 64 * KiB;
+const GRACE_MS = 60 * 60 * 1000;
+let dir: string;
+let pool: ChunkPool;
+let text: Buffer;
+let repositories = 0;
+const BLOCKS = ['onlyA', 'shared1', 'shared2', 'onlyB1', 'onlyB2'] as const;
+/** Chunk ids of the blocks. */
+let ids: Record<(typeof BLOCKS)[number], string>;
+/** Images of snapshots `a` (onlyA shared1 shared2 zero) and `b` (shared1 shared2 onlyB1 onlyB2). */
+let imageA: string;
+let imageB: string;
+
+beforeAll(async () => {
+  dir = await makeTempDir();
+  pool = new ChunkPool();
+  text = await fs.readFile('/usr/share/common-licenses/GPL-3');
+  const blocks = Object.fromEntries(BLOCKS.map((name) => [name, block(name)])) as Record<keyof typeof ids, Buffer>;
+  ids = Object.fromEntries(BLOCKS.map((name) => [name, blake3(blocks[name]).toString('hex')])) as typeof ids;
+  imageA = path.join(dir, 'a.raw');
+  imageB = path.join(dir, 'b.raw');
+  await fs.writeFile(imageA, Buffer.concat([blocks.onlyA, blocks.shared1, blocks.shared2, Buffer.alloc(CHUNK)]));
+  await fs.writeFile(imageB, Buffer.concat([blocks.shared1, blocks.shared2, blocks.onlyB1, blocks.onlyB2]));
+});
+
+afterAll(async () => {
+  await pool.destroy();
+  await fs.rm(dir, { recursive: true, force: true });
+});
+
+/** A chunk of licence text headed by `name`: compressible, and distinct per name. */
+function block(name: string): Buffer {
+  const bytes = Buffer.alloc(CHUNK);
+  let at = bytes.write(`${name}\n`);
+  while (at < CHUNK) at += text.copy(bytes, at);
+  return bytes;
+}
+
+/** A fresh repository holding snapshots `a` and `b`, written `ageMs` ago. */
+async function twoSnapshots(ageMs = 2 * GRACE_MS): Promise<{ repository: LocalRepository; a: Manifest }> {
+  const repository = new LocalRepository(path.join(dir, `repo-${++repositories}`));
+  const { manifest: a } = await capture({ pool, repository, snapshotId: 'a', chunkSize: CHUNK }, { root: imageA });
+  await capture({ pool, repository, snapshotId: 'b', chunkSize: CHUNK }, { root: imageB });
+  await age(repository, ageMs);
+  return { repository, a };
+}
+
+/** Sets every stored chunk's mtime `ms` into the past, as if written then. */
+async function age(repository: LocalRepository, ms: number): Promise<void> {
+  const then = new Date(Date.now() - ms);
+  for await (const id of repository.listChunkIds()) await fs.utimes(chunkFile(repository.root, id), then, then);
+}
+
+async function storedIds(repository: LocalRepository): Promise<string[]> {
+  const stored: string[] = [];
+  for await (const id of repository.listChunkIds()) stored.push(id);
+  return stored.sort();
+}
+
+async function storedBytes(repository: LocalRepository, chunkIds: string[]): Promise<number> {
+  let sum = 0;
+  for (const id of chunkIds) sum += await repository.chunkStoredSize(id);
+  return sum;
+}
+
+test('after one of two manifests is deleted, GC frees exactly its own chunks and the other still verifies', async () => {
+  const { repository, a } = await twoSnapshots();
+  const bytesFreed = await storedBytes(repository, [ids.onlyB1, ids.onlyB2]);
+  await repository.deleteManifest('b');
+  const progress: GcProgress[] = [];
+  const result = await collectGarbage(repository, { graceMs: GRACE_MS, onProgress: (p) => void progress.push(p) });
+  expect(result).toEqual({
+    chunksScanned: 5,
+    chunksReferenced: 3,
+    chunksRemoved: 2,
+    bytesFreed,
+    chunksKeptByGrace: 0,
+  });
+  expect(bytesFreed).toBeLessThan(CHUNK); // compressed sizes, not raw
+  expect(await storedIds(repository)).toEqual(distinctChunks(a).sort());
+  expect(await storedIds(repository)).toEqual([ids.onlyA, ids.shared1, ids.shared2].sort());
+  await expect(verifyManifest({ manifest: a, repository, pool })).resolves.toMatchObject({ chunksVerified: 3 });
+  expect(progress).toEqual([
+    { phase: 'mark', done: 1, total: 1 },
+    { phase: 'sweep', done: 0, total: 2 },
+    { phase: 'sweep', done: 1, total: 2 },
+    { phase: 'sweep', done: 2, total: 2 },
+  ]);
+});
+
+test('GC is idempotent: a second run frees nothing', async () => {
+  const { repository } = await twoSnapshots();
+  await repository.deleteManifest('b');
+  await collectGarbage(repository, { graceMs: GRACE_MS });
+  await expect(collectGarbage(repository, { graceMs: GRACE_MS })).resolves.toEqual({
+    chunksScanned: 3,
+    chunksReferenced: 3,
+    chunksRemoved: 0,
+    bytesFreed: 0,
+    chunksKeptByGrace: 0,
+  });
+});
+
+test('chunks referenced only by an in-flight snapshot’s journal or by extra roots are kept', async () => {
+  const { repository } = await twoSnapshots();
+  await repository.deleteManifest('a');
+  await repository.deleteManifest('b');
+  await repository.appendJournal('in-flight', 'root', [ids.shared1, ZERO_CHUNK]);
+  const result = await collectGarbage(repository, { graceMs: GRACE_MS, extraRoots: [ids.onlyB1] });
+  expect(result).toMatchObject({ chunksScanned: 5, chunksReferenced: 2, chunksRemoved: 3 });
+  expect(await storedIds(repository)).toEqual([ids.shared1, ids.onlyB1].sort());
+});
+
+test('unreferenced chunks younger than the grace period are kept, and removed by a later GC', async () => {
+  const { repository } = await twoSnapshots(0);
+  await repository.deleteManifest('a');
+  await repository.deleteManifest('b');
+  await expect(collectGarbage(repository, { graceMs: GRACE_MS })).resolves.toMatchObject({
+    chunksScanned: 5,
+    chunksRemoved: 0,
+    chunksKeptByGrace: 5,
+  });
+  const later = new Date(Date.now() + 2 * GRACE_MS);
+  await expect(collectGarbage(repository, { graceMs: GRACE_MS, now: later })).resolves.toMatchObject({
+    chunksRemoved: 5,
+    chunksKeptByGrace: 0,
+  });
+  expect(await storedIds(repository)).toEqual([]);
+});
+
+test('a chunk reused by storeChunks is touched, so the grace period protects it', async () => {
+  const repository = new LocalRepository(path.join(dir, `repo-${++repositories}`));
+  await capture({ pool, repository, snapshotId: 'a', chunkSize: CHUNK }, { root: imageA });
+  await age(repository, 2 * GRACE_MS);
+  const before = Date.now() - 1; // utimes may round a touch down a hair
+  const { stored } = await capture({ pool, repository, snapshotId: 'b', chunkSize: CHUNK }, { root: imageB });
+  expect(stored.chunksWritten).toBe(2);
+  const modified = new Map<string, number>();
+  for await (const chunk of repository.listChunks()) modified.set(chunk.id, chunk.modifiedAt.getTime());
+  expect(modified.get(ids.shared1)).toBeGreaterThanOrEqual(before);
+  expect(modified.get(ids.shared2)).toBeGreaterThanOrEqual(before);
+  expect(modified.get(ids.onlyA)).toBeLessThan(before - GRACE_MS);
+
+  await repository.deleteManifest('a');
+  await repository.deleteManifest('b');
+  await expect(collectGarbage(repository, { graceMs: GRACE_MS })).resolves.toMatchObject({
+    chunksRemoved: 1,
+    chunksKeptByGrace: 4,
+  });
+  expect(await storedIds(repository)).toEqual([ids.shared1, ids.shared2, ids.onlyB1, ids.onlyB2].sort());
+});
+
+test('a chunk referenced or reused by a snapshot between the mark and the sweep survives', async () => {
+  const { repository } = await twoSnapshots();
+  await repository.deleteManifest('a');
+  await repository.deleteManifest('b');
+  const bytesFreed = await storedBytes(repository, [ids.onlyA, ids.shared1, ids.shared2]);
+  const late = manifestOf('late', [{ name: 'root', sizeBytes: CHUNK, chunkSize: CHUNK, chunks: [ids.onlyB1] }]);
+  const result = await collectGarbage(repository, {
+    graceMs: GRACE_MS,
+    onProgress: async (p) => {
+      if (p.phase !== 'sweep' || p.done > 0) return;
+      expect(p.total).toBe(5); // every chunk is an unreferenced old candidate by now
+      await repository.writeManifest(late);
+      await repository.touchChunk(ids.onlyB2); // as storeChunks does when it reuses a chunk
+    },
+  });
+  expect(result).toEqual({
+    chunksScanned: 5,
+    chunksReferenced: 1,
+    chunksRemoved: 3,
+    bytesFreed,
+    chunksKeptByGrace: 1,
+  });
+  expect(await storedIds(repository)).toEqual([ids.onlyB1, ids.onlyB2].sort());
+  await expect(verifyManifest({ manifest: late, repository, pool })).resolves.toMatchObject({ chunksVerified: 1 });
+});
