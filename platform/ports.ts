@@ -1,4 +1,14 @@
-import type { Account, Disk, ImageRecord, Region, SnapshotRecord, SnapshotStatus, Vm, VmLoad, VmStatus } from '../domain/model';
+import type {
+  Account,
+  Disk,
+  ImageRecord,
+  Region,
+  SnapshotRecord,
+  SnapshotStatus,
+  Vm,
+  VmLoad,
+  VmStatus,
+} from '../domain/model';
 
 /** A snapshot row as first reserved by validation: name and VM slot are taken atomically. */
 export type NewSnapshot = Pick<
