@@ -33,6 +33,8 @@ export function createCleanupActivities(deps: ActivityDeps) {
      * manifest and no other in-flight snapshot's journal references, so a failed snapshot leaves no stored bytes.
      */
     async discardSnapshotData(snapshotId: string, region: Region): Promise<{ chunksDeleted: number }> {
+      // A chunk another snapshot reuses (touches) from now on is kept, as garbage collection would keep it.
+      const startedAt = new Date();
       const repository = deps.repositoryFor(region);
       await repository.deleteManifest(snapshotId);
       const candidates = new Set(await journalRefs(repository, snapshotId));
@@ -46,7 +48,7 @@ export function createCleanupActivities(deps: ActivityDeps) {
           for (const ref of await journalRefs(repository, id)) candidates.delete(ref);
         }
       }
-      for (const ref of candidates) await repository.deleteChunk(ref);
+      for (const ref of candidates) await repository.deleteChunkIfOlder(ref, startedAt);
       await repository.dropStaging(snapshotId);
       Context.current().log.info('discarded snapshot data', { snapshotId, chunksDeleted: candidates.size });
       return { chunksDeleted: candidates.size };

@@ -4,6 +4,7 @@ import { createCompressActivity } from './compress';
 import type { ActivityDeps } from './deps';
 import { createInitiateActivity } from './initiate';
 import { createLifecycleActivities } from './lifecycle';
+import { createMaintenanceActivities } from './maintenance';
 import { createRestoreActivities } from './restore';
 import { createSchedulingActivities } from './scheduling';
 import { createValidateActivity } from './validate';
@@ -23,6 +24,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createSchedulingActivities(deps),
     ...createRestoreActivities(deps),
     ...createLifecycleActivities(deps),
+    ...createMaintenanceActivities(deps),
   };
 }
 

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { snapshotDetails } from '../client/format';
+import { MaintenanceClient } from '../client/maintenance-client';
 import { PolicyClient } from '../client/policy-client';
 import { stageProgressBar } from '../client/progress-bar';
 import { SnapshotClient } from '../client/snapshot-client';
@@ -55,6 +56,7 @@ async function main(): Promise<void> {
     platform,
   });
   const running = worker.run();
+  await new MaintenanceClient({ client, taskQueue: config.SNAP_TASK_QUEUE }).ensureSchedules();
 
   const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
   const eligible = snapshots.listEligibleVms(config.SNAP_ACCOUNT, 'CANADA-1');

@@ -4,3 +4,4 @@ export type { SnapshotWorkflowResult } from './snapshot';
 export { restoreDiskWorkflow, restoreVmWorkflow } from './restore';
 export { scheduledSnapshotWorkflow } from './scheduled-snapshot';
 export { createImageWorkflow, deleteImageWorkflow, deleteSnapshotWorkflow } from './lifecycle';
+export { garbageCollectionWorkflow, reverifyWorkflow } from './maintenance';

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
+import { MaintenanceClient } from '../../client/maintenance-client';
 import { PolicyClient } from '../../client/policy-client';
 import { SnapshotClient } from '../../client/snapshot-client';
 import type { Repository } from '../../dataplane';
@@ -33,6 +34,7 @@ export interface SnapshotEnv {
   platform: EmbeddedPlatform;
   snapshots: SnapshotClient;
   policies: PolicyClient;
+  maintenance: MaintenanceClient;
   client: Client;
   taskQueue: string;
   /** Starts a worker on the env's task queue; `repositoryFor` lets a test wrap a repository (fault injection). */
@@ -64,6 +66,7 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
     client: temporal.client,
     snapshots: new SnapshotClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
     policies: new PolicyClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
+    maintenance: new MaintenanceClient({ client: temporal.client, taskQueue }),
     async startWorker(options = {}) {
       const { worker, pool } = await createSnapshotWorker({
         connection: temporal.nativeConnection,

@@ -1,0 +1,182 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { distinctChunks } from '../dataplane';
+import type { Repository } from '../dataplane';
+import { SnapshotError } from '../domain/errors';
+import type { Vm } from '../domain/model';
+import { writeGuestBlocks } from '../platform/local';
+import { createSnapshotEnv, fileHash } from './helpers/snapshot-env';
+import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
+
+let env: SnapshotEnv;
+let worker: RunningWorker;
+
+beforeAll(async () => {
+  env = await createSnapshotEnv();
+  worker = await env.startWorker();
+});
+
+afterAll(async () => {
+  await worker.stop();
+  await env.close();
+});
+
+const vmNamed = (id: string): Vm => env.platform.catalog.getVm(id)!;
+
+async function snapshot(vm: Vm, name: string) {
+  const started = await env.snapshots.createSnapshot({ accountId: vm.accountId, vmId: vm.id, region: vm.region, name });
+  return env.snapshots.watchProgress(started);
+}
+
+async function scribble(vm: Vm, tag: string): Promise<void> {
+  const blocks = Math.floor(vm.disks[0]!.sizeBytes / 4096);
+  await writeGuestBlocks(
+    env.platform.hypervisor,
+    vm,
+    'root',
+    Array.from({ length: 24 }, (_, i) => ({
+      offset: ((i * 2711 + tag.length * 31) % blocks) * 4096,
+      data: Buffer.alloc(4096, `${tag} ${i}\n`),
+    })),
+  );
+}
+
+/** Every chunk id some manifest of the repository references. */
+async function referencedChunks(repository: Repository): Promise<Set<string>> {
+  const referenced = new Set<string>();
+  for (const id of await repository.listManifestIds()) {
+    for (const ref of distinctChunks(await repository.readManifest(id))) referenced.add(ref);
+  }
+  return referenced;
+}
+
+async function storedChunks(repository: Repository): Promise<Map<string, number>> {
+  const stored = new Map<string, number>();
+  for await (const chunk of repository.listChunks()) stored.set(chunk.id, chunk.storedBytes);
+  return stored;
+}
+
+describe('garbage collection and re-verification', () => {
+  test('GC after deletions frees exactly the chunks no longer referenced, and none that are', async () => {
+    const trainer1 = vmNamed('vm-trainer-01');
+    const trainer2 = vmNamed('vm-trainer-02');
+    const repository = env.platform.repositoryFor('CANADA-1');
+    const first = await snapshot(trainer1, 'gc-first');
+    await scribble(trainer1, 'gc round one');
+    await snapshot(trainer1, 'gc-second');
+    const other = await snapshot(trainer2, 'gc-other');
+    const otherHashes = await Promise.all(trainer2.disks.map((d) => fileHash(d.path)));
+
+    await env.snapshots.deleteSnapshot('acme', first.id);
+    const referenced = await referencedChunks(repository);
+    const before = await storedChunks(repository);
+    const garbage = [...before.keys()].filter((id) => !referenced.has(id));
+    expect(garbage.length).toBeGreaterThan(0); // the chunks only gc-first had (its blocks gc-second overwrote)
+
+    const result = await env.maintenance.collectGarbage('CANADA-1', 0);
+    expect(result.chunksRemoved).toBe(garbage.length);
+    expect(result.bytesFreed).toBe(garbage.reduce((sum, id) => sum + before.get(id)!, 0));
+    expect(new Set((await storedChunks(repository)).keys())).toEqual(referenced);
+
+    // Everything still referenced is intact: re-verification finds no damage, and a restore is byte-identical.
+    const report = await env.maintenance.reverify('CANADA-1', 0);
+    expect(report.damaged).toEqual([]);
+    expect(report.checked).toBe(env.snapshots.listSnapshots('acme', { region: 'CANADA-1' }).length);
+    const { vm } = await env.snapshots.restoreVm({
+      accountId: 'acme',
+      source: { snapshotId: other.id },
+      vmName: 'after-gc',
+    });
+    expect(await Promise.all(vm.disks.map((d) => fileHash(d.path)))).toEqual(otherHashes);
+
+    const again = await env.maintenance.collectGarbage('CANADA-1', 0);
+    expect(again.chunksRemoved).toBe(0);
+  });
+
+  test('GC racing an in-flight snapshot never removes its chunks', async () => {
+    await worker.stop();
+    const slow = await env.startWorker({ captureMaxBytesPerSecond: 16e6 });
+    try {
+      const vm = vmNamed('vm-infer-01');
+      await scribble(vm, 'racing the collector');
+      const atCapture = await Promise.all(vm.disks.map((d) => fileHash(d.path)));
+      const started = await env.snapshots.createSnapshot({
+        accountId: 'acme',
+        vmId: vm.id,
+        region: vm.region,
+        name: 'raced',
+      });
+      const done = env.snapshots.watchProgress(started);
+      let collections = 0;
+      let settled = false;
+      void done.finally(() => (settled = true)).catch(() => undefined);
+      // Collect with no grace period at all, over and over, while the snapshot captures, compresses and verifies.
+      while (!settled) {
+        await env.maintenance.collectGarbage(vm.region, 0);
+        collections++;
+      }
+      const record = await done; // its own verification re-read every chunk it references
+      expect(record.status).toBe('SUCCESS');
+      expect(collections).toBeGreaterThan(2);
+
+      await slow.stop();
+      worker = await env.startWorker();
+      const restored = await env.snapshots.restoreVm({
+        accountId: 'acme',
+        source: { snapshotId: record.id },
+        vmName: 'raced-restore',
+      });
+      expect(await Promise.all(restored.vm.disks.map((d) => fileHash(d.path)))).toEqual(atCapture);
+    } finally {
+      await slow.stop();
+      if (worker.worker.getState() !== 'RUNNING') worker = await env.startWorker();
+    }
+  });
+
+  test('re-verification finds a corrupted chunk and marks the snapshot DAMAGED, visibly', async () => {
+    const vm = vmNamed('vm-trainer-02');
+    const record = await snapshot(vm, 'to-be-damaged');
+    const manifest = await env.platform.repositoryFor(vm.region).readManifest(record.id);
+    const victim = manifest.disks[1]!.chunks.find((c) => c !== 'zero')!;
+    const file = path.join(
+      env.platform.dataDir,
+      'repositories',
+      vm.region,
+      'chunks',
+      victim.slice(0, 2),
+      `${victim}.zst`,
+    );
+    const bytes = await fs.readFile(file);
+    bytes[Math.floor(bytes.length / 3)]! ^= 0x5a;
+    await fs.writeFile(file, bytes);
+
+    const report = await env.maintenance.reverify(vm.region, 0);
+    expect(report.damaged.map((d) => d.snapshotId)).toContain(record.id);
+    const damaged = env.snapshots.listSnapshots('acme').find((s) => s.id === record.id)!;
+    expect(damaged).toMatchObject({ status: 'DAMAGED', failureType: 'ChunkCorrupt' });
+    expect(damaged.failureReason).toContain(victim);
+
+    const refused = await env.snapshots
+      .restoreVm({ accountId: 'acme', source: { snapshotId: record.id }, vmName: 'from-damaged' })
+      .catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(SnapshotError);
+    expect((refused as SnapshotError).type).toBe('SnapshotNotRestorable');
+
+    // Recently verified snapshots are skipped: with a 7-day horizon nothing is re-read right after a run.
+    expect((await env.maintenance.reverify(vm.region, 7)).checked).toBe(0);
+  });
+
+  test('every region has daily GC and re-verification Schedules', async () => {
+    await env.maintenance.ensureSchedules();
+    await env.maintenance.ensureSchedules(); // idempotent
+    const gc = await env.client.schedule.getHandle('maintenance/gc/NORWAY-1').describe();
+    expect(gc.action).toMatchObject({ workflowType: 'garbageCollectionWorkflow', args: [{ region: 'NORWAY-1' }] });
+    expect(gc.policies.overlap).toBe('SKIP');
+    const reverify = await env.client.schedule.getHandle('maintenance/reverify/US-1').describe();
+    expect(reverify.action).toMatchObject({
+      workflowType: 'reverifyWorkflow',
+      args: [{ region: 'US-1', olderThanDays: 7 }],
+    });
+    expect(reverify.info.nextActionTimes.length).toBeGreaterThan(0);
+  });
+});
