@@ -5,6 +5,7 @@ import type { ActivityDeps } from './deps';
 import { createInitiateActivity } from './initiate';
 import { createLifecycleActivities } from './lifecycle';
 import { createMaintenanceActivities } from './maintenance';
+import { createMeteringActivities } from './metering';
 import { createRestoreActivities } from './restore';
 import { createSchedulingActivities } from './scheduling';
 import { createValidateActivity } from './validate';
@@ -25,6 +26,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createRestoreActivities(deps),
     ...createLifecycleActivities(deps),
     ...createMaintenanceActivities(deps),
+    ...createMeteringActivities(deps),
   };
 }
 

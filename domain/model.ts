@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { CURRENCIES } from './billing';
+import type { Currency } from './billing';
 
 /** Regions of the embedded platform; each has its own repository. */
 export const REGIONS = ['CANADA-1', 'NORWAY-1', 'US-1'] as const;
@@ -164,4 +165,28 @@ export interface StageProgress {
 /** The in-flight stages, for "one snapshot in flight per VM". */
 export function isInFlight(status: SnapshotStatus): boolean {
   return (SNAPSHOT_STAGES as readonly string[]).includes(status);
+}
+
+/** One account's storage charge for one UTC hour: written once (exactly once per account and hour). */
+export interface HourlyCharge {
+  accountId: string;
+  /** Start of the UTC hour billed, ISO 8601. */
+  hour: string;
+  currency: Currency;
+  /** Compressed bytes of the distinct chunks the account's snapshots and images referenced. */
+  storedBytes: number;
+  amountMicros: number;
+  /** The charge split over what was stored; the amounts add up to `amountMicros`, the attributed bytes to `storedBytes`. */
+  items: ChargeItem[];
+}
+
+export interface ChargeItem {
+  /** A snapshot id, or an image id for an image whose snapshot was deleted. */
+  itemId: string;
+  kind: 'snapshot' | 'image';
+  name: string;
+  exclusiveBytes: number;
+  sharedBytes: number;
+  attributedBytes: number;
+  amountMicros: number;
 }

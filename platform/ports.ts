@@ -1,6 +1,7 @@
 import type {
   Account,
   Disk,
+  HourlyCharge,
   ImageRecord,
   Region,
   SnapshotRecord,
@@ -50,7 +51,15 @@ export type SnapshotPatch = Partial<
  */
 export interface Catalog {
   getAccount(id: string): Account | undefined;
+  listAccounts(): Account[];
   putAccount(account: Account): void;
+  /**
+   * Records an account's charge for one hour and debits its balance, in one transaction. Exactly once: returns false,
+   * changing nothing, when that account and hour were already charged.
+   */
+  recordHourlyCharge(charge: HourlyCharge): boolean;
+  /** The account's charges from `from` (inclusive) on, oldest first. */
+  listCharges(accountId: string, from?: Date): HourlyCharge[];
   getVm(id: string): Vm | undefined;
   listVms(filter: { accountId?: string; region?: Region; status?: VmStatus }): Vm[];
   putVm(vm: Vm): void;

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { snapshotDetails } from '../client/format';
+import { BillingClient } from '../client/billing-client';
 import { MaintenanceClient } from '../client/maintenance-client';
 import { PolicyClient } from '../client/policy-client';
 import { stageProgressBar } from '../client/progress-bar';
@@ -9,6 +10,7 @@ import { SnapshotClient } from '../client/snapshot-client';
 import type { StartedSnapshot } from '../client/snapshot-client';
 import { startDevServer, isServerUp } from '../devserver/dev-server';
 import { ensureTemporalCli } from '../devserver/temporal-cli';
+import { formatMoney } from '../domain/billing';
 import { loadConfig } from '../domain/config';
 import { formatWindow } from '../domain/windows';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../platform/local';
@@ -57,6 +59,8 @@ async function main(): Promise<void> {
   });
   const running = worker.run();
   await new MaintenanceClient({ client, taskQueue: config.SNAP_TASK_QUEUE }).ensureSchedules();
+  const billing = new BillingClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
+  await billing.ensureSchedule();
 
   const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
   const eligible = snapshots.listEligibleVms(config.SNAP_ACCOUNT, 'CANADA-1');
@@ -90,6 +94,14 @@ async function main(): Promise<void> {
   }));
   await writeGuestBlocks(platform.hypervisor, vm, 'root', writes);
   await take(`${vm.name}-demo-${stamp}-v2`);
+
+  // Storage is billed hourly on what is stored (the Schedule does this at every full hour; here for the current one).
+  await billing.meterHour(new Date());
+  const bill = billing.accountBilling(config.SNAP_ACCOUNT);
+  console.log(
+    `\nStorage billed for ${bill.lastHour}: ${(bill.storedBytes / 2 ** 20).toFixed(1)} MiB, ` +
+      `${formatMoney(bill.hourlyMicros, bill.currency)} per hour; balance ${formatMoney(bill.balanceMicros, bill.currency)}`,
+  );
 
   // Recurring snapshots: a nightly policy for the VMs labelled "nightly", as a Temporal Schedule.
   const policies = new PolicyClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });

@@ -1,5 +1,6 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
+import { BillingClient } from '../client/billing-client';
 import { MaintenanceClient } from '../client/maintenance-client';
 import { loadConfig } from '../domain/config';
 import { openEmbeddedPlatform } from '../platform/local';
@@ -20,7 +21,8 @@ async function main(): Promise<void> {
     platform,
     captureMaxBytesPerSecond: config.SNAP_CAPTURE_MAX_MBPS * 1e6,
   });
-  // The daily garbage collection and re-verification Schedules of every region (created once).
+  // The hourly metering Schedule and the daily garbage collection and re-verification Schedules (created once).
+  await new BillingClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE }).ensureSchedule();
   await new MaintenanceClient({ client, taskQueue: config.SNAP_TASK_QUEUE }).ensureSchedules();
   console.log(`worker polling task queue "${config.SNAP_TASK_QUEUE}" on ${config.TEMPORAL_ADDRESS}`);
   try {

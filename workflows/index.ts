@@ -5,3 +5,4 @@ export { restoreDiskWorkflow, restoreVmWorkflow } from './restore';
 export { scheduledSnapshotWorkflow } from './scheduled-snapshot';
 export { createImageWorkflow, deleteImageWorkflow, deleteSnapshotWorkflow } from './lifecycle';
 export { garbageCollectionWorkflow, reverifyWorkflow } from './maintenance';
+export { meteringWorkflow } from './metering';

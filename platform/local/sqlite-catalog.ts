@@ -2,7 +2,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { SnapshotError } from '../../domain/errors';
-import type { Account, ImageRecord, Region, SnapshotRecord, SnapshotStatus, Vm, VmStatus } from '../../domain/model';
+import type {
+  Account,
+  HourlyCharge,
+  ImageRecord,
+  Region,
+  SnapshotRecord,
+  SnapshotStatus,
+  Vm,
+  VmStatus,
+} from '../../domain/model';
 import { AccountSchema, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
 import { snapshotNameKey } from '../../domain/requests';
 import { checkCredits } from '../../domain/rules';
@@ -60,6 +69,11 @@ CREATE TABLE IF NOT EXISTS images (
   doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_account ON images (account_id, region);
+-- One row per account and hour: the primary key is what makes metering exactly once.
+CREATE TABLE IF NOT EXISTS charges (
+  account_id TEXT NOT NULL, hour TEXT NOT NULL, amount_micros INTEGER NOT NULL, doc TEXT NOT NULL,
+  PRIMARY KEY (account_id, hour)
+);
 `;
 
 interface SnapshotRow {
@@ -175,6 +189,32 @@ export class SqliteCatalog implements Catalog {
   getAccount(id: string): Account | undefined {
     const row = this.db.prepare('SELECT doc FROM accounts WHERE id = ?').get(id) as { doc: string } | undefined;
     return row && AccountSchema.parse(JSON.parse(row.doc));
+  }
+
+  listAccounts(): Account[] {
+    const rows = this.db.prepare('SELECT doc FROM accounts ORDER BY id').all() as { doc: string }[];
+    return rows.map((row) => AccountSchema.parse(JSON.parse(row.doc)));
+  }
+
+  recordHourlyCharge(charge: HourlyCharge): boolean {
+    const record = this.db.transaction((c: HourlyCharge): boolean => {
+      const inserted = this.db
+        .prepare('INSERT OR IGNORE INTO charges (account_id, hour, amount_micros, doc) VALUES (?, ?, ?, ?)')
+        .run(c.accountId, c.hour, c.amountMicros, JSON.stringify(c));
+      if (inserted.changes === 0) return false;
+      const account = this.getAccount(c.accountId);
+      if (!account) throw new SnapshotError('AccountNotFound', `Account ${c.accountId} does not exist.`);
+      this.putAccount({ ...account, creditMicros: account.creditMicros - c.amountMicros });
+      return true;
+    });
+    return record.immediate(charge);
+  }
+
+  listCharges(accountId: string, from?: Date): HourlyCharge[] {
+    const rows = this.db
+      .prepare('SELECT doc FROM charges WHERE account_id = ? AND hour >= ? ORDER BY hour')
+      .all(accountId, from?.toISOString() ?? '') as { doc: string }[];
+    return rows.map((row) => JSON.parse(row.doc) as HourlyCharge);
   }
 
   putAccount(account: Account): void {

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
+import { BillingClient } from '../../client/billing-client';
 import { MaintenanceClient } from '../../client/maintenance-client';
 import { PolicyClient } from '../../client/policy-client';
 import { SnapshotClient } from '../../client/snapshot-client';
@@ -35,6 +36,7 @@ export interface SnapshotEnv {
   snapshots: SnapshotClient;
   policies: PolicyClient;
   maintenance: MaintenanceClient;
+  billing: BillingClient;
   client: Client;
   taskQueue: string;
   /** Starts a worker on the env's task queue; `repositoryFor` lets a test wrap a repository (fault injection). */
@@ -67,6 +69,7 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
     snapshots: new SnapshotClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
     policies: new PolicyClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
     maintenance: new MaintenanceClient({ client: temporal.client, taskQueue }),
+    billing: new BillingClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
     async startWorker(options = {}) {
       const { worker, pool } = await createSnapshotWorker({
         connection: temporal.nativeConnection,

@@ -1,0 +1,177 @@
+import { distinctChunks } from '../dataplane';
+import { RATE_PER_TB_HOUR } from '../domain/billing';
+import { HOUR_MS, hourStart } from '../domain/metering';
+import type { Account, Vm } from '../domain/model';
+import { writeGuestBlocks } from '../platform/local';
+import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
+import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
+
+let env: SnapshotEnv;
+let worker: RunningWorker;
+const thisHour = hourStart(new Date());
+
+beforeAll(async () => {
+  env = await createSnapshotEnv();
+  worker = await env.startWorker();
+  // fjord (INR) gets credit and newco (EUR) a complete profile, so every currency has a snapshot to bill.
+  const catalog = env.platform.catalog;
+  const acme = catalog.getAccount('acme')!;
+  catalog.putAccount({ ...catalog.getAccount('fjord')!, creditMicros: 1_000_000_000 });
+  catalog.putAccount({ ...catalog.getAccount('newco')!, profile: acme.profile, billing: acme.billing });
+  const trainer = catalog.getVm('vm-trainer-01')!;
+  await snapshot(trainer, 'bill-full');
+  await writeGuestBlocks(env.platform.hypervisor, trainer, 'root', [
+    { offset: 8 * 4096, data: Buffer.alloc(4096, 'billing changes this block\n') },
+  ]);
+  await snapshot(trainer, 'bill-incremental');
+  await snapshot(catalog.getVm('vm-fjord-01')!, 'bill-inr');
+  await snapshot(catalog.getVm('vm-newco-01')!, 'bill-eur');
+});
+
+afterAll(async () => {
+  await worker.stop();
+  await env.close();
+});
+
+async function snapshot(vm: Vm, name: string) {
+  const started = await env.snapshots.createSnapshot({ accountId: vm.accountId, vmId: vm.id, region: vm.region, name });
+  return env.snapshots.watchProgress(started);
+}
+
+/** What the account stores: the compressed bytes of the distinct chunks of its SUCCESS snapshots, read from disk. */
+async function distinctStoredBytes(accountId: string): Promise<number> {
+  const sizes = new Map<string, number>();
+  for (const snapshot of env.platform.catalog.listSnapshots({ accountId, status: 'SUCCESS' })) {
+    const repository = env.platform.repositoryFor(snapshot.region);
+    for (const id of distinctChunks(await repository.readManifest(snapshot.id))) {
+      sizes.set(`${snapshot.region}/${id}`, await repository.chunkStoredSize(id));
+    }
+  }
+  return [...sizes.values()].reduce((a, b) => a + b, 0);
+}
+
+const account = (id: string): Account => env.platform.catalog.getAccount(id)!;
+
+describe('storage billing, exactly once per hour', () => {
+  test('charges are the rate times the distinct stored bytes, in USD, EUR and INR, and debit the balance', async () => {
+    const before = Object.fromEntries(['acme', 'fjord', 'newco'].map((id) => [id, account(id).creditMicros]));
+    const result = await env.billing.meterHour(thisHour);
+    expect(result.hour).toBe(thisHour.toISOString());
+
+    for (const id of ['acme', 'fjord', 'newco']) {
+      const charge = env.platform.catalog.listCharges(id).find((c) => c.hour === thisHour.toISOString())!;
+      const bytes = await distinctStoredBytes(id);
+      expect(charge.storedBytes).toBe(bytes);
+      expect(bytes).toBeGreaterThan(0);
+      // bytes / 10^12 TB × rate per TB-hour, in micro-units, rounded to the nearest micro-unit.
+      const exact = (bytes / 1e12) * RATE_PER_TB_HOUR[account(id).currency] * 1e6;
+      expect(Math.abs(charge.amountMicros - exact)).toBeLessThanOrEqual(0.5);
+      expect(account(id).creditMicros).toBe(before[id]! - charge.amountMicros);
+    }
+    expect(env.platform.catalog.listCharges('fjord')[0]!.currency).toBe('INR');
+    expect(env.platform.catalog.listCharges('newco')[0]!.currency).toBe('EUR');
+  });
+
+  test('shared chunks are charged once per account, and the per-snapshot figures add up to the charge', async () => {
+    const charge = env.platform.catalog.listCharges('acme').find((c) => c.hour === thisHour.toISOString())!;
+    const snapshots = env.platform.catalog.listSnapshots({ accountId: 'acme', status: 'SUCCESS' });
+    const sumOfSnapshotSizes = snapshots.reduce((sum, s) => sum + (s.storedBytes ?? 0), 0);
+    // The incremental snapshot shares almost everything with the full one: charged once.
+    expect(charge.storedBytes).toBeLessThan(sumOfSnapshotSizes * 0.6);
+    expect(charge.items.map((i) => i.name).sort()).toEqual(['bill-full', 'bill-incremental']);
+    expect(charge.items.reduce((sum, i) => sum + i.amountMicros, 0)).toBe(charge.amountMicros);
+    expect(charge.items.reduce((sum, i) => sum + i.attributedBytes, 0)).toBeCloseTo(charge.storedBytes, 3);
+    for (const item of charge.items) {
+      const record = snapshots.find((s) => s.id === item.itemId)!;
+      expect(item.exclusiveBytes + item.sharedBytes).toBe(record.storedBytes);
+      expect(item.sharedBytes).toBeGreaterThan(0);
+    }
+  });
+
+  test('the same hour run twice charges once', async () => {
+    const balance = account('acme').creditMicros;
+    const again = await env.billing.meterHour(thisHour);
+    expect(again.accounts.every((a) => !a.charged)).toBe(true);
+    expect(account('acme').creditMicros).toBe(balance);
+    expect(env.platform.catalog.listCharges('acme').filter((c) => c.hour === thisHour.toISOString())).toHaveLength(1);
+  });
+
+  test('a backfill of three missed hours charges each exactly once, on the hourly Schedule', async () => {
+    await env.billing.ensureSchedule();
+    const described = await env.client.schedule.getHandle('billing/hourly').describe();
+    expect(described.policies.overlap).toBe('BUFFER_ALL');
+    // Fires at 3 h, 2 h and 1 h before this hour bill the 3 hours before those.
+    const from = new Date(thisHour.getTime() - 3 * HOUR_MS - 60_000);
+    const to = new Date(thisHour.getTime() - HOUR_MS + 60_000);
+    const missed = [4, 3, 2].map((h) => new Date(thisHour.getTime() - h * HOUR_MS).toISOString());
+    const balance = account('acme').creditMicros;
+    await env.billing.backfill(from, to);
+    await env.billing.backfill(from, to); // a repeated backfill must not charge again
+    await waitFor(async () => {
+      const info = (await env.client.schedule.getHandle('billing/hourly').describe()).info;
+      return info.numActionsTaken >= 6 && info.runningActions.length === 0;
+    });
+    const hours = env.platform.catalog.listCharges('acme').map((c) => c.hour);
+    for (const hour of missed) expect(hours.filter((h) => h === hour)).toHaveLength(1);
+    // Those hours ended before the snapshots were made: nothing was stored then, nothing is charged.
+    expect(
+      env.platform.catalog
+        .listCharges('acme')
+        .filter((c) => missed.includes(c.hour))
+        .map((c) => c.amountMicros),
+    ).toEqual([0, 0, 0]);
+    expect(account('acme').creditMicros).toBe(balance);
+  });
+
+  test('deleting a snapshot stops its charge from the next hour', async () => {
+    const doomed = env.platform.catalog.findSnapshotByName('acme', 'bill-full')!;
+    await env.snapshots.deleteSnapshot('acme', doomed.id);
+    const nextHour = new Date(thisHour.getTime() + HOUR_MS);
+    await env.billing.meterHour(nextHour);
+    const chargeFor = (hour: Date) =>
+      env.platform.catalog.listCharges('acme').find((c) => c.hour === hour.toISOString())!;
+    const [current, next] = [chargeFor(thisHour), chargeFor(nextHour)];
+    expect(current.items.map((i) => i.itemId)).toContain(doomed.id);
+    expect(next.items.map((i) => i.itemId)).not.toContain(doomed.id);
+    expect(next.items.map((i) => i.name)).toEqual(['bill-incremental']);
+    expect(next.storedBytes).toBe(await distinctStoredBytes('acme'));
+  });
+
+  test('cost visibility: hourly and month-to-date cost per account and per snapshot, and a low balance', () => {
+    const now = new Date(thisHour.getTime() + HOUR_MS + 60_000);
+    const bill = env.billing.accountBilling('acme', now);
+    const charges = env.platform.catalog
+      .listCharges('acme')
+      .filter((c) => c.hour.slice(0, 7) === now.toISOString().slice(0, 7));
+    expect(bill.monthToDateMicros).toBe(charges.reduce((sum, c) => sum + c.amountMicros, 0));
+    expect(bill.hourlyMicros).toBe(charges.at(-1)!.amountMicros);
+    expect(bill.items.find((i) => i.name === 'bill-incremental')!.hourlyMicros).toBe(bill.hourlyMicros);
+    expect(bill.low).toBe(false);
+
+    env.platform.catalog.putAccount({ ...account('fjord'), creditMicros: 50 });
+    const fjord = env.billing.accountBilling('fjord', now);
+    expect(fjord.hourlyMicros).toBeGreaterThan(0);
+    expect(fjord.hoursLeft).toBe(Math.floor(50 / fjord.hourlyMicros));
+    expect(fjord.low).toBe(true);
+  });
+
+  test("a policy's cost preview prices its retained snapshots at the account's rate", () => {
+    const preview = env.policies.previewCost({
+      accountId: 'acme',
+      name: 'preview',
+      target: { vmIds: ['vm-trainer-01'] },
+      cadence: { kind: 'daily' },
+      window: { start: '02:00', end: '05:00', timeZone: 'UTC' },
+      retention: { keepLast: 5, keepWeekly: 2 },
+    });
+    const history = env.platform.catalog.listSnapshots({ vmId: 'vm-trainer-01', status: 'SUCCESS' });
+    const full = history.at(-1)!.storedBytes!;
+    const increment = history.find((s) => s.name === 'bill-incremental')!.addedBytes!;
+    expect(preview.perVm).toEqual([
+      { vmId: 'vm-trainer-01', vmName: 'trainer-01', retained: 7, estimatedBytes: Math.round(full + 6 * increment) },
+    ]);
+    const exact = (preview.totalBytes / 1e12) * RATE_PER_TB_HOUR.USD * 1e6;
+    expect(Math.abs(preview.hourlyMicros - exact)).toBeLessThanOrEqual(0.5);
+    expect(preview.monthlyMicros).toBe(preview.hourlyMicros * 730);
+  });
+});
