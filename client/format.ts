@@ -56,6 +56,7 @@ export function snapshotDetails(s: SnapshotRecord): string {
     ['Region', s.region],
     ['Status', s.status],
     ['Create as image', s.createAsImage ? 'yes' : 'no'],
+    ['Policy', s.policyId ?? '- (not scheduled)'],
     ['Incremental parent', s.parentSnapshotId ?? '- (full)'],
     ['Logical size', formatBytes(s.logicalBytes)],
     ['Stored size', `${formatBytes(s.storedBytes)} (compressed bytes of the distinct chunks it references)`],
@@ -67,5 +68,10 @@ export function snapshotDetails(s: SnapshotRecord): string {
     ['Workflow', s.workflowId],
   ];
   if (s.failureType) rows.push(['Failure', `${s.failureType}: ${s.failureReason ?? ''}`]);
-  return rows.map(([k, v]) => `${`${k}:`.padEnd(21)}${v}`).join('\n');
+  return formatDetails(rows);
+}
+
+/** One "Key:  value" line per row, values aligned; the lines of a multi-line value stay in the value column. */
+export function formatDetails(rows: [string, string][]): string {
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(21)}${v.replaceAll('\n', `\n${' '.repeat(21)}`)}`).join('\n');
 }

@@ -112,7 +112,7 @@ export class PolicyClient {
   async triggerPolicy(accountId: string, name: string): Promise<{ workflowId: string; runId: string }> {
     const handle = this.handle(accountId, name);
     const before = await this.describeSchedule(accountId, name);
-    await handle.trigger();
+    await handle.trigger(ScheduleOverlapPolicy.SKIP);
     const deadline = Date.now() + TRIGGER_WAIT_MS;
     while (Date.now() < deadline) {
       const now = await handle.describe();

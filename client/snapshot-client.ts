@@ -41,6 +41,9 @@ export interface EligibleVm {
   label: string;
 }
 
+/** Progress of a restore: bytes written over all its disks, throughput and ETA. */
+export type RestoreProgress = StageProgress & { etaSeconds: number | null; done: boolean };
+
 /** Message shown when a region has no ACTIVE VM (create is refused with the same words). */
 export const NO_ACTIVE_VMS = 'No active VMs available';
 
@@ -197,7 +200,7 @@ export class SnapshotClient {
   /** Restores one disk of a SUCCESS snapshot to a raw image file on the worker's machine, reporting progress. */
   async restoreDisk(
     input: RestoreDiskRequest,
-    onProgress: (progress: StageProgress) => void = () => undefined,
+    onProgress: (progress: RestoreProgress) => void = () => undefined,
   ): Promise<{ bytesRestored: number }> {
     const request = parseOrThrow(RestoreDiskRequestSchema, input, 'InvalidRequest', 'restore request');
     const handle = await this.options.client.workflow.start<typeof restoreDiskWorkflow>('restoreDiskWorkflow', {
@@ -218,7 +221,7 @@ export class SnapshotClient {
    */
   async restoreVm(
     input: RestoreVmRequest,
-    onProgress: (progress: StageProgress) => void = () => undefined,
+    onProgress: (progress: RestoreProgress) => void = () => undefined,
   ): Promise<{ vm: Vm; bytesRestored: number }> {
     const request = parseOrThrow(RestoreVmRequestSchema, input, 'InvalidRequest', 'restore request');
     if (this.findVm(request.accountId, request.vmName)) {

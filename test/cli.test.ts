@@ -1,8 +1,9 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { createSnapshotEnv, fileHash } from './helpers/snapshot-env';
+import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
+import { uniqueId } from './support/temporal';
 
 const run = promisify(execFile);
 let env: SnapshotEnv;
@@ -78,4 +79,143 @@ test('typed errors reach the user as one line and exit code 2', async () => {
   expect(building.stderr).toContain('error VmNotActive: VM builder-01 is BUILD');
   const badName = await snap('create', '--vm', 'trainer-01', '--name', '../etc');
   expect(badName.stderr).toContain('error InvalidSnapshotName');
+});
+
+describe('snapshot policies', () => {
+  /** Policies are Schedules, namespace-wide: every test uses its own name. */
+  const policyName = () => uniqueId('cli').toLowerCase();
+
+  test('create and show a policy; update changes only the given fields; pause with a note; list; delete', async () => {
+    const name = policyName();
+    const created = await snap(
+      ...['policy', 'create', '--name', name, '--region', 'CANADA-1', '--label', 'nightly'],
+      ...['--cadence', 'weekly:SUN', '--window', '02:00-05:00', '--days', 'SAT,SUN', '--tz', 'Europe/Oslo'],
+      ...['--cpu', '20', '--keep-last', '3', '--keep-daily', '7', '--purpose', 'nightly'],
+    );
+    expect(created).toMatchObject({ code: 0, stderr: '' });
+
+    const shown = await snap('policy', 'show', name);
+    expect(shown.stdout).toMatch(/Targets:\s+CANADA-1 label "nightly"/);
+    expect(shown.stdout).toMatch(/Cadence:\s+weekly:SUN/);
+    expect(shown.stdout).toMatch(/Window:\s+02:00–05:00 Europe\/Oslo, Sat, Sun/);
+    expect(shown.stdout).toMatch(/Quiet when:\s+CPU <= 20% and disk I\/O <= 30%/);
+    expect(shown.stdout).toMatch(/Retention:\s+last 3, daily 7\n/);
+    expect(shown.stdout).toMatch(/Paused:\s+no/);
+    // The next five runs: Sundays at 02:00 Oslo time, delayed by less than the 30 s jitter.
+    const nextRuns = shown.stdout.match(/\d{4}-\d\d-\d\dT02:00:\d\d\+0[12]:00/g) ?? [];
+    expect(nextRuns).toHaveLength(5);
+    for (const run of nextRuns) expect(new Date(run).getUTCDay()).toBe(0);
+
+    const updated = await snap('policy', 'update', name, '--keep-last', '5', '--tz', 'UTC', '--io', '10');
+    expect(updated.code).toBe(0);
+    expect(updated.stdout).toMatch(/Window:\s+02:00–05:00 UTC, Sat, Sun/);
+    expect(updated.stdout).toMatch(/Quiet when:\s+CPU <= 20% and disk I\/O <= 10%/);
+    expect(updated.stdout).toMatch(/Retention:\s+last 5, daily 7\n/);
+    expect(updated.stdout).toMatch(/Cadence:\s+weekly:SUN/);
+    expect(updated.stdout).toMatch(
+      /Name template:\s+\{vm\}-\{purpose\}-\{date\}-\{time\}-v\{version\} \(purpose "nightly"\)/,
+    );
+
+    expect((await snap('policy', 'pause', name, '--note', 'maintenance freeze until Monday')).code).toBe(0);
+    const paused = await snap('policy', 'show', name);
+    expect(paused.stdout).toMatch(/Paused:\s+yes \(maintenance freeze until Monday\)/);
+    expect(paused.stdout).toMatch(/Retention:\s+last 5, daily 7\n/);
+
+    // The list comes from the visibility store, which may lag a moment behind.
+    const listed = await waitFor(async () => {
+      const list = await snap('policy', 'list');
+      return list.stdout.includes(name) ? list.stdout : undefined;
+    });
+    expect(listed).toMatch(/NAME\s+TARGETS\s+CADENCE\s+WINDOW\s+RETENTION\s+PAUSED\s+NEXT RUN/);
+    expect(listed).toMatch(
+      new RegExp(
+        `${name}\\s+CANADA-1 label "nightly"\\s+weekly:SUN\\s+02:00–05:00 UTC, Sat, Sun\\s+last 5, daily 7\\s+yes\\s+\\d{4}-`,
+      ),
+    );
+
+    expect(await snap('policy', 'delete', name)).toMatchObject({ code: 0, stdout: `policy ${name} deleted\n` });
+    const gone = await snap('policy', 'show', name);
+    expect(gone.code).toBe(2);
+    expect(gone.stderr).toBe(`error PolicyNotFound: Account acme has no policy "${name}".\n`);
+  });
+
+  test('invalid policies are refused with error InvalidPolicy and exit code 2', async () => {
+    const create = (...args: string[]) =>
+      snap('policy', 'create', '--name', policyName(), '--vm', 'trainer-01', '--keep-last', '3', ...args);
+    const badZone = await create('--cadence', 'daily', '--window', '02:00-05:00', '--tz', 'Mars/Base');
+    expect(badZone.code).toBe(2);
+    expect(badZone.stderr).toBe('error InvalidPolicy: Invalid window.timeZone: unknown time zone "Mars/Base"\n');
+    const badCadence = await create('--cadence', 'monthly', '--window', '02:00-05:00');
+    expect(badCadence.code).toBe(2);
+    expect(badCadence.stderr).toContain('error InvalidPolicy: Invalid cadence "monthly": use hourly, daily, weekly:');
+    const badWindow = await create('--cadence', 'daily', '--window', '02:00');
+    expect(badWindow.code).toBe(2);
+    expect(badWindow.stderr).toContain('error InvalidPolicy: Invalid window "02:00": use HH:MM-HH:MM');
+  });
+
+  test('load sets the load figure of a VM by name; a figure left out keeps its value', async () => {
+    const vm = env.platform.catalog.getVm('vm-infer-01')!;
+    const set = await snap('load', 'inference-01', '--cpu', '85', '--io', '40');
+    expect(set).toMatchObject({ code: 0, stdout: 'inference-01 (vm-infer-01): CPU 85%, disk I/O 40%\n' });
+    expect(await env.platform.hypervisor.readLoad(vm)).toEqual({ cpuPercent: 85, diskIoPercent: 40 });
+    expect((await snap('load', 'vm-infer-01', '--io', '5')).stdout).toContain('CPU 85%, disk I/O 5%');
+    expect(await env.platform.hypervisor.readLoad(vm)).toEqual({ cpuPercent: 85, diskIoPercent: 5 });
+  });
+
+  test('policy trigger --wait follows the run and prints what it did; the snapshot shows its policy', async () => {
+    const name = policyName();
+    const created = await snap(
+      ...['policy', 'create', '--name', name, '--vm', 'trainer-01', '--cadence', 'daily'],
+      ...['--window', '02:00-05:00', '--keep-last', '2', '--purpose', 'cli'],
+    );
+    expect(created).toMatchObject({ code: 0, stderr: '' });
+    try {
+      const { stdout, code } = await snap('policy', 'trigger', name, '--wait');
+      expect(code).toBe(0);
+      const lines = stdout.trim().split('\n');
+      expect(lines[0]).toMatch(new RegExp(`^policy ${name} started run scheduled-snapshots/acme/${name}-`));
+      expect(lines[1]).toMatch(/^\S+Z started outside the window 02:00–05:00 UTC, Mon–Sun/);
+      expect(stdout).toMatch(/Z starting snapshot "trainer-01-cli-\S+" of trainer-01\n/);
+      expect(stdout).toMatch(/Z retention kept (all )?\d+ snapshots of trainer-01/);
+      const snapshotName = /^trainer-01: snapshot "(trainer-01-cli-[\w-]+)"$/.exec(lines.at(-1)!)?.[1];
+      expect(snapshotName).toBeDefined();
+
+      const shown = await snap('show', snapshotName!);
+      expect(shown.stdout).toMatch(/Status:\s+SUCCESS/);
+      expect(shown.stdout).toMatch(new RegExp(`Policy:\\s+snapshot-policy/acme/${name}\n`));
+    } finally {
+      await env.policies.deletePolicy('acme', name);
+    }
+  });
+});
+
+test('restore-vm, images, billing, delete, gc and reverify from the CLI', async () => {
+  expect((await snap('create', '--vm', 'trainer-01', '--name', 'cli-image-src', '--image')).code).toBe(0);
+  const images = await snap('images', '--region', 'CANADA-1');
+  const imageId = /^(img-\S+)\s+cli-image-src\s+H100-SXM5-80GB\s+CANADA-1/m.exec(images.stdout)?.[1];
+  expect(imageId).toBeDefined();
+
+  const restored = await snap('restore-vm', 'cli-image-src', '--name', 'cli-restored');
+  expect(restored.stdout).toMatch(/VM cli-restored \(vm-\w+\) is ACTIVE in CANADA-1: H100-SXM5-80GB/);
+  const fromImage = await snap('restore-vm', '--image', imageId!, '--name', 'cli-from-image');
+  expect(fromImage.stdout).toContain('VM cli-from-image');
+  const both = await snap('restore-vm', 'cli-image-src', '--image', imageId!, '--name', 'cli-neither');
+  expect(both.stderr).toContain('error InvalidRequest');
+
+  await env.billing.meterHour(new Date());
+  const billing = await snap('billing');
+  expect(billing.stdout).toMatch(/Balance:\s+USD \d+\.\d+/);
+  expect(billing.stdout).toMatch(/Hourly cost:\s+USD/);
+  expect(billing.stdout).toMatch(/snapshot\s+cli-image-src\s+exclusive/);
+
+  expect((await snap('delete', 'cli-image-src')).stdout).toContain('deleted cli-image-src');
+  expect((await snap('list')).stdout).not.toContain('cli-image-src');
+  expect((await snap('image', 'delete', imageId!)).stdout).toContain(`deleted image ${imageId}`);
+  expect((await snap('gc', '--region', 'CANADA-1', '--grace-minutes', '0')).stdout).toMatch(
+    /CANADA-1: freed [\d.]+ \w+ \(\d+ chunks\); \d+ referenced, 0 kept by the grace period/,
+  );
+  expect((await snap('reverify', '--region', 'CANADA-1', '--older-than-days', '0')).stdout).toMatch(
+    /CANADA-1: \d+ snapshots re-verified, 0 damaged/,
+  );
+  expect((await snap('delete', 'no-such-snapshot')).stderr).toContain('error SnapshotNotFound');
 });
