@@ -594,6 +594,23 @@ policyCommand
     }),
   );
 
+policyCommand
+  .command('cost <name>')
+  .description("estimate what the policy's retained snapshots cost to store (per VM, per hour and per month)")
+  .action(
+    action(async ({ policies }, account, name: string) => {
+      const preview = policies.previewCost((await policies.describePolicy(account, name)).policy);
+      const money = (micros: number) => formatMoney(micros, preview.currency);
+      for (const vm of preview.perVm) {
+        console.log(`${vm.vmName.padEnd(24)} ${vm.retained} snapshots  ~${formatBytes(vm.estimatedBytes)}`);
+      }
+      console.log(
+        `estimated ${formatBytes(preview.totalBytes)}: ${money(preview.hourlyMicros)} per hour, ` +
+          `${money(preview.monthlyMicros)} per month`,
+      );
+    }),
+  );
+
 program.parseAsync().catch((error: unknown) => {
   console.error(error);
   process.exit(1);
