@@ -84,7 +84,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
       return withFailureTypes(async () => {
         const parsed = RestoreVmRequestSchema.safeParse(input.request);
         if (!parsed.success) throw new SnapshotError('InvalidRequest', parsed.error.message);
-        const { accountId, source, vmName } = parsed.data;
+        const { accountId, source, vmName, region } = parsed.data;
         let from: RestoreSource;
         if ('imageId' in source) {
           const image = deps.catalog.getImage(source.imageId);
@@ -95,6 +95,12 @@ export function createRestoreActivities(deps: ActivityDeps) {
         } else {
           const snapshot = restorable(accountId, source.snapshotId);
           from = { manifestId: snapshot.id, region: snapshot.region };
+        }
+        if (region && region !== from.region) {
+          throw new SnapshotError(
+            'RegionMismatch',
+            `The source is stored in ${from.region}; a VM restored from it is created in ${from.region}, not ${region}.`,
+          );
         }
         const existing = deps.catalog.getVm(input.vmId);
         if (existing) return { vmId: existing.id, disks: existing.disks, source: from };

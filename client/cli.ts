@@ -162,25 +162,32 @@ program
   .description('restore a snapshot (or --image) to a new VM in its region, with a progress bar')
   .requiredOption('--name <vm-name>', 'name of the new VM')
   .option('--image <image-id>', 'restore from a boot image instead of a snapshot')
+  .addOption(regionOption().default(undefined, "the source's region (the only one possible)"))
   .action(
-    action(async ({ snapshots }, account, ref: string | undefined, options: { name: string; image?: string }) => {
-      if (!ref === !options.image) {
-        throw new SnapshotError('InvalidRequest', 'Give either a snapshot (id or name) or --image <image-id>.');
-      }
-      const source = options.image
-        ? { imageId: options.image }
-        : { snapshotId: findSnapshot(snapshots, account, ref!).id };
-      const bar = stageProgressBar();
-      try {
-        const { vm } = await snapshots.restoreVm({ accountId: account, source, vmName: options.name }, (p) =>
-          bar.update(p),
-        );
-        bar.stop();
-        console.log(`VM ${vm.name} (${vm.id}) is ${vm.status} in ${vm.region}: ${vm.flavor}`);
-      } finally {
-        bar.stop();
-      }
-    }),
+    action(
+      async (
+        { snapshots },
+        account,
+        ref: string | undefined,
+        options: { name: string; image?: string; region?: Region },
+      ) => {
+        if (!ref === !options.image) {
+          throw new SnapshotError('InvalidRequest', 'Give either a snapshot (id or name) or --image <image-id>.');
+        }
+        const source = options.image
+          ? { imageId: options.image }
+          : { snapshotId: findSnapshot(snapshots, account, ref!).id };
+        const bar = stageProgressBar();
+        try {
+          const request = { accountId: account, source, vmName: options.name, region: options.region };
+          const { vm } = await snapshots.restoreVm(request, (p) => bar.update(p));
+          bar.stop();
+          console.log(`VM ${vm.name} (${vm.id}) is ${vm.status} in ${vm.region}: ${vm.flavor}`);
+        } finally {
+          bar.stop();
+        }
+      },
+    ),
   );
 
 program

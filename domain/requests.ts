@@ -90,6 +90,8 @@ export const RestoreVmRequestSchema = z
       z.object({ imageId: z.string().min(1) }).strict(),
     ]),
     vmName: VmNameSchema,
+    /** Optional check: the new VM is always created in the source's region; naming another is `RegionMismatch`. */
+    region: RegionSchema.optional(),
   })
   .strict();
 export type RestoreVmRequest = z.infer<typeof RestoreVmRequestSchema>;

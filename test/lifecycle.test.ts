@@ -78,7 +78,7 @@ describe('restore, images and deletion', () => {
     expect(env.snapshots.listEligibleVms('acme', source.region).map((e) => e.vm.id)).toContain(vm.id);
   });
 
-  test('restores are refused for unknown, foreign and unfinished snapshots, and for a taken VM name', async () => {
+  test('restores are refused for unknown and foreign snapshots, a taken or malformed VM name, another region', async () => {
     const source = vmNamed('vm-trainer-01');
     const record = env.snapshots.listSnapshots('acme', { vmId: source.id })[0]!;
     const foreign = await refusal(
@@ -97,6 +97,16 @@ describe('restore, images and deletion', () => {
       env.snapshots.restoreVm({ accountId: 'acme', source: { snapshotId: record.id }, vmName: 'no spaces/here' }),
     );
     expect(badName.type).toBe('InvalidRequest');
+    const elsewhere = await refusal(
+      env.snapshots.restoreVm({
+        accountId: 'acme',
+        source: { snapshotId: record.id },
+        vmName: 'in-norway',
+        region: 'NORWAY-1',
+      }),
+    );
+    expect(elsewhere.type).toBe('RegionMismatch');
+    expect(env.snapshots.findVm('acme', 'in-norway')).toBeUndefined();
     expect(env.platform.catalog.listVms({ accountId: 'fjord' }).map((v) => v.name)).not.toContain('stolen');
   });
 
