@@ -142,18 +142,18 @@ export class SnapshotClient {
    * reports rule violations, including those only the authoritative check can see under races, to its caller.
    */
   private async waitUntilAccepted(handle: WorkflowHandle<typeof snapshotWorkflow>): Promise<void> {
-    const ended = handle.result().then(
-      () => ({ error: undefined }),
-      (error: unknown) => ({ error }),
-    );
+    // Polls instead of awaiting the result, so no long poll is left open once the request is accepted.
     for (;;) {
-      const outcome = await Promise.race([ended, sleep(POLL_INTERVAL_MS / 2).then(() => null)]);
-      if (outcome) {
-        if (outcome.error) throw toSnapshotError(outcome.error);
-        return;
-      }
       const progress = await handle.query(snapshotProgressQuery).catch(() => undefined);
       if (progress && progress.status !== 'VALIDATING' && progress.status !== 'FAILED') return;
+      const { status } = await handle.describe();
+      if (status.name !== 'RUNNING') {
+        await handle.result().catch((error: unknown) => {
+          throw toSnapshotError(error);
+        });
+        return;
+      }
+      await sleep(POLL_INTERVAL_MS / 2);
     }
   }
 

@@ -12,6 +12,9 @@ export const ConfigSchema = z.object({
   SNAP_ACCOUNT: z.string().default('acme'),
   /** Cap on capture read rate, so a snapshot never starves the running VM's disk; 0 = unlimited. */
   SNAP_CAPTURE_MAX_MBPS: z.coerce.number().nonnegative().default(0),
+  /** The HTTP API and the Snapshots page (`npm run api`, `npm run demo`). */
+  SNAP_HTTP_HOST: z.string().default('127.0.0.1'),
+  SNAP_HTTP_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
 });
 export type Config = z.infer<typeof ConfigSchema>;
 

@@ -97,6 +97,10 @@ export interface Catalog {
   deleteImage(id: string): void;
   /** The VM's most recent SUCCESS snapshot: the parent an incremental capture is measured against. */
   latestSuccessfulSnapshot(vmId: string): SnapshotRecord | undefined;
+  /** Registers an API key of the account by its SHA-256 hash (hex); the key itself is never stored. Idempotent. */
+  putApiKey(accountId: string, keyHash: string): void;
+  /** The account an API key (given by its SHA-256 hash) belongs to, if any. */
+  accountForApiKey(keyHash: string): string | undefined;
   close(): void;
 }
 

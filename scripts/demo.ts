@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
+import { createApiServer } from '../api/server';
 import { snapshotDetails } from '../client/format';
 import { BillingClient } from '../client/billing-client';
 import { MaintenanceClient } from '../client/maintenance-client';
@@ -14,6 +15,7 @@ import { formatMoney } from '../domain/billing';
 import { loadConfig } from '../domain/config';
 import { formatWindow } from '../domain/windows';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../platform/local';
+import { demoApiKeysFile, seedDemoApiKeys } from '../platform/local/seed';
 import { createSnapshotWorker } from '../worker/worker';
 
 /**
@@ -63,6 +65,21 @@ async function main(): Promise<void> {
   await billing.ensureSchedule();
 
   const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
+  const policies = new PolicyClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
+
+  // The HTTP API and the Snapshots page, up before the snapshots start so the page shows them running.
+  const keys = await seedDemoApiKeys(platform.catalog, config.SNAP_DATA_DIR);
+  const api = createApiServer({ snapshots, policies, billing, catalog: platform.catalog });
+  const apiAddress = await api
+    .listen({ host: config.SNAP_HTTP_HOST, port: config.SNAP_HTTP_PORT })
+    .catch((error: unknown) => {
+      throw new Error(`Cannot serve the Snapshots page (set SNAP_HTTP_PORT to a free port): ${String(error)}`);
+    });
+  console.log(`\nSnapshots page: ${apiAddress}/#key=${keys[config.SNAP_ACCOUNT]}`);
+  console.log(
+    `HTTP API: ${apiAddress}/api (the demo accounts' API keys are in ${demoApiKeysFile(config.SNAP_DATA_DIR)})`,
+  );
+
   const eligible = snapshots.listEligibleVms(config.SNAP_ACCOUNT, 'CANADA-1');
   console.log(`\nEligible VMs in CANADA-1:\n${eligible.map((e) => `  ${e.label}`).join('\n')}`);
   const vm = eligible[0]!.vm;
@@ -104,7 +121,6 @@ async function main(): Promise<void> {
   );
 
   // Recurring snapshots: a nightly policy for the VMs labelled "nightly", as a Temporal Schedule.
-  const policies = new PolicyClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE });
   const nightly = await policies.describePolicy(config.SNAP_ACCOUNT, 'nightly').catch(() =>
     policies.createPolicy({
       accountId: config.SNAP_ACCOUNT,
@@ -129,12 +145,13 @@ async function main(): Promise<void> {
     `\nAll snapshots: npm run snap -- list    Search them in the Web UI: ${uiUrl} (query SnapshotVm="${vm.id}")`,
   );
   if (!exitWhenDone) {
-    console.log('Server and worker keep running for the Web UI; press Ctrl-C to stop.');
+    console.log(`Server, worker and the Snapshots page (${apiAddress}) keep running; press Ctrl-C to stop.`);
     await running;
   } else {
     worker.shutdown();
     await running;
   }
+  await api.close();
   await pool.destroy();
   await connection.close();
   await nativeConnection.close();

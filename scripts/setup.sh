@@ -18,6 +18,9 @@ fi
 if ! command -v make >/dev/null || ! command -v g++ >/dev/null; then
   missing+=(make g++) # node-gyp compiles better-sqlite3 and zstd-napi when no prebuilt binary can be downloaded
 fi
+if ! command -v chromium >/dev/null && [[ ! -x /usr/bin/chromium ]]; then
+  missing+=(chromium) # the browser tests drive Debian's Chromium with playwright-core (which downloads no browser)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${missing[*]}"

@@ -85,8 +85,21 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   let stage: StageProgress = { stage: 'VALIDATING', bytesDone: 0, bytesTotal: 0, throughput: 0 };
   let failure: { type: string; reason: string } | null = null;
 
+  // The Web UI shows the current details: the stage, and its progress as the activity reports it.
+  const showDetails = (): void => {
+    const figures =
+      stage.bytesTotal > 0
+        ? ` ${Math.floor((stage.bytesDone / stage.bytesTotal) * 100)}% (${mib(stage.bytesDone)} of ` +
+          `${mib(stage.bytesTotal)} MiB, ${mib(stage.throughput)} MiB/s)`
+        : '';
+    setCurrentDetails(
+      `**${status}**${figures} — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})`,
+    );
+  };
   setHandler(stageProgressSignal, (progress) => {
-    if (progress.stage === status) stage = progress;
+    if (progress.stage !== status) return;
+    stage = progress;
+    showDetails();
   });
   setHandler(snapshotProgressQuery, (): SnapshotProgress => {
     const left = stage.bytesTotal - stage.bytesDone;
@@ -107,7 +120,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     // A terminal state keeps the last stage's figures; a new stage starts from zero until its activity reports.
     if (next !== 'SUCCESS' && next !== 'FAILED') stage = { stage: next, bytesDone: 0, bytesTotal: 0, throughput: 0 };
     upsertSearchAttributes([{ key: SnapshotStatusKey, value: next }]);
-    setCurrentDetails(`**${next}** — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})`);
+    showDetails();
   };
   const run = <A extends unknown[], R>(
     s: SnapshotStage,
@@ -185,6 +198,10 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     addedBytes: record.addedBytes ?? 0,
     captureBytesRead: verified.captureBytesRead,
   };
+}
+
+function mib(bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(1);
 }
 
 /** The typed reason a snapshot failed: the failing activity's error type, or `Cancelled`. */

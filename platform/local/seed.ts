@@ -2,6 +2,8 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { z } from 'zod';
+import { generateApiKey, hashApiKey } from '../api-keys';
 import type { Account, Region, Vm, VmStatus } from '../../domain/model';
 import type { Catalog } from '../ports';
 
@@ -179,7 +181,42 @@ export async function seedDemoFleet(catalog: Catalog, options: SeedOptions): Pro
     catalog.putVm(vm);
     vms.push(vm);
   }
+  await seedDemoApiKeys(catalog, options.dataDir);
   return vms;
+}
+
+/** Where the demo accounts' API keys are written (the catalog keeps only their hashes). */
+export function demoApiKeysFile(dataDir: string): string {
+  return path.join(dataDir, 'api-keys.json');
+}
+
+const ApiKeysFileSchema = z.record(z.string(), z.string());
+
+/**
+ * One random API key per demo account, written to `<dataDir>/api-keys.json` (readable by its owner only) as
+ * `{ "<account>": "<key>" }`; the catalog stores only their SHA-256 hashes. Keys the catalog already knows are kept,
+ * so seeding twice changes nothing. Returns the keys by account.
+ */
+export async function seedDemoApiKeys(catalog: Catalog, dataDir: string): Promise<Record<string, string>> {
+  const file = demoApiKeysFile(dataDir);
+  const existing = await fs.readFile(file, 'utf8').then(
+    (text) => ApiKeysFileSchema.parse(JSON.parse(text)),
+    (): Record<string, string> => ({}),
+  );
+  const keys: Record<string, string> = {};
+  for (const account of DEMO_ACCOUNTS) {
+    const known = existing[account.id];
+    if (known && catalog.accountForApiKey(hashApiKey(known)) === account.id) {
+      keys[account.id] = known;
+      continue;
+    }
+    const key = generateApiKey();
+    catalog.putApiKey(account.id, hashApiKey(key));
+    keys[account.id] = key;
+  }
+  await fs.mkdir(dataDir, { recursive: true });
+  await fs.writeFile(file, `${JSON.stringify(keys, null, 2)}\n`, { mode: 0o600 });
+  return keys;
 }
 
 /** Builds a sparse ext4 image of `sizeBytes` filled from `sourceDir`, unless it already exists. */

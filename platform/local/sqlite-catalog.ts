@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS charges (
   account_id TEXT NOT NULL, hour TEXT NOT NULL, amount_micros INTEGER NOT NULL, doc TEXT NOT NULL,
   PRIMARY KEY (account_id, hour)
 );
+-- API keys by their SHA-256 hash (hex): a leaked catalog gives no usable key.
+CREATE TABLE IF NOT EXISTS api_keys (key_hash TEXT PRIMARY KEY, account_id TEXT NOT NULL, created_at TEXT NOT NULL);
 `;
 
 interface SnapshotRow {
@@ -428,6 +430,18 @@ export class SqliteCatalog implements Catalog {
       .prepare(`SELECT * FROM snapshots WHERE vm_id = ? AND status = 'SUCCESS' ORDER BY completed_at DESC LIMIT 1`)
       .get(vmId) as SnapshotRow | undefined;
     return row && toRecord(row);
+  }
+
+  putApiKey(accountId: string, keyHash: string): void {
+    this.db
+      .prepare('INSERT OR IGNORE INTO api_keys (key_hash, account_id, created_at) VALUES (?, ?, ?)')
+      .run(keyHash, accountId, new Date().toISOString());
+  }
+
+  accountForApiKey(keyHash: string): string | undefined {
+    const row = this.db.prepare('SELECT account_id FROM api_keys WHERE key_hash = ?').get(keyHash) as
+      { account_id: string } | undefined;
+    return row?.account_id;
   }
 
   close(): void {

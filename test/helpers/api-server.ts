@@ -1,0 +1,55 @@
+import type { AddressInfo } from 'node:net';
+import type { ApiError } from '../../api/schemas';
+import { createApiServer } from '../../api/server';
+import { seedDemoApiKeys } from '../../platform/local/seed';
+import type { SnapshotEnv } from './snapshot-env';
+
+export interface RunningApi {
+  baseUrl: string;
+  /** The demo accounts' API keys (acme, fjord, newco), as seeding wrote them. */
+  keys: Record<string, string>;
+  /**
+   * Calls the API as `account` (or without a key when `account` is null) and returns the status and the JSON body,
+   * typed as the caller expects it (`T`: an error body unless told otherwise).
+   */
+  call<T = ApiError>(
+    account: string | null,
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; body: T; headers: Headers }>;
+  close(): Promise<void>;
+}
+
+/** The HTTP API of a test env on a free port of 127.0.0.1. */
+export async function startApiServer(env: SnapshotEnv): Promise<RunningApi> {
+  // Seeding the env already created the keys; this returns them without changing anything.
+  const keys = await seedDemoApiKeys(env.platform.catalog, env.platform.dataDir);
+  const app = createApiServer({
+    snapshots: env.snapshots,
+    policies: env.policies,
+    billing: env.billing,
+    catalog: env.platform.catalog,
+  });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const baseUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  return {
+    baseUrl,
+    keys,
+    async call<T>(account: string | null, method: string, path: string, body?: unknown) {
+      const headers: Record<string, string> = {};
+      if (account) headers.authorization = `Bearer ${keys[account]}`;
+      if (body !== undefined) headers['content-type'] = 'application/json';
+      const response = await fetch(`${baseUrl}${path}`, {
+        method,
+        headers,
+        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+      });
+      const text = await response.text();
+      return { status: response.status, body: (text ? JSON.parse(text) : null) as T, headers: response.headers };
+    },
+    async close() {
+      await app.close();
+    },
+  };
+}

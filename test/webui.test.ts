@@ -1,0 +1,165 @@
+import { randomUUID } from 'node:crypto';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
+import type { StartedSnapshot } from '../client/snapshot-client';
+import { CreateSnapshotRequestSchema } from '../domain/requests';
+import type { snapshotWorkflow } from '../workflows';
+import { snapshotProgressQuery } from '../workflows/messages';
+import { snapshotStartOptions } from '../workflows/start-options';
+import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
+import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
+import { uniqueId } from './support/temporal';
+
+/**
+ * What an operator sees in the Temporal Web UI, read through the same APIs the UI uses: visibility queries on the
+ * search attributes, the workflow's user metadata (static summary and details, current details), the activities'
+ * summaries in the history, and the failure of a failed run. (test/snapshot.test.ts checks the five attributes
+ * together and the static summary.)
+ */
+
+const MiB = 1024 * 1024;
+const REQUESTER = 'ops@acme.example';
+
+let env: SnapshotEnv;
+let worker: RunningWorker;
+
+beforeAll(async () => {
+  env = await createSnapshotEnv();
+  // Capture at 32 MiB/s, so the run is still in data capture when the test reads its current details.
+  worker = await env.startWorker({ captureMaxBytesPerSecond: 32 * MiB });
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await env?.close();
+});
+
+/** The Web UI's list for a query: workflow ids, once visibility has caught up with `expected`. */
+async function findWorkflows(query: string, expected: string): Promise<string[]> {
+  return waitFor(async () => {
+    const ids: string[] = [];
+    for await (const execution of env.client.workflow.list({ query })) ids.push(execution.workflowId);
+    return ids.includes(expected) ? ids : undefined;
+  });
+}
+
+/** What the Web UI shows as "Current Details": the workflow's built-in metadata query. */
+async function currentDetails(workflowId: string): Promise<string> {
+  const metadata = await env.client.workflow
+    .getHandle(workflowId)
+    .query<{ currentDetails: string }>('__temporal_workflow_metadata');
+  return metadata.currentDetails;
+}
+
+describe('Web UI inspection of snapshot workflows', () => {
+  const name = uniqueId('webui');
+  let started: StartedSnapshot;
+
+  beforeAll(async () => {
+    started = await env.snapshots.createSnapshot({
+      accountId: 'acme',
+      vmId: 'vm-trainer-01',
+      region: 'CANADA-1',
+      name,
+      description: 'Before the CUDA upgrade',
+      requestedBy: REQUESTER,
+    });
+  });
+
+  test('the current stage and its progress are shown as current details while the snapshot runs, then its final state', async () => {
+    const during = await waitFor(async () => {
+      const details = await currentDetails(started.workflowId);
+      return /^\*\*CAPTURING\*\* \d+% \([\d.]+ of [\d.]+ MiB, [\d.]+ MiB\/s\)/.test(details) ? details : undefined;
+    });
+    expect(during).toContain(name);
+    expect(during).toContain('vm-trainer-01');
+    const record = await env.snapshots.watchProgress(started);
+    expect(record.status).toBe('SUCCESS');
+    expect(await currentDetails(started.workflowId)).toMatch(/^\*\*SUCCESS\*\*/);
+  });
+
+  test('the workflow is found by each of its five search attributes on its own', async () => {
+    const attributes: [string, string][] = [
+      ['SnapshotAccount', 'acme'],
+      ['SnapshotVm', 'vm-trainer-01'],
+      ['SnapshotRegion', 'CANADA-1'],
+      ['SnapshotName', name],
+      ['SnapshotStatus', 'SUCCESS'],
+    ];
+    for (const [attribute, value] of attributes) {
+      expect(await findWorkflows(`${attribute} = "${value}"`, started.workflowId)).toContain(started.workflowId);
+    }
+    // Combined as the README shows them.
+    const finished = `SnapshotAccount = "acme" AND SnapshotStatus IN ("SUCCESS", "FAILED")`;
+    expect(await findWorkflows(finished, started.workflowId)).toContain(started.workflowId);
+    // The name is unique in the account: that query finds this snapshot's workflow and nothing else.
+    expect(await findWorkflows(`SnapshotName = "${name}"`, started.workflowId)).toEqual([started.workflowId]);
+  });
+
+  test('the static summary and details name the VM, the snapshot and who requested it', async () => {
+    const description = await env.client.workflow.getHandle(started.workflowId).describe();
+    expect(await description.staticSummary()).toBe(`Snapshot "${name}" of trainer-01 - H100-SXM5-80GB (CANADA-1)`);
+    const details = await description.staticDetails();
+    expect(details).toContain('**VM**: trainer-01 (`vm-trainer-01`), H100-SXM5-80GB, CANADA-1');
+    expect(details).toContain(`**Snapshot**: ${name} (\`${started.snapshotId}\`)`);
+    expect(details).toContain(`**Account**: acme, requested by ${REQUESTER}`);
+    expect(details).toContain('**Description**: Before the CUDA upgrade');
+  });
+
+  test('every stage activity carries a summary in the history', async () => {
+    const history = await env.client.workflow.getHandle(started.workflowId).fetchHistory();
+    const scheduled = (history.events ?? [])
+      .filter((event) => event.activityTaskScheduledEventAttributes)
+      .map((event) => ({
+        activity: event.activityTaskScheduledEventAttributes!.activityType!.name,
+        summary: event.userMetadata?.summary
+          ? defaultPayloadConverter.fromPayload<string>(event.userMetadata.summary)
+          : undefined,
+      }));
+    const stages = scheduled.filter((s) => s.activity?.endsWith('Snapshot') && s.activity !== 'markSnapshotFailed');
+    expect(stages.map((s) => [s.activity, s.summary?.split(':')[0]])).toEqual([
+      ['validateSnapshot', 'Validation'],
+      ['initiateSnapshot', 'Initiation'],
+      ['captureSnapshot', 'Data capture'],
+      ['compressSnapshot', 'Compression'],
+      ['verifySnapshot', 'Verification'],
+    ]);
+  });
+
+  test('a failed snapshot is found by SnapshotStatus = "FAILED" and carries its typed reason', async () => {
+    // A request that passed the client's checks just before the VM left ACTIVE: the workflow's own validation refuses
+    // it (as it would for a scheduled run started from a Schedule).
+    const vm = env.platform.catalog.getVm('vm-builder-01')!;
+    const request = CreateSnapshotRequestSchema.parse({
+      accountId: 'acme',
+      vmId: vm.id,
+      region: vm.region,
+      name: uniqueId('webui-failed'),
+      requestedBy: REQUESTER,
+    });
+    const snapshotId = `snap-${randomUUID()}`;
+    const handle = await env.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
+      ...snapshotStartOptions({ snapshotId, request }, vm, snapshotId),
+      taskQueue: env.taskQueue,
+    });
+    const failure = await handle.result().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(failure).toBeInstanceOf(WorkflowFailedError);
+    const cause = (failure as WorkflowFailedError).cause;
+    expect(cause).toBeInstanceOf(ApplicationFailure);
+    expect((cause as ApplicationFailure).type).toBe('VmNotActive');
+    expect(cause!.message).toContain('builder-01 is BUILD');
+
+    // The Web UI shows the failure of the run's last event and lists it under the operator's query.
+    const history = await handle.fetchHistory();
+    const failed = history.events!.at(-1)!.workflowExecutionFailedEventAttributes!.failure!;
+    expect(failed.applicationFailureInfo?.type).toBe('VmNotActive');
+    const query = `SnapshotAccount = "acme" AND SnapshotStatus = "FAILED"`;
+    expect(await findWorkflows(query, handle.workflowId)).toContain(handle.workflowId);
+    expect(await currentDetails(handle.workflowId)).toMatch(/^\*\*FAILED\*\*/);
+    const progress = await handle.query(snapshotProgressQuery);
+    expect(progress).toMatchObject({ status: 'FAILED', failureType: 'VmNotActive' });
+  });
+});
