@@ -1,8 +1,24 @@
 import { SnapshotError } from '../domain/errors';
-import type { ImageRecord, Region, SnapshotStatus } from '../domain/model';
+import type { ImageRecord, Region, SnapshotRecord, SnapshotStatus } from '../domain/model';
 import { isInFlight } from '../domain/model';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
+
+/** The boot image of a SUCCESS snapshot: its manifest, configuration and flavor. */
+export function imageOf(snapshot: SnapshotRecord, imageId: string, name: string): ImageRecord {
+  const config = snapshot.vmConfig ?? {};
+  return {
+    id: imageId,
+    accountId: snapshot.accountId,
+    region: snapshot.region,
+    name,
+    snapshotId: snapshot.id,
+    flavor: typeof config.flavor === 'string' ? config.flavor : 'unknown',
+    vmConfig: config,
+    logicalBytes: snapshot.logicalBytes ?? 0,
+    createdAt: new Date().toISOString(),
+  };
+}
 
 export interface DeletionTarget {
   snapshotId: string;
@@ -73,18 +89,7 @@ export function createLifecycleActivities(deps: ActivityDeps) {
             `Snapshot ${snapshot.name} is ${snapshot.status}; only SUCCESS snapshots can become images.`,
           );
         }
-        const config = snapshot.vmConfig ?? {};
-        return deps.catalog.putImage({
-          id: input.imageId,
-          accountId: snapshot.accountId,
-          region: snapshot.region,
-          name: input.name,
-          snapshotId: snapshot.id,
-          flavor: typeof config.flavor === 'string' ? config.flavor : 'unknown',
-          vmConfig: config,
-          logicalBytes: snapshot.logicalBytes ?? 0,
-          createdAt: new Date().toISOString(),
-        });
+        return deps.catalog.putImage(imageOf(snapshot, input.imageId, input.name));
       });
     },
 

@@ -2,6 +2,7 @@ import { manifestStats, verifyManifest } from '../dataplane';
 import type { Region, SnapshotRecord } from '../domain/model';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
+import { imageOf } from './lifecycle';
 import { StageReporter } from './progress';
 
 export interface VerifyInput {
@@ -16,8 +17,9 @@ export interface VerifyCheckpoint {
 
 /**
  * Stage 5, verification: reads back every chunk the manifest references, decompresses it (zstd frame checksum) and
- * re-hashes it. Only when all pass is the snapshot marked SUCCESS, with its sizes; a missing or corrupt chunk fails
- * the activity non-retryably and the snapshot becomes FAILED.
+ * re-hashes it. Only when all pass is the snapshot marked SUCCESS, with its sizes (and registered as a boot image if
+ * it was made with "Create as Image"); a missing or corrupt chunk fails the activity non-retryably and the snapshot
+ * becomes FAILED.
  */
 export function createVerifyActivity(deps: ActivityDeps) {
   return async function verifySnapshot(input: VerifyInput): Promise<SnapshotRecord> {
@@ -37,7 +39,7 @@ export function createVerifyActivity(deps: ActivityDeps) {
         onProgress: ({ index, bytesDone }) => reporter.update(bytesDone, { index }),
       });
       reporter.update(stats.storedBytes, { index: stats.distinctChunks }, true);
-      return deps.catalog.updateSnapshot(input.snapshotId, {
+      const record = deps.catalog.updateSnapshot(input.snapshotId, {
         status: 'SUCCESS',
         logicalBytes: stats.logicalBytes,
         storedBytes: stats.storedBytes,
@@ -47,6 +49,10 @@ export function createVerifyActivity(deps: ActivityDeps) {
         completedAt: new Date().toISOString(),
         verifiedAt: new Date().toISOString(),
       });
+      // "Create as Image": listed among the boot sources as soon as the snapshot is SUCCESS (idempotent on retry).
+      if (record.createAsImage)
+        deps.catalog.putImage(imageOf(record, `img-${record.id.replace(/^snap-/, '')}`, record.name));
+      return record;
     });
   };
 }

@@ -9,7 +9,6 @@ import {
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
-  uuid4,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
@@ -180,14 +179,6 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   await CancellationScope.nonCancellable(async () => {
     await compensations.releaseViews(snapshotId);
     await compensations.dropStaging(snapshotId, verified.region);
-    if (request.createAsImage) {
-      await compensations.createImage({
-        accountId: request.accountId,
-        snapshotId,
-        imageId: `img-${uuid4()}`,
-        name: request.name,
-      });
-    }
   });
   const { record } = verified;
   return {
