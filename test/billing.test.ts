@@ -8,7 +8,8 @@ import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 
 let env: SnapshotEnv;
 let worker: RunningWorker;
-const thisHour = hourStart(new Date());
+/** The hour being metered: taken once the snapshots exist, so they were completed before it ended. */
+let thisHour: Date;
 
 beforeAll(async () => {
   env = await createSnapshotEnv();
@@ -26,6 +27,7 @@ beforeAll(async () => {
   await snapshot(trainer, 'bill-incremental');
   await snapshot(catalog.getVm('vm-fjord-01')!, 'bill-inr');
   await snapshot(catalog.getVm('vm-newco-01')!, 'bill-eur');
+  thisHour = hourStart(new Date());
 });
 
 afterAll(async () => {
