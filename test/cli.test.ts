@@ -164,9 +164,12 @@ describe('snapshot policies', () => {
 
   test('policy trigger --wait follows the run and prints what it did; the snapshot shows its policy', async () => {
     const name = policyName();
+    // A UTC window opening six hours from now: the triggered run starts outside it, whenever the test runs.
+    const utc = (hours: number) => new Date(Date.now() + hours * 60 * 60 * 1000).toISOString().slice(11, 16);
+    const [start, end] = [utc(6), utc(9)];
     const created = await snap(
       ...['policy', 'create', '--name', name, '--vm', 'trainer-01', '--cadence', 'daily'],
-      ...['--window', '02:00-05:00', '--keep-last', '2', '--purpose', 'cli'],
+      ...['--window', `${start}-${end}`, '--keep-last', '2', '--purpose', 'cli'],
     );
     expect(created).toMatchObject({ code: 0, stderr: '' });
     try {
@@ -174,7 +177,7 @@ describe('snapshot policies', () => {
       expect(code).toBe(0);
       const lines = stdout.trim().split('\n');
       expect(lines[0]).toMatch(new RegExp(`^policy ${name} started run scheduled-snapshots/acme/${name}-`));
-      expect(lines[1]).toMatch(/^\S+Z started outside the window 02:00–05:00 UTC, Mon–Sun/);
+      expect(lines[1]).toMatch(new RegExp(`^\\S+Z started outside the window ${start}–${end} UTC, Mon–Sun`));
       expect(stdout).toMatch(/Z starting snapshot "trainer-01-cli-\S+" of trainer-01\n/);
       expect(stdout).toMatch(/Z retention kept (all )?\d+ snapshots of trainer-01/);
       const snapshotName = /^trainer-01: snapshot "(trainer-01-cli-[\w-]+)"$/.exec(lines.at(-1)!)?.[1];

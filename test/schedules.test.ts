@@ -21,6 +21,23 @@ afterAll(async () => {
   await env.close();
 });
 
+/** "HH:MM" of `date` in `timeZone`. */
+function hhmm(date: Date, timeZone: string): string {
+  return new Intl.DateTimeFormat('en-GB', { timeZone, hour: '2-digit', minute: '2-digit', hourCycle: 'h23' }).format(
+    date,
+  );
+}
+
+/** A three-hour window opening six hours from now: runs started by the tests are outside it, whenever they run. */
+function windowAwayFromNow(timeZone: string) {
+  const hour = 60 * 60 * 1000;
+  return {
+    start: hhmm(new Date(Date.now() + 6 * hour), timeZone),
+    end: hhmm(new Date(Date.now() + 9 * hour), timeZone),
+    timeZone,
+  };
+}
+
 /** A policy of acme's trainer-01 with a unique name (Schedules are namespace-wide). */
 function policyInput(overrides: Partial<SnapshotPolicyInput> = {}): SnapshotPolicyInput {
   return {
@@ -28,7 +45,7 @@ function policyInput(overrides: Partial<SnapshotPolicyInput> = {}): SnapshotPoli
     name: uniqueId('p').toLowerCase(),
     target: { vmIds: ['vm-trainer-01'] },
     cadence: { kind: 'daily' },
-    window: { start: '02:00', end: '05:00', timeZone: 'Europe/Oslo' },
+    window: windowAwayFromNow('Europe/Oslo'),
     purpose: 'nightly',
     retention: { keepLast: 3 },
     loadCheckSeconds: 1,
