@@ -1,7 +1,7 @@
 import type { Region, VmLoad, VmStatus } from '../domain/model';
 import { renderSnapshotName } from '../domain/naming';
 import type { SnapshotPolicy } from '../domain/policies';
-import { policyScheduleId } from '../domain/policies';
+import { policyScheduleId, selectPolicyVms } from '../domain/policies';
 import { selectRetained } from '../domain/retention';
 import { SnapshotError } from '../domain/errors';
 import type { ActivityDeps } from './deps';
@@ -38,18 +38,14 @@ export function createSchedulingActivities(deps: ActivityDeps) {
         if (!deps.catalog.getAccount(policy.accountId)) {
           throw new SnapshotError('AccountNotFound', `Account ${policy.accountId} does not exist.`);
         }
-        const skipped: PolicyTargets['skipped'] = [];
-        const candidates =
-          'vmIds' in policy.target
-            ? policy.target.vmIds.flatMap((vmId) => {
-                const vm = deps.catalog.getVm(vmId);
-                if (vm && vm.accountId === policy.accountId) return [vm];
-                skipped.push({ vmId, reason: `VM ${vmId} does not exist in account ${policy.accountId}` });
-                return [];
-              })
-            : deps.catalog
-                .listVms({ accountId: policy.accountId, region: policy.target.region })
-                .filter((vm) => vm.labels.includes((policy.target as { label: string }).label));
+        const { vms: candidates, unknownIds } = selectPolicyVms(
+          policy.target,
+          deps.catalog.listVms({ accountId: policy.accountId }),
+        );
+        const skipped: PolicyTargets['skipped'] = unknownIds.map((vmId) => ({
+          vmId,
+          reason: `VM ${vmId} does not exist in account ${policy.accountId}`,
+        }));
         const vms: TargetVm[] = [];
         for (const vm of candidates) {
           if (vm.status === 'ACTIVE') vms.push({ id: vm.id, name: vm.name, flavor: vm.flavor, region: vm.region });

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Client } from '@temporalio/client';
-import { ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
+import { ScheduleOverlapPolicy } from '@temporalio/client';
 import type { MeteredAccount } from '../activities/metering';
 import type { Currency } from '../domain/billing';
 import { SnapshotError } from '../domain/errors';
@@ -8,6 +8,7 @@ import type { ChargeItem, HourlyCharge } from '../domain/model';
 import { HOUR_MS, hourStart } from '../domain/metering';
 import type { Catalog } from '../platform/ports';
 import type { meteringWorkflow } from '../workflows';
+import { createScheduleIfMissing } from './schedules';
 
 export const METERING_SCHEDULE_ID = 'billing/hourly';
 
@@ -56,23 +57,19 @@ export class BillingClient {
    * hour is never skipped) and catching up on up to a week of missed hours after downtime.
    */
   async ensureSchedule(): Promise<void> {
-    try {
-      await this.options.client.schedule.create({
-        scheduleId: METERING_SCHEDULE_ID,
-        spec: { calendars: [{ minute: 0, hour: '*' }], timezone: 'UTC' },
-        action: {
-          type: 'startWorkflow',
-          workflowType: 'meteringWorkflow',
-          taskQueue: this.options.taskQueue,
-          workflowId: 'metering',
-          args: [{}],
-          staticSummary: 'Hourly storage metering',
-        },
-        policies: { overlap: ScheduleOverlapPolicy.BUFFER_ALL, catchupWindow: 7 * 24 * HOUR_MS },
-      });
-    } catch (error) {
-      if (!(error instanceof ScheduleAlreadyRunning)) throw error;
-    }
+    await createScheduleIfMissing(this.options.client, {
+      scheduleId: METERING_SCHEDULE_ID,
+      spec: { calendars: [{ minute: 0, hour: '*' }], timezone: 'UTC' },
+      action: {
+        type: 'startWorkflow',
+        workflowType: 'meteringWorkflow',
+        taskQueue: this.options.taskQueue,
+        workflowId: 'metering',
+        args: [{}],
+        staticSummary: 'Hourly storage metering',
+      },
+      policies: { overlap: ScheduleOverlapPolicy.BUFFER_ALL, catchupWindow: 7 * 24 * HOUR_MS },
+    });
   }
 
   /** Meters the UTC hour containing `hour` now (idempotent per account and hour). */
@@ -98,8 +95,11 @@ export class BillingClient {
     const account = this.options.catalog.getAccount(accountId);
     if (!account) throw new SnapshotError('AccountNotFound', `Account ${accountId} does not exist.`);
     const monthStart = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
-    const charges = this.options.catalog.listCharges(accountId, monthStart);
-    const last: HourlyCharge | undefined = this.options.catalog.listCharges(accountId).at(-1);
+    // One read: this month's charges, and the last two days' (the last metered hour lies there unless metering stopped).
+    const since = new Date(Math.min(monthStart.getTime(), now.getTime() - 48 * HOUR_MS));
+    const recent = this.options.catalog.listCharges(accountId, since);
+    const charges = recent.filter((c) => c.hour >= monthStart.toISOString());
+    const last: HourlyCharge | undefined = recent.at(-1);
     const items = new Map<string, ItemCost>();
     for (const charge of charges) {
       for (const item of charge.items) {

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { Client } from '@temporalio/client';
-import { ScheduleAlreadyRunning, ScheduleOverlapPolicy } from '@temporalio/client';
+import { ScheduleOverlapPolicy } from '@temporalio/client';
 import type { GcResult } from '../dataplane';
 import { REGIONS } from '../domain/model';
 import type { Region } from '../domain/model';
 import type { garbageCollectionWorkflow, reverifyWorkflow } from '../workflows';
 import type { ReverifyReport } from '../workflows/maintenance';
+import { createScheduleIfMissing } from './schedules';
 
 /** Chunks younger than this are never collected, whatever references them (an in-flight snapshot's margin). */
 export const DEFAULT_GC_GRACE_MINUTES = 60;
@@ -50,22 +51,18 @@ export class MaintenanceClient {
   }
 
   private async ensure(scheduleId: string, hour: number, workflowType: string, args: unknown[]): Promise<void> {
-    try {
-      await this.options.client.schedule.create({
-        scheduleId,
-        spec: { calendars: [{ hour, minute: 30 }], timezone: 'UTC', jitter: 10 * 60_000 },
-        action: {
-          type: 'startWorkflow',
-          workflowType,
-          taskQueue: this.options.taskQueue,
-          workflowId: scheduleId,
-          args,
-          staticSummary: `Daily ${scheduleId.split('/').slice(1).join(' of ')}`,
-        },
-        policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: 60 * 60_000 },
-      });
-    } catch (error) {
-      if (!(error instanceof ScheduleAlreadyRunning)) throw error;
-    }
+    await createScheduleIfMissing(this.options.client, {
+      scheduleId,
+      spec: { calendars: [{ hour, minute: 30 }], timezone: 'UTC', jitter: 10 * 60_000 },
+      action: {
+        type: 'startWorkflow',
+        workflowType,
+        taskQueue: this.options.taskQueue,
+        workflowId: scheduleId,
+        args,
+        staticSummary: `Daily ${scheduleId.split('/').slice(1).join(' of ')}`,
+      },
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: 60 * 60_000 },
+    });
   }
 }

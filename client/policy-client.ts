@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { CalendarSpec, Client, DayOfWeek, ScheduleDescription, ScheduleSpec } from '@temporalio/client';
 import { MONTHS, ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy } from '@temporalio/client';
 import type { Currency } from '../domain/billing';
@@ -5,7 +6,7 @@ import { estimatedStoredBytes } from '../domain/billing';
 import { SnapshotError } from '../domain/errors';
 import { hourlyChargeMicros } from '../domain/metering';
 import type { SnapshotPolicy, SnapshotPolicyInput } from '../domain/policies';
-import { policyScheduleId, SnapshotPolicySchema, windowMinutes } from '../domain/policies';
+import { policyScheduleId, selectPolicyVms, SnapshotPolicySchema, windowMinutes } from '../domain/policies';
 import { SnapshotAccount } from '../domain/search-attributes';
 import type { Weekday } from '../domain/windows';
 import { formatWindow, inTimeZone, shiftedOpenings } from '../domain/windows';
@@ -156,12 +157,7 @@ export class PolicyClient {
     const account = this.options.catalog.getAccount(policy.accountId)!;
     const { keepLast, keepDaily, keepWeekly, keepMonthly } = policy.retention;
     const retained = keepLast + keepDaily + keepWeekly + keepMonthly;
-    const vms =
-      'vmIds' in policy.target
-        ? policy.target.vmIds.map((id) => this.options.catalog.getVm(id)!)
-        : this.options.catalog
-            .listVms({ accountId: policy.accountId, region: policy.target.region })
-            .filter((vm) => vm.labels.includes((policy.target as { label: string }).label));
+    const { vms } = selectPolicyVms(policy.target, this.options.catalog.listVms({ accountId: policy.accountId }));
     const perVm = vms.map((vm) => {
       const history = this.options.catalog.listSnapshots({ vmId: vm.id, status: 'SUCCESS' });
       const full = history.at(-1)?.storedBytes ?? estimatedStoredBytes(vm.disks.map((d) => d.sizeBytes));
@@ -219,16 +215,12 @@ export class PolicyClient {
     if (!this.options.catalog.getAccount(policy.accountId)) {
       throw new SnapshotError('AccountNotFound', `Account ${policy.accountId} does not exist.`);
     }
-    if ('vmIds' in policy.target) {
-      for (const vmId of policy.target.vmIds) {
-        const vm = this.options.catalog.getVm(vmId);
-        if (!vm || vm.accountId !== policy.accountId) {
-          throw new SnapshotError(
-            'VmNotFound',
-            `Unknown VM ${vmId}: it does not exist in account ${policy.accountId}.`,
-          );
-        }
-      }
+    const [unknown] = selectPolicyVms(
+      policy.target,
+      this.options.catalog.listVms({ accountId: policy.accountId }),
+    ).unknownIds;
+    if (unknown) {
+      throw new SnapshotError('VmNotFound', `Unknown VM ${unknown}: it does not exist in account ${policy.accountId}.`);
     }
     return policy;
   }
@@ -416,8 +408,4 @@ function invalidSpec(error: unknown, policy: SnapshotPolicy): unknown {
   if (!(error instanceof TypeError)) return error;
   const what = policy.cadence.kind === 'cron' ? `cron expression "${policy.cadence.expression}"` : 'schedule';
   return new SnapshotError('InvalidPolicy', `Invalid cadence: the server refused the ${what}: ${error.message}`);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

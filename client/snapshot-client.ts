@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
@@ -306,10 +307,6 @@ function nameTaken(name: string, existingId?: string): SnapshotError {
     `A snapshot named "${name}" already exists in this account${existingId ? ` (${existingId})` : ''}; ` +
       'names are unique across all regions, ignoring case. Choose another name.',
   );
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** Polls `tick` until `done` settles; a failed tick (e.g. the first query before the workflow ran) is skipped. */

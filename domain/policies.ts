@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { RegionSchema } from './model';
-import type { VmLoad } from './model';
+import type { Vm, VmLoad } from './model';
 import { DEFAULT_NAME_TEMPLATE, NameTemplateSchema } from './naming';
 import { RetentionSchema } from './retention';
 import { LowActivityWindowSchema, WEEKDAYS, windowContaining } from './windows';
@@ -83,6 +83,24 @@ export type SnapshotPolicy = z.output<typeof SnapshotPolicySchema>;
 /** The Temporal Schedule of a policy; also stored on the snapshots it makes (`policyId`). */
 export function policyScheduleId(accountId: string, name: string): string {
   return `snapshot-policy/${accountId}/${name}`;
+}
+
+/**
+ * The VMs a policy's target selects among the account's VMs (explicit ids in their order, or the region's VMs carrying
+ * the label, whatever their state), and the explicit ids that match none of them.
+ */
+export function selectPolicyVms(target: PolicyTarget, accountVms: readonly Vm[]): { vms: Vm[]; unknownIds: string[] } {
+  if ('vmIds' in target) {
+    const byId = new Map(accountVms.map((vm) => [vm.id, vm]));
+    return {
+      vms: target.vmIds.flatMap((id) => byId.get(id) ?? []),
+      unknownIds: target.vmIds.filter((id) => !byId.has(id)),
+    };
+  }
+  return {
+    vms: accountVms.filter((vm) => vm.region === target.region && vm.labels.includes(target.label)),
+    unknownIds: [],
+  };
 }
 
 /** Wall-clock length of the window in minutes on a day without a daylight-saving change. */

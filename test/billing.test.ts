@@ -1,9 +1,9 @@
 import { distinctChunks } from '../dataplane';
 import { RATE_PER_TB_HOUR } from '../domain/billing';
 import { HOUR_MS, hourStart } from '../domain/metering';
-import type { Account, Vm } from '../domain/model';
+import type { Account } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
-import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
+import { createSnapshotEnv, takeSnapshot, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 
 let env: SnapshotEnv;
@@ -20,13 +20,13 @@ beforeAll(async () => {
   catalog.putAccount({ ...catalog.getAccount('fjord')!, creditMicros: 1_000_000_000 });
   catalog.putAccount({ ...catalog.getAccount('newco')!, profile: acme.profile, billing: acme.billing });
   const trainer = catalog.getVm('vm-trainer-01')!;
-  await snapshot(trainer, 'bill-full');
+  await takeSnapshot(env, trainer, 'bill-full');
   await writeGuestBlocks(env.platform.hypervisor, trainer, 'root', [
     { offset: 8 * 4096, data: Buffer.alloc(4096, 'billing changes this block\n') },
   ]);
-  await snapshot(trainer, 'bill-incremental');
-  await snapshot(catalog.getVm('vm-fjord-01')!, 'bill-inr');
-  await snapshot(catalog.getVm('vm-newco-01')!, 'bill-eur');
+  await takeSnapshot(env, trainer, 'bill-incremental');
+  await takeSnapshot(env, catalog.getVm('vm-fjord-01')!, 'bill-inr');
+  await takeSnapshot(env, catalog.getVm('vm-newco-01')!, 'bill-eur');
   thisHour = hourStart(new Date());
 });
 
@@ -34,11 +34,6 @@ afterAll(async () => {
   await worker.stop();
   await env.close();
 });
-
-async function snapshot(vm: Vm, name: string) {
-  const started = await env.snapshots.createSnapshot({ accountId: vm.accountId, vmId: vm.id, region: vm.region, name });
-  return env.snapshots.watchProgress(started);
-}
 
 /** What the account stores: the compressed bytes of the distinct chunks of its SUCCESS snapshots, read from disk. */
 async function distinctStoredBytes(accountId: string): Promise<number> {

@@ -1,9 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { SnapshotError } from '../domain/errors';
 import type { Vm } from '../domain/model';
-import { writeGuestBlocks } from '../platform/local';
-import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
+import { createSnapshotEnv, fileHash, refusal, scribble, takeSnapshot, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 
 let env: SnapshotEnv;
@@ -25,42 +23,12 @@ async function diskHashes(vm: Vm): Promise<Record<string, string>> {
   return Object.fromEntries(await Promise.all(vm.disks.map(async (d) => [d.name, await fileHash(d.path)] as const)));
 }
 
-async function snapshot(vm: Vm, name: string, createAsImage = false) {
-  const started = await env.snapshots.createSnapshot({
-    accountId: vm.accountId,
-    vmId: vm.id,
-    region: vm.region,
-    name,
-    createAsImage,
-  });
-  return env.snapshots.watchProgress(started);
-}
-
-/** Scattered guest writes, so the next snapshot differs from the last. */
-async function scribble(vm: Vm, tag: string): Promise<void> {
-  const blocks = Math.floor(vm.disks[0]!.sizeBytes / 4096);
-  const writes = Array.from({ length: 16 }, (_, i) => ({
-    offset: ((i * 1543 + tag.length * 97) % blocks) * 4096,
-    data: Buffer.alloc(4096, `${tag} ${i}\n`),
-  }));
-  await writeGuestBlocks(env.platform.hypervisor, vm, 'root', writes);
-}
-
-async function refusal(promise: Promise<unknown>): Promise<SnapshotError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(SnapshotError);
-  return error as SnapshotError;
-}
-
 describe('restore, images and deletion', () => {
   test('restore to a new VM gives disks byte-identical to the source at capture time, and its configuration', async () => {
     const source = vmNamed('vm-trainer-01');
     const atCapture = await diskHashes(source);
-    const record = await snapshot(source, 'restore-me');
-    await scribble(source, 'after the snapshot');
+    const record = await takeSnapshot(env, source, 'restore-me');
+    await scribble(env, source, 'after the snapshot');
     expect(await diskHashes(source)).not.toEqual(atCapture);
 
     const readings: number[] = [];
@@ -112,7 +80,7 @@ describe('restore, images and deletion', () => {
 
   test('a restore that fails half-way leaves no VM and no disk behind', async () => {
     const source = vmNamed('vm-infer-01');
-    const record = await snapshot(source, 'corrupt-restore');
+    const record = await takeSnapshot(env, source, 'corrupt-restore');
     const repository = env.platform.repositoryFor(source.region);
     const manifest = await repository.readManifest(record.id);
     const victim = [...manifest.disks.at(-1)!.chunks].reverse().find((c) => c !== 'zero')!;
@@ -145,10 +113,10 @@ describe('restore, images and deletion', () => {
 
   test('deleting a parent snapshot leaves its incremental child restorable byte-identically', async () => {
     const source = vmNamed('vm-trainer-02');
-    const parent = await snapshot(source, 'chain-parent');
-    await scribble(source, 'between parent and child');
+    const parent = await takeSnapshot(env, source, 'chain-parent');
+    await scribble(env, source, 'between parent and child');
     const atChild = await diskHashes(source);
-    const child = await snapshot(source, 'chain-child');
+    const child = await takeSnapshot(env, source, 'chain-child');
     expect(child.parentSnapshotId).toBe(parent.id);
 
     await env.snapshots.deleteSnapshot('acme', parent.id);
@@ -174,7 +142,7 @@ describe('restore, images and deletion', () => {
   test('an image outlives its snapshot: listed as a boot source, bootable after the snapshot is deleted', async () => {
     const source = vmNamed('vm-trainer-02');
     const atCapture = await diskHashes(source);
-    const record = await snapshot(source, 'golden-image', true);
+    const record = await takeSnapshot(env, source, 'golden-image', { createAsImage: true });
     const [image] = env.snapshots.listImages('acme', source.region).filter((i) => i.snapshotId === record.id);
     expect(image).toMatchObject({ name: 'golden-image', region: source.region, flavor: source.flavor });
 
@@ -198,7 +166,7 @@ describe('restore, images and deletion', () => {
 
   test('a snapshot converted to an image later is listed once, however often it is converted', async () => {
     const source = vmNamed('vm-trainer-01');
-    const record = await snapshot(source, 'convert-me');
+    const record = await takeSnapshot(env, source, 'convert-me');
     const first = await env.snapshots.createImage('acme', record.id, 'ml-base');
     const second = await env.snapshots.createImage('acme', record.id, 'ml-base');
     expect(second.id).toBe(first.id);

@@ -4,8 +4,7 @@ import { distinctChunks } from '../dataplane';
 import type { Repository } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
 import type { Vm } from '../domain/model';
-import { writeGuestBlocks } from '../platform/local';
-import { createSnapshotEnv, fileHash } from './helpers/snapshot-env';
+import { createSnapshotEnv, fileHash, scribble, takeSnapshot } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 
 let env: SnapshotEnv;
@@ -22,24 +21,6 @@ afterAll(async () => {
 });
 
 const vmNamed = (id: string): Vm => env.platform.catalog.getVm(id)!;
-
-async function snapshot(vm: Vm, name: string) {
-  const started = await env.snapshots.createSnapshot({ accountId: vm.accountId, vmId: vm.id, region: vm.region, name });
-  return env.snapshots.watchProgress(started);
-}
-
-async function scribble(vm: Vm, tag: string): Promise<void> {
-  const blocks = Math.floor(vm.disks[0]!.sizeBytes / 4096);
-  await writeGuestBlocks(
-    env.platform.hypervisor,
-    vm,
-    'root',
-    Array.from({ length: 24 }, (_, i) => ({
-      offset: ((i * 2711 + tag.length * 31) % blocks) * 4096,
-      data: Buffer.alloc(4096, `${tag} ${i}\n`),
-    })),
-  );
-}
 
 /** Every chunk id some manifest of the repository references. */
 async function referencedChunks(repository: Repository): Promise<Set<string>> {
@@ -61,10 +42,10 @@ describe('garbage collection and re-verification', () => {
     const trainer1 = vmNamed('vm-trainer-01');
     const trainer2 = vmNamed('vm-trainer-02');
     const repository = env.platform.repositoryFor('CANADA-1');
-    const first = await snapshot(trainer1, 'gc-first');
-    await scribble(trainer1, 'gc round one');
-    await snapshot(trainer1, 'gc-second');
-    const other = await snapshot(trainer2, 'gc-other');
+    const first = await takeSnapshot(env, trainer1, 'gc-first');
+    await scribble(env, trainer1, 'gc round one');
+    await takeSnapshot(env, trainer1, 'gc-second');
+    const other = await takeSnapshot(env, trainer2, 'gc-other');
     const otherHashes = await Promise.all(trainer2.disks.map((d) => fileHash(d.path)));
 
     await env.snapshots.deleteSnapshot('acme', first.id);
@@ -98,7 +79,7 @@ describe('garbage collection and re-verification', () => {
     const slow = await env.startWorker({ captureMaxBytesPerSecond: 16e6 });
     try {
       const vm = vmNamed('vm-infer-01');
-      await scribble(vm, 'racing the collector');
+      await scribble(env, vm, 'racing the collector');
       const atCapture = await Promise.all(vm.disks.map((d) => fileHash(d.path)));
       const started = await env.snapshots.createSnapshot({
         accountId: 'acme',
@@ -135,7 +116,7 @@ describe('garbage collection and re-verification', () => {
 
   test('re-verification finds a corrupted chunk and marks the snapshot DAMAGED, visibly', async () => {
     const vm = vmNamed('vm-trainer-02');
-    const record = await snapshot(vm, 'to-be-damaged');
+    const record = await takeSnapshot(env, vm, 'to-be-damaged');
     const manifest = await env.platform.repositoryFor(vm.region).readManifest(record.id);
     const victim = manifest.disks[1]!.chunks.find((c) => c !== 'zero')!;
     const file = path.join(

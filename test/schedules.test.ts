@@ -1,10 +1,9 @@
-import { SnapshotError } from '../domain/errors';
 import type { SnapshotPolicyInput } from '../domain/policies';
 import { policyScheduleId, SnapshotPolicySchema } from '../domain/policies';
 import { policyScheduleSpec } from '../client/policy-client';
 import { nextWindowOpening, windowContaining } from '../domain/windows';
 import type { scheduledSnapshotWorkflow } from '../workflows';
-import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
+import { createSnapshotEnv, refusal, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 import { uniqueId } from './support/temporal';
 
@@ -51,15 +50,6 @@ function policyInput(overrides: Partial<SnapshotPolicyInput> = {}): SnapshotPoli
     loadCheckSeconds: 1,
     ...overrides,
   };
-}
-
-async function refusal(promise: Promise<unknown>): Promise<SnapshotError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(SnapshotError);
-  return error as SnapshotError;
 }
 
 /** A run time the Schedule gave is the spec's time, delayed by less than the policy's jitter (30 s). */

@@ -1,15 +1,10 @@
 import { getExternalWorkflowHandle, proxyActivities, setCurrentDetails } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { PERMANENT_ERROR_TYPES } from '../domain/errors';
 import type { ImageRecord } from '../domain/model';
 import { isInFlight } from '../domain/model';
+import { CATALOG_ACTIVITY } from './profiles';
 
-const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
-
-const catalog = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1s', maximumAttempts: 10, nonRetryableErrorTypes },
-});
+const catalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
 
 // A cancelled snapshot runs its compensations before it settles: poll for up to about half an hour.
 const { awaitSnapshotSettled } = proxyActivities<Activities>({

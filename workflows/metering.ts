@@ -1,10 +1,8 @@
-import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
-import { proxyActivities, setCurrentDetails, workflowInfo } from '@temporalio/workflow';
+import { proxyActivities, setCurrentDetails } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { MeteredAccount } from '../activities/metering';
 import { HOUR_MS, hourStart } from '../domain/metering';
-
-const ScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);
+import { scheduledStartTime } from './profiles';
 
 const { meterHour } = proxyActivities<Activities>({
   startToCloseTimeout: '30 minutes',
@@ -22,7 +20,7 @@ export async function meteringWorkflow(input: { hour?: string } = {}): Promise<{
   hour: string;
   accounts: MeteredAccount[];
 }> {
-  const scheduledAt = workflowInfo().typedSearchAttributes.get(ScheduledStartTime) ?? workflowInfo().startTime;
+  const scheduledAt = scheduledStartTime();
   const hour = input.hour ?? new Date(hourStart(scheduledAt).getTime() - HOUR_MS).toISOString();
   setCurrentDetails(`Metering storage for the hour starting ${hour}`);
   const accounts = await meterHour({ hour });

@@ -1,30 +1,14 @@
-import {
-  ActivityCancellationType,
-  CancellationScope,
-  proxyActivities,
-  setCurrentDetails,
-  setHandler,
-  uuid4,
-} from '@temporalio/workflow';
+import { CancellationScope, proxyActivities, setCurrentDetails, setHandler, uuid4 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { PERMANENT_ERROR_TYPES } from '../domain/errors';
 import type { StageProgress } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { restoreProgressQuery, stageProgressSignal } from './messages';
+import { CATALOG_ACTIVITY, DATA_ACTIVITY } from './profiles';
 
 // Restores scale with disk size and heartbeat like the data stages; a permanent error (not SUCCESS, unknown disk,
-// corrupt chunk) ends the restore at once.
-const { restoreSnapshotDisk } = proxyActivities<Activities>({
-  startToCloseTimeout: '12 hours',
-  heartbeatTimeout: '30 seconds',
-  retry: {
-    initialInterval: '1s',
-    backoffCoefficient: 2,
-    maximumInterval: '1 minute',
-    maximumAttempts: 10,
-    nonRetryableErrorTypes: [...PERMANENT_ERROR_TYPES],
-  },
-});
+// corrupt chunk) ends the restore at once, and cleanup never starts while a disk is still being written.
+const { restoreSnapshotDisk, restoreVmDisk } = proxyActivities<Activities>(DATA_ACTIVITY);
+const restoreCatalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
 
 /** Restores one disk of a snapshot to a raw image file, with live progress. */
 export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<{ bytesRestored: number }> {
@@ -44,25 +28,6 @@ export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<
   done = true;
   return result;
 }
-
-const restoreCatalog = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1s', maximumAttempts: 10, nonRetryableErrorTypes: [...PERMANENT_ERROR_TYPES] },
-});
-
-const { restoreVmDisk } = proxyActivities<Activities>({
-  startToCloseTimeout: '12 hours',
-  heartbeatTimeout: '30 seconds',
-  // Cleanup must not start while a disk is still being written.
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-  retry: {
-    initialInterval: '1s',
-    backoffCoefficient: 2,
-    maximumInterval: '1 minute',
-    maximumAttempts: 10,
-    nonRetryableErrorTypes: [...PERMANENT_ERROR_TYPES],
-  },
-});
 
 /**
  * Restores a snapshot (or an image) to a new VM in the same region: the VM is registered in BUILD state with the

@@ -1,6 +1,5 @@
 import {
   ApplicationFailure,
-  ChildWorkflowFailure,
   ParentClosePolicy,
   WorkflowIdReusePolicy,
   executeChild,
@@ -11,9 +10,7 @@ import {
   sleep,
   upsertMemo,
   uuid4,
-  workflowInfo,
 } from '@temporalio/workflow';
-import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
 import type { Activities } from '../activities';
 import type { TargetVm } from '../activities/scheduling';
 import { formatLoad, isQuiet, policyScheduleId, runDeadline, SnapshotPolicySchema } from '../domain/policies';
@@ -21,17 +18,12 @@ import type { SnapshotPolicy } from '../domain/policies';
 import { formatWindow } from '../domain/windows';
 import { deleteSnapshotWorkflow, deletionWorkflowId } from './lifecycle';
 import { scheduledRunQuery } from './messages';
+import { CATALOG_ACTIVITY, scheduledStartTime, typedFailure } from './profiles';
 import type { ScheduledRunState, VmRunOutcome } from './messages';
 import type { snapshotWorkflow } from './snapshot';
 import { snapshotStartOptions } from './start-options';
 
-/** Set by Temporal on every workflow a Schedule starts: the time the run stands for (a trigger's or backfill's too). */
-const ScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);
-
-const catalog = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1s', maximumAttempts: 5, nonRetryableErrorTypes: ['AccountNotFound', 'VmNotFound'] },
-});
+const catalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
 
 /**
  * One run of a snapshot policy, started by the policy's Temporal Schedule: for each of its VMs, wait (with durable
@@ -46,7 +38,7 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
   }
   const policy = parsed.data;
   const policyId = policyScheduleId(policy.accountId, policy.name);
-  const scheduledAt = workflowInfo().typedSearchAttributes.get(ScheduledStartTime) ?? workflowInfo().startTime;
+  const scheduledAt = scheduledStartTime();
   const state: ScheduledRunState = { policy: policyId, scheduledAt: scheduledAt.toISOString(), vms: [], decisions: [] };
   setHandler(scheduledRunQuery, () => state);
 
@@ -117,7 +109,8 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
       });
     } catch (error) {
-      const reason = failureText(error);
+      const { type, reason: why } = typedFailure(error);
+      const reason = `${type}: ${why}`;
       decide(`snapshot "${name}" of ${vm.name} failed: ${reason}`);
       return {
         vmId: vm.id,
@@ -171,11 +164,4 @@ function thresholdText(policy: SnapshotPolicy): string {
 
 function minutes(seconds: number): string {
   return seconds < 120 ? `${seconds} s` : `${Math.round(seconds / 60)} min`;
-}
-
-/** The typed reason a child snapshot failed, e.g. `InsufficientCredits: …`. */
-function failureText(error: unknown): string {
-  const cause = error instanceof ChildWorkflowFailure ? error.cause : error;
-  if (cause instanceof ApplicationFailure) return `${cause.type ?? 'Error'}: ${cause.message}`;
-  return error instanceof Error ? error.message : String(error);
 }

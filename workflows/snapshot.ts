@@ -1,9 +1,7 @@
 import {
   ActivityCancellationType,
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
-  isCancellation,
   log,
   proxyActivities,
   setCurrentDetails,
@@ -16,14 +14,12 @@ import type { Region, SnapshotProgress, SnapshotRecord, SnapshotStage, StageProg
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
 import { snapshotProgressQuery, stageProgressSignal } from './messages';
+import { CATALOG_ACTIVITY, DATA_ACTIVITY, typedFailure } from './profiles';
 
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 
 // Validation only reads and writes the catalog: it is quick, and a permanent rule violation must end the run at once.
-const checks = proxyActivities<Activities>({
-  startToCloseTimeout: '1 minute',
-  retry: { initialInterval: '1s', maximumAttempts: 5, nonRetryableErrorTypes },
-});
+const checks = proxyActivities<Activities>(CATALOG_ACTIVITY);
 
 // Initiation freezes the guest and opens point-in-time views: a copy-on-write clone is instant, a plain copy of a
 // big disk is not, so it gets a generous timeout but few attempts (each one freezes the guest again).
@@ -34,20 +30,8 @@ const initiation = proxyActivities<Activities>({
   retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes },
 });
 
-// Capture, compression and verification scale with disk size: long timeouts, and a 30 s heartbeat timeout so a dead
-// worker is noticed quickly and the retry resumes from the last heartbeated checkpoint.
-const dataStages = proxyActivities<Activities>({
-  startToCloseTimeout: '12 hours',
-  heartbeatTimeout: '30 seconds',
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-  retry: {
-    initialInterval: '1s',
-    backoffCoefficient: 2,
-    maximumInterval: '1 minute',
-    maximumAttempts: 10,
-    nonRetryableErrorTypes,
-  },
-});
+// Capture, compression and verification scale with disk size.
+const dataStages = proxyActivities<Activities>(DATA_ACTIVITY);
 
 // Compensations must eventually succeed: many attempts, all idempotent.
 const compensations = proxyActivities<Activities>({
@@ -153,7 +137,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     });
     verified = { region: vm.region, record, captureBytesRead: captured.bytesRead };
   } catch (error) {
-    failure = describeFailure(error);
+    failure = typedFailure(error);
     const reason = failure;
     await CancellationScope.nonCancellable(async () => {
       for (const compensate of undo) {
@@ -193,14 +177,4 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
 
 function mib(bytes: number): string {
   return (bytes / 2 ** 20).toFixed(1);
-}
-
-/** The typed reason a snapshot failed: the failing activity's error type, or `Cancelled`. */
-function describeFailure(error: unknown): { type: string; reason: string } {
-  if (isCancellation(error)) return { type: 'Cancelled', reason: 'The snapshot was cancelled.' };
-  const cause = error instanceof ActivityFailure ? error.cause : error;
-  if (cause instanceof ApplicationFailure) {
-    return { type: cause.type ?? 'Error', reason: cause.message };
-  }
-  return { type: 'Error', reason: error instanceof Error ? error.message : String(error) };
 }

@@ -12,9 +12,10 @@ import { PolicyClient } from '../../client/policy-client';
 import { SnapshotClient } from '../../client/snapshot-client';
 import type { Repository } from '../../dataplane';
 import type { ChunkPool } from '../../dataplane';
-import type { Region } from '../../domain/model';
+import { SnapshotError } from '../../domain/errors';
+import type { Region, SnapshotRecord, Vm } from '../../domain/model';
 import type { EmbeddedPlatform } from '../../platform/local';
-import { openEmbeddedPlatform, seedDemoFleet } from '../../platform/local';
+import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../../platform/local';
 import { createSnapshotWorker } from '../../worker/worker';
 import { connectTestClient, testWorkflowBundle, uniqueId } from '../support/temporal';
 
@@ -119,4 +120,41 @@ export async function waitFor<T>(probe: () => Promise<T | undefined> | T | undef
     if (Date.now() > deadline) throw new Error('waitFor timed out');
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+}
+
+/** Takes a snapshot of `vm` through the client and waits for it to end; resolves with the SUCCESS record. */
+export async function takeSnapshot(
+  env: SnapshotEnv,
+  vm: Vm,
+  name: string,
+  options: { createAsImage?: boolean } = {},
+): Promise<SnapshotRecord> {
+  const started = await env.snapshots.createSnapshot({
+    accountId: vm.accountId,
+    vmId: vm.id,
+    region: vm.region,
+    name,
+    createAsImage: options.createAsImage ?? false,
+  });
+  return env.snapshots.watchProgress(started);
+}
+
+/** 24 scattered 4 KiB guest writes to the VM's root disk (positions and contents vary with `tag`). */
+export async function scribble(env: SnapshotEnv, vm: Vm, tag: string): Promise<void> {
+  const blocks = Math.floor(vm.disks[0]!.sizeBytes / 4096);
+  const writes = Array.from({ length: 24 }, (_, i) => ({
+    offset: ((i * 2711 + tag.length * 31) % blocks) * 4096,
+    data: Buffer.alloc(4096, `${tag} ${i}\n`),
+  }));
+  await writeGuestBlocks(env.platform.hypervisor, vm, 'root', writes);
+}
+
+/** Expects `promise` to reject with a typed SnapshotError, and returns it. */
+export async function refusal(promise: Promise<unknown>): Promise<SnapshotError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(SnapshotError);
+  return error as SnapshotError;
 }

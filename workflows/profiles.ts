@@ -1,0 +1,53 @@
+import type { ActivityOptions } from '@temporalio/common';
+import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
+import { ActivityCancellationType, ApplicationFailure, isCancellation, workflowInfo } from '@temporalio/workflow';
+import { PERMANENT_ERROR_TYPES } from '../domain/errors';
+
+const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
+
+/**
+ * Activities that only read and write the catalog: quick, so short timeouts; a permanent rule violation ends the
+ * workflow at once instead of being retried.
+ */
+export const CATALOG_ACTIVITY: ActivityOptions = {
+  startToCloseTimeout: '1 minute',
+  retry: { initialInterval: '1s', maximumAttempts: 5, nonRetryableErrorTypes },
+};
+
+/**
+ * Activities whose work scales with disk size (capture, compression, verification, restores): long timeouts, a 30 s
+ * heartbeat timeout so a dead worker is noticed quickly and the retry resumes from the last heartbeated checkpoint,
+ * and cancellation that waits for the activity to stop (cleanup must not run while it still writes).
+ */
+export const DATA_ACTIVITY: ActivityOptions = {
+  startToCloseTimeout: '12 hours',
+  heartbeatTimeout: '30 seconds',
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+  retry: {
+    initialInterval: '1s',
+    backoffCoefficient: 2,
+    maximumInterval: '1 minute',
+    maximumAttempts: 10,
+    nonRetryableErrorTypes,
+  },
+};
+
+/** Set by Temporal on every workflow a Schedule starts: the time the run stands for (a trigger's or backfill's too). */
+const TemporalScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);
+
+/** The time a Schedule run stands for; a workflow started otherwise stands for its own start. */
+export function scheduledStartTime(): Date {
+  return workflowInfo().typedSearchAttributes.get(TemporalScheduledStartTime) ?? workflowInfo().startTime;
+}
+
+/**
+ * The typed reason behind a failed activity or child workflow: the first ApplicationFailure down the cause chain
+ * (`ChunkCorrupt`, `InsufficientCredits`, …), or `Cancelled`.
+ */
+export function typedFailure(error: unknown): { type: string; reason: string } {
+  if (isCancellation(error)) return { type: 'Cancelled', reason: 'The snapshot was cancelled.' };
+  for (let cause = error; cause instanceof Error; cause = cause.cause) {
+    if (cause instanceof ApplicationFailure) return { type: cause.type ?? 'Error', reason: cause.message };
+  }
+  return { type: 'Error', reason: error instanceof Error ? error.message : String(error) };
+}
