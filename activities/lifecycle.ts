@@ -1,6 +1,7 @@
 import { SnapshotError } from '../domain/errors';
 import type { ImageRecord, Region, SnapshotRecord, SnapshotStatus } from '../domain/model';
 import { isInFlight } from '../domain/model';
+import { checkOwnSnapshot } from '../domain/rules';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
 
@@ -34,13 +35,8 @@ export interface DeletionTarget {
  * snapshot (every manifest is a complete index, incremental parents included).
  */
 export function createLifecycleActivities(deps: ActivityDeps) {
-  const ownSnapshot = (accountId: string, snapshotId: string) => {
-    const snapshot = deps.catalog.getSnapshot(snapshotId);
-    if (!snapshot || snapshot.accountId !== accountId) {
-      throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
-    }
-    return snapshot;
-  };
+  const ownSnapshot = (accountId: string, snapshotId: string) =>
+    checkOwnSnapshot(deps.catalog.getSnapshot(snapshotId), accountId, snapshotId);
 
   /** Removes a DELETED snapshot's manifest once no image uses it. */
   const dropManifestIfUnused = async (snapshotId: string, region: Region): Promise<void> => {

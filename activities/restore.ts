@@ -3,6 +3,7 @@ import { SnapshotError } from '../domain/errors';
 import type { Disk, Region, SnapshotRecord } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
+import { checkOwnSnapshot } from '../domain/rules';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
 import { StageReporter } from './progress';
@@ -26,9 +27,9 @@ export interface RestoredVm {
  */
 export function createRestoreActivities(deps: ActivityDeps) {
   const restorable = (accountId: string, snapshotId: string): SnapshotRecord => {
-    const snapshot = deps.catalog.getSnapshot(snapshotId);
-    if (!snapshot || snapshot.accountId !== accountId || snapshot.status === 'DELETED') {
-      throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
+    const snapshot = checkOwnSnapshot(deps.catalog.getSnapshot(snapshotId), accountId, snapshotId);
+    if (snapshot.status === 'DELETED') {
+      throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} was deleted.`);
     }
     if (snapshot.status !== 'SUCCESS') {
       throw new SnapshotError(

@@ -10,7 +10,14 @@ import type { ImageRecord, Region, SnapshotProgress, SnapshotRecord, StageProgre
 import { RegionSchema, isInFlight } from '../domain/model';
 import type { CreateSnapshotRequest, RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
-import { checkAccount, checkCredits, checkSnapshotRequest, creditHoldFor, formatVmChoice } from '../domain/rules';
+import {
+  checkAccount,
+  checkCredits,
+  checkOwnSnapshot,
+  checkSnapshotRequest,
+  creditHoldFor,
+  formatVmChoice,
+} from '../domain/rules';
 import type { Catalog } from '../platform/ports';
 import type {
   createImageWorkflow,
@@ -160,10 +167,7 @@ export class SnapshotClient {
 
   /** A snapshot with its sizes and, while it runs, its live progress. */
   async getSnapshot(accountId: string, snapshotId: string): Promise<SnapshotRecord & { progress?: SnapshotProgress }> {
-    const record = this.options.catalog.getSnapshot(snapshotId);
-    if (!record || record.accountId !== accountId) {
-      throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
-    }
+    const record = checkOwnSnapshot(this.options.catalog.getSnapshot(snapshotId), accountId, snapshotId);
     if (!isInFlight(record.status)) return record;
     const progress = await this.options.client.workflow
       .getHandle(record.workflowId)
@@ -248,10 +252,7 @@ export class SnapshotClient {
    * freed by the region's garbage collection, never while another snapshot or an image needs it. Idempotent.
    */
   async deleteSnapshot(accountId: string, snapshotId: string): Promise<void> {
-    const snapshot = this.options.catalog.getSnapshot(snapshotId);
-    if (!snapshot || snapshot.accountId !== accountId) {
-      throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
-    }
+    const snapshot = checkOwnSnapshot(this.options.catalog.getSnapshot(snapshotId), accountId, snapshotId);
     if (snapshot.status === 'DELETED') return;
     const handle = await this.options.client.workflow.start<typeof deleteSnapshotWorkflow>('deleteSnapshotWorkflow', {
       workflowId: deletionWorkflowId(snapshotId),

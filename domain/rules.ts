@@ -1,6 +1,6 @@
 import { SnapshotError } from './errors';
 import { MIN_COVERED_HOURS, RATE_PER_TB_HOUR, creditHoldMicros, estimatedStoredBytes, formatMoney } from './billing';
-import type { Account, Vm } from './model';
+import type { Account, SnapshotRecord, Vm } from './model';
 import { missingAccountFields } from './model';
 import type { ValidCreateSnapshotRequest } from './requests';
 
@@ -76,4 +76,16 @@ export function checkCredits(account: Account, vm: Vm, heldMicros: number): numb
 /** How a VM appears in the eligible-VM dropdown: `my-vm - H100-SXM5-80GB (CANADA-1)`. */
 export function formatVmChoice(vm: Pick<Vm, 'name' | 'flavor' | 'region'>): string {
   return `${vm.name} - ${vm.flavor} (${vm.region})`;
+}
+
+/** The account's snapshot, or `SnapshotNotFound`: another account's snapshot is never revealed, not even that it exists. */
+export function checkOwnSnapshot(
+  snapshot: SnapshotRecord | undefined,
+  accountId: string,
+  snapshotId: string,
+): SnapshotRecord {
+  if (!snapshot || snapshot.accountId !== accountId) {
+    throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
+  }
+  return snapshot;
 }
