@@ -1,9 +1,14 @@
 import { DEFAULT_CHUNK_SIZE, scanDisk } from '../dataplane';
+import type { ChunkRef } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { DiskView } from '../platform/ports';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
 import { StageReporter, throttle } from './progress';
+
+/** The journal is appended (and fsynced) once this much disk has been read, or this long after the last append. */
+const JOURNAL_BATCH_BYTES = 256 * 1024 * 1024;
+const JOURNAL_BATCH_MS = 1000;
 
 export interface CaptureInput {
   snapshotId: string;
@@ -48,6 +53,20 @@ export function createCaptureActivity(deps: ActivityDeps) {
         const disk = input.disks[d]!;
         const fromChunk = d === from.disk ? from.chunk : 0;
         await repository.truncateJournal(input.snapshotId, disk.name, fromChunk);
+        // Refs are journaled (one fsync) in batches, and the checkpoint heartbeated only once they are durable.
+        let pending: ChunkRef[] = [];
+        let journaled = fromChunk;
+        let flushedAt = Date.now();
+        const flush = async () => {
+          await repository.appendJournal(input.snapshotId, disk.name, pending);
+          journaled += pending.length;
+          pending = [];
+          flushedAt = Date.now();
+          reporter.update(bytesBefore(input.disks, d) + Math.min(journaled * chunkSize, disk.sizeBytes), {
+            disk: d,
+            chunk: journaled,
+          });
+        };
         await scanDisk({
           path: disk.path,
           sizeBytes: disk.sizeBytes,
@@ -56,16 +75,16 @@ export function createCaptureActivity(deps: ActivityDeps) {
           fromChunk,
           signal: reporter.signal,
           onChunks: async (startIndex, refs) => {
-            await repository.appendJournal(input.snapshotId, disk.name, refs);
+            pending.push(...refs);
             const next = startIndex + refs.length;
             bytesRead += Math.min(next * chunkSize, disk.sizeBytes) - startIndex * chunkSize;
-            reporter.update(bytesBefore(input.disks, d) + Math.min(next * chunkSize, disk.sizeBytes), {
-              disk: d,
-              chunk: next,
-            });
+            if (pending.length * chunkSize >= JOURNAL_BATCH_BYTES || Date.now() - flushedAt >= JOURNAL_BATCH_MS) {
+              await flush();
+            }
             await throttle(bytesRead, startedAt, deps.captureMaxBytesPerSecond);
           },
         });
+        if (pending.length > 0) await flush();
       }
       reporter.update(bytesTotal, { disk: input.disks.length, chunk: 0 }, true);
       return { chunkSize, bytesTotal, bytesRead, resumedFromBytes };

@@ -48,10 +48,10 @@ export function createCleanupActivities(deps: ActivityDeps) {
           for (const ref of await journalRefs(repository, id)) candidates.delete(ref);
         }
       }
-      for (const ref of candidates) await repository.deleteChunkIfOlder(ref, startedAt);
+      const { removed } = await repository.removeChunks(candidates, startedAt);
       await repository.dropStaging(snapshotId);
-      Context.current().log.info('discarded snapshot data', { snapshotId, chunksDeleted: candidates.size });
-      return { chunksDeleted: candidates.size };
+      Context.current().log.info('discarded snapshot data', { snapshotId, chunksDeleted: removed });
+      return { chunksDeleted: removed };
     },
 
     /** Record the failure and its typed reason; a snapshot that reached SUCCESS is never demoted. */

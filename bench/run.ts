@@ -129,8 +129,9 @@ async function benchDataPlane(context: Context): Promise<DataPlaneResult> {
     timed(() => run(zstd, ['-1', '-T0', '-q', '-c', images.base], { stdoutFile: output })),
   );
   const outputBytes = (await fs.stat(output)).size;
+  const test = await timed(() => run(zstd, ['-t', '-q', output]));
   await fs.rm(output, { force: true });
-  return { ours, zstd: { seconds: best.seconds, outputBytes } };
+  return { ours, zstd: { seconds: best.seconds, testSeconds: test.seconds, outputBytes } };
 }
 
 /**

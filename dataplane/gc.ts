@@ -28,8 +28,8 @@ export interface GcResult {
  *
  * Safe while snapshots run: a snapshot journals its refs before it stores or reuses the chunks, and storeChunks
  * touches every chunk it reuses. The mark runs again once the candidates are listed, so roots written meanwhile are
- * seen. A snapshot that reuses a candidate after that touches it, and deleteChunkIfOlder re-checks the mtime
- * atomically: the chunk is kept, or the touch finds it gone and the snapshot stores it again.
+ * seen. A snapshot that reuses a candidate after that touches it, and removeChunks re-checks the mtime atomically:
+ * the chunk is kept, or the touch finds it gone and the snapshot stores it again.
  */
 export async function collectGarbage(
   repository: Repository,
@@ -61,20 +61,16 @@ export async function collectGarbage(
 
   await options.onProgress?.({ phase: 'sweep', done: 0, total: candidates.length });
   await mark(repository, marked);
-  for (const [index, chunk] of candidates.entries()) {
-    if (marked.has(chunk.id)) {
-      result.chunksReferenced++;
-    } else {
-      const outcome = await repository.deleteChunkIfOlder(chunk.id, cutoff);
-      if (outcome === 'deleted') {
-        result.chunksRemoved++;
-        result.bytesFreed += chunk.storedBytes;
-      } else if (outcome === 'young') {
-        result.chunksKeptByGrace++;
-      }
-    }
-    await options.onProgress?.({ phase: 'sweep', done: index + 1, total: candidates.length });
+  const doomed = new Set<string>();
+  for (const chunk of candidates) {
+    if (marked.has(chunk.id)) result.chunksReferenced++;
+    else doomed.add(chunk.id);
   }
+  const removal = await repository.removeChunks(doomed, cutoff);
+  result.chunksRemoved = removal.removed;
+  result.bytesFreed = removal.bytesFreed;
+  result.chunksKeptByGrace += removal.keptByGrace;
+  await options.onProgress?.({ phase: 'sweep', done: candidates.length, total: candidates.length });
   return result;
 }
 

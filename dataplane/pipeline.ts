@@ -8,18 +8,19 @@ import type { Repository } from './repository';
 /** Bytes read per task sent to the pool: large enough to amortise messaging, small enough to bound memory. */
 const SEGMENT_BYTES = 4 * 1024 * 1024;
 /** Tasks in flight per pool thread: one working, one queued, so no thread waits for the reader. */
-const IN_FLIGHT_PER_THREAD = 2;
-/** Compressed batches waiting for their chunk files to be written: enough to keep the disk busy, bounded in memory. */
-const WRITE_BATCHES_AHEAD = 4;
+const IN_FLIGHT_PER_THREAD = 4;
+/** Compressed bytes gathered into one pack before it is written. */
+const PACK_BYTES = 16 * 1024 * 1024;
 /** Stored chunks opened (decompressed and re-hashed) per pool task when verifying or restoring. */
 const CHUNKS_PER_OPEN_TASK = 16;
 
 /**
  * Runs `work` on items from `source` with at most `limit` in flight and hands results to `sink` in source order.
- * Memory stays bounded by `limit` items whatever the source's size.
+ * Items only describe work (what to read), and `work` does the reading too, so reads overlap each other and the
+ * computing on the pool. Memory stays bounded by `limit` items whatever the source's size.
  */
 async function orderedPipeline<T, R>(
-  source: AsyncIterable<T>,
+  source: Iterable<T>,
   limit: number,
   work: (item: T) => Promise<R>,
   sink: (result: R, item: T) => Promise<void> | void,
@@ -30,7 +31,7 @@ async function orderedPipeline<T, R>(
     await sink(await head.result, head.item);
   };
   try {
-    for await (const item of source) {
+    for (const item of source) {
       const result = work(item);
       result.catch(() => undefined); // observed by drainOne; avoids an unhandled rejection while queued
       inFlight.push({ item, result });
@@ -40,19 +41,6 @@ async function orderedPipeline<T, R>(
   } finally {
     await Promise.allSettled(inFlight.map((f) => f.result));
   }
-}
-
-/** Groups items into arrays of up to `size`, so one pool task handles many chunks. */
-async function* inBatches<T>(items: AsyncIterable<T>, size: number): AsyncGenerator<T[]> {
-  let batch: T[] = [];
-  for await (const item of items) {
-    batch.push(item);
-    if (batch.length >= size) {
-      yield batch;
-      batch = [];
-    }
-  }
-  if (batch.length > 0) yield batch;
 }
 
 async function readExactly(handle: FileHandle, length: number, position: number): Promise<Buffer> {
@@ -100,18 +88,17 @@ export async function scanDisk(o: {
   const chunksPerSegment = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
   const totalChunks = Math.ceil(o.sizeBytes / o.chunkSize);
   await withFile(o.path, 'r', async (handle) => {
-    async function* segments() {
+    function* segments() {
       for (let index = o.fromChunk ?? 0; index < totalChunks; index += chunksPerSegment) {
         o.signal?.throwIfAborted();
         const start = index * o.chunkSize;
-        const length = Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start);
-        yield { index, data: await readExactly(handle, length, start) };
+        yield { index, start, length: Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start) };
       }
     }
     await orderedPipeline(
       segments(),
       o.pool.threads * IN_FLIGHT_PER_THREAD,
-      (segment) => o.pool.hashSegment(segment.data, o.chunkSize),
+      async (segment) => o.pool.hashSegment(await readExactly(handle, segment.length, segment.start), o.chunkSize),
       (refs, segment) => o.onChunks(segment.index, refs),
     );
   });
@@ -137,57 +124,77 @@ export async function storeChunks(o: {
   const disk = { sizeBytes: o.sizeBytes, chunkSize: o.chunkSize };
   const chunksPerBatch = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
   const stats = { chunksWritten: 0, bytesWritten: 0, storedBytesWritten: 0 };
-  const queued = new Set<string>();
-  const writeChunk = async (chunk: { index: number; id: string }, frame: Buffer) => {
-    if (await o.repository.putChunk(chunk.id, frame)) {
-      stats.chunksWritten++;
-      stats.bytesWritten += chunkLength(disk, chunk.index);
-      stats.storedBytesWritten += frame.length;
-    }
-  };
+  const seen = new Set<string>();
   await withFile(o.path, 'r', async (handle) => {
-    /** Batches of chunks to store; `end` is the ref index the batch covers up to (for progress). */
-    async function* batches() {
-      let batch: { index: number; id: string; offset: number; data: Buffer }[] = [];
-      for (let index = o.fromIndex ?? 0; index < o.refs.length; index++) {
+    /** Batches of the chunks to consider (each distinct id once); `end` is the ref index covered (for progress). */
+    function* batches() {
+      for (let start = o.fromIndex ?? 0; start < o.refs.length; start += chunksPerBatch) {
         o.signal?.throwIfAborted();
-        const id = o.refs[index]!;
-        // A stored chunk is reused, and touched so that a concurrent garbage collection keeps it.
-        if (id !== ZERO_CHUNK && !queued.has(id) && !(await o.repository.touchChunk(id))) {
-          queued.add(id);
-          const offset = index * o.chunkSize;
-          batch.push({ index, id, offset, data: await readExactly(handle, chunkLength(disk, index), offset) });
+        const end = Math.min(start + chunksPerBatch, o.refs.length);
+        const candidates: { index: number; id: string }[] = [];
+        for (let index = start; index < end; index++) {
+          const id = o.refs[index]!;
+          if (id === ZERO_CHUNK || seen.has(id)) continue;
+          seen.add(id);
+          candidates.push({ index, id });
         }
-        if (batch.length >= chunksPerBatch || (index + 1) % (chunksPerBatch * 16) === 0) {
-          yield { chunks: batch, end: index + 1 };
-          batch = [];
-        }
+        yield { candidates, end };
       }
-      yield { chunks: batch, end: o.refs.length };
     }
-    // Writes run behind compression, in batch order, at most WRITE_BATCHES_AHEAD batches deep. Progress is reported
-    // only once a batch is durable, because a retry resumes after the last reported index.
+    /** A stored chunk is reused, and touched so that a concurrent garbage collection keeps it; the rest are read. */
+    const readMissing = async (candidates: { index: number; id: string }[]) => {
+      const touched = await Promise.all(candidates.map((c) => o.repository.touchChunk(c.id)));
+      return Promise.all(
+        candidates
+          .filter((_, i) => !touched[i])
+          .map(async ({ index, id }) => {
+            const offset = index * o.chunkSize;
+            return { index, id, offset, data: await readExactly(handle, chunkLength(disk, index), offset) };
+          }),
+      );
+    };
+    // Compressed chunks gather into a pack, written behind compression (one write in flight while the next pack
+    // fills). Progress is reported only once what precedes it is durable, because a retry resumes after it.
+    let pack: { index: number; id: string; frame: Buffer }[] = [];
+    let packBytes = 0;
     let writes: Promise<void> = Promise.resolve();
-    let writesPending = 0;
+    const flush = async (end: number) => {
+      const chunks = pack;
+      pack = [];
+      packBytes = 0;
+      await writes;
+      writes = (async () => {
+        const written = new Set(await o.repository.putChunks(chunks));
+        for (const chunk of chunks) {
+          if (!written.has(chunk.id)) continue;
+          stats.chunksWritten++;
+          stats.bytesWritten += chunkLength(disk, chunk.index);
+          stats.storedBytesWritten += chunk.frame.length;
+        }
+        o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
+      })();
+      writes.catch(() => undefined); // surfaced by the next await of `writes`
+    };
     try {
       await orderedPipeline(
         batches(),
         o.pool.threads * IN_FLIGHT_PER_THREAD,
-        (batch) => o.pool.compressChunks(batch.chunks),
-        async (frames, batch) => {
-          if (writesPending >= WRITE_BATCHES_AHEAD) await writes;
-          writesPending++;
-          writes = writes
-            .then(async () => {
-              await Promise.all(batch.chunks.map((chunk, i) => writeChunk(chunk, frames[i]!)));
-              o.onProgress?.({ index: batch.end, bytesDone: Math.min(batch.end * o.chunkSize, o.sizeBytes) });
-            })
-            .finally(() => writesPending--);
-          writes.catch(() => undefined); // surfaced by the next await of `writes`
+        async (batch) => {
+          const chunks = await readMissing(batch.candidates);
+          const frames = await o.pool.compressChunks(chunks);
+          return chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
+        },
+        async (compressed, batch) => {
+          for (const chunk of compressed) {
+            pack.push(chunk);
+            packBytes += chunk.frame.length;
+          }
+          if (packBytes >= PACK_BYTES || pack.length === 0) await flush(batch.end);
         },
       );
+      await flush(o.refs.length);
     } finally {
-      await writes.catch(() => undefined); // never leave writes running behind a failure
+      await writes.catch(() => undefined); // never leave a write running behind a failure
     }
     await writes;
   });
@@ -223,21 +230,26 @@ export async function verifyManifest(o: {
   const bytesTotal = [...lengths.values()].reduce((a, b) => a + b, 0);
   let bytesDone = ids.slice(0, o.fromIndex ?? 0).reduce((sum, id) => sum + lengths.get(id)!, 0);
   let verified = 0;
-  async function* frames() {
-    for (let index = o.fromIndex ?? 0; index < ids.length; index++) {
+  function* batches() {
+    for (let start = o.fromIndex ?? 0; start < ids.length; start += CHUNKS_PER_OPEN_TASK) {
       o.signal?.throwIfAborted();
-      const id = ids[index]!;
-      yield { index, id, frame: await o.repository.getChunk(id) };
+      yield {
+        end: Math.min(start + CHUNKS_PER_OPEN_TASK, ids.length),
+        ids: ids.slice(start, start + CHUNKS_PER_OPEN_TASK),
+      };
     }
   }
   await orderedPipeline(
-    inBatches(frames(), CHUNKS_PER_OPEN_TASK),
+    batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
-    (batch) => o.pool.openChunks(batch),
+    async (batch) => {
+      const frames = await Promise.all(batch.ids.map((id) => o.repository.getChunk(id)));
+      return o.pool.openChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
+    },
     (chunks, batch) => {
       verified += chunks.length;
       bytesDone += chunks.reduce((sum, data) => sum + data.length, 0);
-      o.onProgress?.({ index: batch.at(-1)!.index + 1, total: ids.length, bytesDone, bytesTotal });
+      o.onProgress?.({ index: batch.end, total: ids.length, bytesDone, bytesTotal });
     },
   );
   return { chunksVerified: verified, bytesVerified: bytesDone };
@@ -278,22 +290,24 @@ async function restoreInto(
   // Zero chunks are never written: the file is sized first, so they stay holes and read back as zeros.
   await handle.truncate(disk.sizeBytes);
   let bytesDone = 0;
-  async function* frames() {
-    for (const [index, ref] of disk.chunks.entries()) {
+  function* batches() {
+    for (let start = 0; start < disk.chunks.length; start += CHUNKS_PER_OPEN_TASK) {
       o.signal?.throwIfAborted();
-      yield { index, ref, frame: ref === ZERO_CHUNK ? null : await o.repository.getChunk(ref) };
+      yield disk.chunks.slice(start, start + CHUNKS_PER_OPEN_TASK).map((ref, i) => ({ index: start + i, ref }));
     }
   }
   await orderedPipeline(
-    inBatches(frames(), CHUNKS_PER_OPEN_TASK),
+    batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
-    (batch) => o.pool.openChunks(batch.flatMap((item) => (item.frame ? [{ frame: item.frame, id: item.ref }] : []))),
+    async (batch) => {
+      const stored = batch.filter((item) => item.ref !== ZERO_CHUNK);
+      const frames = await Promise.all(stored.map((item) => o.repository.getChunk(item.ref)));
+      const chunks = await o.pool.openChunks(stored.map((item, i) => ({ id: item.ref, frame: frames[i]! })));
+      return stored.map((item, i) => ({ index: item.index, data: chunks[i]! }));
+    },
     async (chunks, batch) => {
-      let next = 0;
-      for (const item of batch) {
-        if (item.frame) await writeExactly(handle, chunks[next++]!, item.index * disk.chunkSize);
-        bytesDone += chunkLength(disk, item.index);
-      }
+      for (const { index, data } of chunks) await writeExactly(handle, data, index * disk.chunkSize);
+      for (const item of batch) bytesDone += chunkLength(disk, item.index);
       o.onProgress?.({ bytesDone, bytesTotal: disk.sizeBytes });
     },
   );

@@ -1,9 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkMissingError, ManifestMissingError } from './errors';
 import type { ChunkRef, Manifest } from './manifest';
 import { ManifestSchema, ZERO_CHUNK } from './manifest';
+import type { PackEntry } from './pack';
+import { PackDamagedError, encodePack, readAt, readPackIndex } from './pack';
 
 /**
  * A region's content-addressed store of compressed chunks, snapshot manifests and capture journals. The embedded
@@ -11,16 +14,16 @@ import { ManifestSchema, ZERO_CHUNK } from './manifest';
  */
 export interface Repository {
   hasChunk(id: string): Promise<boolean>;
-  /** Stores a chunk frame under its id; true if written, false if it was already there (idempotent). */
-  putChunk(id: string, frame: Buffer): Promise<boolean>;
+  /**
+   * Stores chunk frames under their ids, together (one pack in the local adapter): durable when this resolves.
+   * Ids already stored, or repeated in `chunks`, are skipped; returns the ids written (idempotent).
+   */
+  putChunks(chunks: { id: string; frame: Buffer }[]): Promise<string[]>;
   /** The stored frame; ChunkMissingError if absent. */
   getChunk(id: string): Promise<Buffer>;
   /** Compressed size of a stored chunk; ChunkMissingError if absent. */
   chunkStoredSize(id: string): Promise<number>;
-  /** Removes a chunk; no error if absent. */
-  deleteChunk(id: string): Promise<void>;
-  listChunkIds(): AsyncIterable<string>;
-  /** Every stored chunk with its size and last write or touch; never a partial write. */
+  /** Every stored copy of every chunk with its size and last write or touch; never a partial write. */
   listChunks(): AsyncIterable<StoredChunk>;
   /**
    * Marks a stored chunk as just used (its modifiedAt becomes now), so garbage collection's grace period protects it;
@@ -28,10 +31,11 @@ export interface Repository {
    */
   touchChunk(id: string): Promise<boolean>;
   /**
-   * Garbage collection's delete: removes a chunk unless it was written or touched at or after `cutoff`. Atomic
-   * against touchChunk: a touch either lands first (the chunk is kept: 'young') or finds the chunk gone (false).
+   * Garbage collection's delete: removes every stored copy of the chunks `ids` unless it was written or touched at or
+   * after `cutoff` (then it is counted in keptByGrace). Atomic against touchChunk: a touch either lands first (the
+   * chunk is kept) or finds the chunk gone (false). Other chunks stay readable throughout.
    */
-  deleteChunkIfOlder(id: string, cutoff: Date): Promise<'deleted' | 'young' | 'missing'>;
+  removeChunks(ids: Iterable<string>, cutoff: Date): Promise<RemoveResult>;
   writeManifest(manifest: Manifest): Promise<void>;
   /** The snapshot's manifest, validated with ManifestSchema; ManifestMissingError if absent. */
   readManifest(snapshotId: string): Promise<Manifest>;
@@ -51,6 +55,13 @@ export interface Repository {
   dropStaging(snapshotId: string): Promise<void>;
 }
 
+/** What removeChunks did: chunk copies removed, their compressed bytes, and copies kept as recently used. */
+export interface RemoveResult {
+  removed: number;
+  bytesFreed: number;
+  keptByGrace: number;
+}
+
 /** A chunk as listed: its compressed size and when it was last written or touched. */
 export interface StoredChunk {
   id: string;
@@ -61,100 +72,145 @@ export interface StoredChunk {
 /** Each journal line is a 64-hex id or the zero marker, padded to a fixed width so truncation is arithmetic. */
 const JOURNAL_LINE = 65;
 const CHUNK_ID = /^[0-9a-f]{64}$/;
-const CHUNK_FILE = /^[0-9a-f]{64}\.zst$/;
+const PACK_FILE = /^[0-9a-f-]{36}\.pack$/;
+
+/** Where a chunk's frame is: a pack file name and the frame's place in it. */
+interface Location extends PackEntry {
+  pack: string;
+}
 
 /**
- * The repository in a local directory. Layout: `chunks/<2 hex>/<id>.zst`, `manifests/<snapshot>.json`,
- * `staging/<snapshot>/<journal>.refs`, `tmp/`. Chunks and manifests are written to a unique file in `tmp/`, fsynced
- * and renamed into place, so a reader never sees a partial file; the manifests directory is fsynced after a rename
- * too (one per snapshot), chunk directories are not (that would double the fsyncs per chunk).
+ * The repository in a local directory. Layout: `packs/<uuid>.pack` (compressed chunks, see pack.ts),
+ * `manifests/<snapshot>.json`, `staging/<snapshot>/<journal>.refs`, `tmp/`. Packs and manifests are written to a
+ * unique file in `tmp/`, fsynced and renamed into place (then the directory is fsynced), so a reader never sees a
+ * partial file.
+ *
+ * Chunks are found through an in-memory index of every pack's entries, loaded on first use. Other processes (the
+ * worker, garbage collection, the CLI) add and remove packs, so a lookup that misses reloads the index when the packs
+ * directory changed since (one stat; only new packs are read), and a read whose pack vanished (garbage collection
+ * rewrote it) reloads and retries. A chunk's modifiedAt is its pack's mtime: touching a chunk touches its pack.
  */
 export class LocalRepository implements Repository {
-  /** Directories known to exist, so a chunk write costs no mkdir calls after the first in its directory. */
+  /** Directories known to exist, so a write costs no mkdir calls after the first in its directory. */
   private readonly madeDirs = new Set<string>();
+  /** Entries of every known pack, by pack file name. */
+  private readonly packs = new Map<string, PackEntry[]>();
+  /** Where each stored chunk is (one copy, when a chunk is stored twice). */
+  private readonly index = new Map<string, Location>();
+  /** Packs whose index cannot be read, so they are not read again. */
+  private readonly damagedPacks = new Set<string>();
+  /** The packs directory's mtime and size when the index was last loaded. */
+  private loadedStamp: string | undefined;
+  /** The last index load; loads run one after the other. */
+  private loading: Promise<void> | undefined;
 
   constructor(readonly root: string) {}
 
   async hasChunk(id: string): Promise<boolean> {
-    return exists(this.chunkPath(id));
+    return (await this.locate(id)) !== undefined;
   }
 
-  async putChunk(id: string, frame: Buffer): Promise<boolean> {
-    const target = this.chunkPath(id);
-    if (await exists(target)) return false;
-    await this.writeAtomically(target, frame);
-    return true;
+  async putChunks(chunks: { id: string; frame: Buffer }[]): Promise<string[]> {
+    const fresh = new Map<string, Buffer>();
+    for (const { id, frame } of chunks) {
+      if (!CHUNK_ID.test(id)) throw new Error(`not a chunk id: ${id}`);
+      if (!fresh.has(id) && !(await this.locate(id))) fresh.set(id, frame);
+    }
+    if (fresh.size === 0) return [];
+    await this.writePack([...fresh].map(([id, frame]) => ({ id, frame })));
+    return [...fresh.keys()];
   }
 
   async getChunk(id: string): Promise<Buffer> {
-    return fs.readFile(this.chunkPath(id)).catch((error: unknown) => {
-      throw isNotFound(error) ? new ChunkMissingError(id) : error;
+    return this.withChunk(id, async (location) => {
+      const handle = await fs.open(this.packPath(location.pack), 'r');
+      try {
+        return await readAt(handle, location.offset, location.length);
+      } finally {
+        await handle.close();
+      }
+    }).then((frame) => {
+      if (frame === undefined) throw new ChunkMissingError(id);
+      return frame;
     });
   }
 
   async chunkStoredSize(id: string): Promise<number> {
-    const stat = await fs.stat(this.chunkPath(id)).catch((error: unknown) => {
-      throw isNotFound(error) ? new ChunkMissingError(id) : error;
-    });
-    return stat.size;
-  }
-
-  async deleteChunk(id: string): Promise<void> {
-    await fs.rm(this.chunkPath(id), { force: true });
-  }
-
-  /** Chunk files only: writes in progress are temp files in `tmp/`, never in `chunks/`. */
-  async *listChunkIds(): AsyncIterable<string> {
-    for (const prefix of await listDir(path.join(this.root, 'chunks'))) {
-      for (const file of await listDir(path.join(this.root, 'chunks', prefix))) {
-        if (CHUNK_FILE.test(file)) yield file.slice(0, -'.zst'.length);
-      }
-    }
+    const location = await this.locate(id);
+    if (!location) throw new ChunkMissingError(id);
+    return location.length;
   }
 
   async *listChunks(): AsyncIterable<StoredChunk> {
-    for await (const id of this.listChunkIds()) {
-      const stat = await fs.stat(this.chunkPath(id)).catch((error: unknown) => {
-        if (isNotFound(error)) return null; // deleted since the directory was read
+    await this.load(true);
+    for (const [pack, entries] of [...this.packs]) {
+      const stat = await fs.stat(this.packPath(pack)).catch((error: unknown) => {
+        if (isNotFound(error)) return null; // removed since the index was loaded
         throw error;
       });
-      if (stat) yield { id, storedBytes: stat.size, modifiedAt: stat.mtime };
+      if (stat) for (const e of entries) yield { id: e.id, storedBytes: e.length, modifiedAt: stat.mtime };
     }
   }
 
   async touchChunk(id: string): Promise<boolean> {
     const now = new Date();
-    return fs.utimes(this.chunkPath(id), now, now).then(
-      () => true,
-      (error: unknown) => {
-        if (isNotFound(error)) return false;
-        throw error;
-      },
-    );
+    const touched = await this.withChunk(id, async (location) => {
+      await fs.utimes(this.packPath(location.pack), now, now);
+      return true;
+    });
+    return touched ?? false;
   }
 
   /**
-   * Moves the chunk out of `chunks/` first, so a concurrent touch either happened before (seen in the moved file's
-   * mtime: the chunk is moved back) or finds no chunk. A read during the move misses the chunk; only a just-touched
-   * chunk is moved back, and the snapshot that touched it reads it much later (verification).
+   * Per pack holding any of `ids`: a pack written or touched at or after the cutoff is left alone; otherwise the
+   * chunks to keep are first written to a new pack (so they never disappear), then the old pack is moved out of
+   * `packs/`, its mtime checked again (a touch that landed meanwhile moves it back) and deleted.
    */
-  async deleteChunkIfOlder(id: string, cutoff: Date): Promise<'deleted' | 'young' | 'missing'> {
-    const target = this.chunkPath(id);
-    const tmpDir = path.join(this.root, 'tmp');
-    await this.makeDir(tmpDir);
-    const moved = path.join(tmpDir, randomUUID());
-    try {
-      await fs.rename(target, moved);
-    } catch (error) {
-      if (isNotFound(error)) return 'missing';
-      throw error;
+  async removeChunks(ids: Iterable<string>, cutoff: Date): Promise<RemoveResult> {
+    const doomed = new Set(ids);
+    const result: RemoveResult = { removed: 0, bytesFreed: 0, keptByGrace: 0 };
+    await this.load(true);
+    for (const [pack, entries] of [...this.packs]) {
+      const drop = entries.filter((e) => doomed.has(e.id));
+      if (drop.length === 0) continue;
+      const file = this.packPath(pack);
+      const stat = await fs.stat(file).catch((error: unknown) => {
+        if (isNotFound(error)) return null;
+        throw error;
+      });
+      if (!stat) continue; // removed by someone else
+      if (stat.mtime >= cutoff) {
+        result.keptByGrace += drop.length;
+        continue;
+      }
+      const keep = entries.filter((e) => !doomed.has(e.id));
+      if (keep.length > 0) await this.writePack(await this.readFrames(file, keep));
+      const moved = path.join(this.root, 'tmp', randomUUID());
+      await this.makeDir(path.dirname(moved));
+      try {
+        await fs.rename(file, moved);
+      } catch (error) {
+        if (isNotFound(error)) continue;
+        throw error;
+      }
+      if ((await fs.stat(moved)).mtime >= cutoff) {
+        await fs.rename(moved, file); // touched since the check: the pack stays whole
+        result.keptByGrace += drop.length;
+        continue;
+      }
+      await fs.rm(moved);
+      this.forgetPack(pack);
+      result.removed += drop.length;
+      result.bytesFreed += drop.reduce((sum, e) => sum + e.length, 0);
     }
-    if ((await fs.stat(moved)).mtime >= cutoff) {
-      await fs.rename(moved, target); // same content if a writer stored the chunk again meanwhile
-      return 'young';
-    }
-    await fs.rm(moved);
-    return 'deleted';
+    if (result.removed > 0) await syncDir(this.packsDir());
+    return result;
+  }
+
+  /** Where a chunk's frame is stored (pack file, offset, length), for tools that inspect or damage it on purpose. */
+  async chunkLocation(id: string): Promise<{ file: string; offset: number; length: number } | undefined> {
+    const location = await this.locate(id);
+    return location && { file: this.packPath(location.pack), offset: location.offset, length: location.length };
   }
 
   async writeManifest(manifest: Manifest): Promise<void> {
@@ -237,15 +293,146 @@ export class LocalRepository implements Repository {
     await fs.rm(path.join(this.root, 'staging', snapshotId), { recursive: true, force: true });
   }
 
+  /** The chunk's location, reloading the index once if it is not known (another process may have stored it). */
+  private async locate(id: string): Promise<Location | undefined> {
+    const known = this.index.get(id);
+    if (known) return known;
+    await this.load(false);
+    return this.index.get(id);
+  }
+
+  /**
+   * Runs `use` on the chunk's location; undefined if the chunk is absent. A pack that vanished since the index was
+   * loaded (rewritten by garbage collection) makes it reload and try the chunk's new location once.
+   */
+  private async withChunk<T>(id: string, use: (location: Location) => Promise<T>): Promise<T | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const location = await this.locate(id);
+      if (!location) return undefined;
+      try {
+        return await use(location);
+      } catch (error) {
+        if (!isNotFound(error) || attempt > 0) throw error;
+        this.forgetPack(location.pack);
+        await this.load(true);
+      }
+    }
+  }
+
+  /**
+   * Brings the index up to date with `packs/`: reads the index of every pack not known yet and forgets removed ones.
+   * Without `always`, does nothing when the directory has not changed since the last load. One load at a time.
+   */
+  /**
+   * Loads run one after the other. A lookup (not `always`) joins a load in flight instead of queueing another: at
+   * worst it misses a pack written in the last moments, and the chunk is stored again (a harmless duplicate).
+   */
+  private load(always: boolean): Promise<void> {
+    if (!always && this.loading) return this.loading;
+    const run = (this.loading ?? Promise.resolve()).then(() => this.reload(always));
+    const tracked: Promise<void> = run
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.loading === tracked) this.loading = undefined;
+      });
+    this.loading = tracked;
+    return run;
+  }
+
+  private async reload(always: boolean): Promise<void> {
+    const stat = await fs.stat(this.packsDir()).catch((error: unknown) => {
+      if (isNotFound(error)) return null;
+      throw error;
+    });
+    const stamp = stat ? `${stat.mtimeMs}/${stat.size}` : 'none';
+    if (!always && stamp === this.loadedStamp) return;
+    const present = new Set((await listDir(this.packsDir())).filter((f) => PACK_FILE.test(f)));
+    for (const pack of [...this.packs.keys()]) if (!present.has(pack)) this.forgetPack(pack);
+    for (const pack of present) {
+      if (this.packs.has(pack)) continue;
+      const entries = await this.readIndex(pack);
+      if (entries) this.addPack(pack, entries);
+    }
+    this.loadedStamp = stamp;
+  }
+
+  /**
+   * A pack's entries; undefined if it was removed meanwhile, or if its index is damaged: its chunks then count as
+   * missing (verification reports them) rather than making the whole repository unreadable.
+   */
+  private async readIndex(pack: string): Promise<PackEntry[] | undefined> {
+    if (this.damagedPacks.has(pack)) return undefined;
+    let handle;
+    try {
+      handle = await fs.open(this.packPath(pack), 'r');
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+    try {
+      return await readPackIndex(handle, (await handle.stat()).size, pack);
+    } catch (error) {
+      if (!(error instanceof PackDamagedError)) throw error;
+      this.damagedPacks.add(pack);
+      return undefined;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  private addPack(pack: string, entries: PackEntry[]): void {
+    this.packs.set(pack, entries);
+    for (const e of entries) if (!this.index.has(e.id)) this.index.set(e.id, { ...e, pack });
+  }
+
+  /** Drops a pack from the index; its chunks that another known pack also holds point there instead. */
+  private forgetPack(pack: string): void {
+    const entries = this.packs.get(pack);
+    if (!entries) return;
+    this.packs.delete(pack);
+    const orphans = new Set(entries.filter((e) => this.index.get(e.id)?.pack === pack).map((e) => e.id));
+    for (const id of orphans) this.index.delete(id);
+    if (orphans.size === 0) return;
+    for (const [other, otherEntries] of this.packs) {
+      for (const e of otherEntries)
+        if (orphans.has(e.id) && !this.index.has(e.id)) this.index.set(e.id, { ...e, pack: other });
+    }
+  }
+
+  /** Writes a new pack atomically (temp file, fsync, rename, fsync of `packs/`) and adds it to the index. */
+  private async writePack(chunks: { id: string; frame: Buffer }[]): Promise<void> {
+    const { buffers, entries } = encodePack(chunks);
+    const pack = `${randomUUID()}.pack`;
+    await this.makeDir(this.packsDir());
+    await this.writeAtomically(this.packPath(pack), buffers);
+    await syncDir(this.packsDir());
+    this.addPack(pack, entries);
+  }
+
+  /** The frames of `entries` read from one pack file. */
+  private async readFrames(file: string, entries: PackEntry[]): Promise<{ id: string; frame: Buffer }[]> {
+    const handle = await fs.open(file, 'r');
+    try {
+      const frames = [];
+      for (const e of entries) frames.push({ id: e.id, frame: await readAt(handle, e.offset, e.length) });
+      return frames;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  private packsDir(): string {
+    return path.join(this.root, 'packs');
+  }
+
+  private packPath(pack: string): string {
+    return path.join(this.packsDir(), pack);
+  }
+
   private async makeDir(dir: string): Promise<void> {
     if (this.madeDirs.has(dir)) return;
     await fs.mkdir(dir, { recursive: true });
     this.madeDirs.add(dir);
-  }
-
-  private chunkPath(id: string): string {
-    if (!CHUNK_ID.test(id)) throw new Error(`not a chunk id: ${id}`);
-    return path.join(this.root, 'chunks', id.slice(0, 2), `${id}.zst`);
   }
 
   private manifestPath(snapshotId: string): string {
@@ -256,7 +443,7 @@ export class LocalRepository implements Repository {
     return path.join(this.root, 'staging', safeName(snapshotId), `${safeName(name)}.refs`);
   }
 
-  private async writeAtomically(target: string, data: Buffer): Promise<void> {
+  private async writeAtomically(target: string, data: Buffer | Buffer[]): Promise<void> {
     const tmpDir = path.join(this.root, 'tmp');
     await this.makeDir(tmpDir);
     await this.makeDir(path.dirname(target));
@@ -264,7 +451,8 @@ export class LocalRepository implements Repository {
     try {
       const handle = await fs.open(tmp, 'wx');
       try {
-        await handle.writeFile(data);
+        if (Array.isArray(data)) await writeAll(handle, data);
+        else await handle.writeFile(data);
         await handle.sync();
       } finally {
         await handle.close();
@@ -296,11 +484,17 @@ async function syncDir(dir: string): Promise<void> {
   }
 }
 
-async function exists(file: string): Promise<boolean> {
-  return fs.access(file).then(
-    () => true,
-    () => false,
-  );
+/** Writes buffers one after the other (writev), however many calls that takes. */
+async function writeAll(handle: FileHandle, buffers: Buffer[]): Promise<void> {
+  let pending = buffers.filter((b) => b.length > 0);
+  while (pending.length > 0) {
+    let { bytesWritten } = await handle.writev(pending.slice(0, 1024));
+    while (pending.length > 0 && bytesWritten >= pending[0]!.length) {
+      bytesWritten -= pending[0]!.length;
+      pending = pending.slice(1);
+    }
+    if (bytesWritten > 0) pending[0] = pending[0]!.subarray(bytesWritten);
+  }
 }
 
 async function listDir(dir: string): Promise<string[]> {

@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Vm } from '../domain/model';
+import { damageChunk } from './helpers/repository';
 import { createSnapshotEnv, fileHash, refusal, scribble, takeSnapshot, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 
@@ -84,18 +85,7 @@ describe('restore, images and deletion', () => {
     const repository = env.platform.repositoryFor(source.region);
     const manifest = await repository.readManifest(record.id);
     const victim = [...manifest.disks.at(-1)!.chunks].reverse().find((c) => c !== 'zero')!;
-    const file = path.join(
-      env.platform.dataDir,
-      'repositories',
-      source.region,
-      'chunks',
-      victim.slice(0, 2),
-      `${victim}.zst`,
-    );
-    const original = await fs.readFile(file);
-    const damaged = Buffer.from(original);
-    damaged[Math.floor(damaged.length / 2)]! ^= 0xff;
-    await fs.writeFile(file, damaged);
+    const repair = await damageChunk(repository, victim);
     try {
       const error = await refusal(
         env.snapshots.restoreVm({ accountId: 'acme', source: { snapshotId: record.id }, vmName: 'half-restored' }),
@@ -107,7 +97,7 @@ describe('restore, images and deletion', () => {
         expect(env.platform.catalog.getVm(vmDir)).toBeDefined();
       }
     } finally {
-      await fs.writeFile(file, original);
+      await repair();
     }
   });
 

@@ -1,9 +1,8 @@
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { distinctChunks } from '../dataplane';
 import type { Repository } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
 import type { Vm } from '../domain/model';
+import { damageChunk } from './helpers/repository';
 import { createSnapshotEnv, fileHash, scribble, takeSnapshot } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 
@@ -119,17 +118,7 @@ describe('garbage collection and re-verification', () => {
     const record = await takeSnapshot(env, vm, 'to-be-damaged');
     const manifest = await env.platform.repositoryFor(vm.region).readManifest(record.id);
     const victim = manifest.disks[1]!.chunks.find((c) => c !== 'zero')!;
-    const file = path.join(
-      env.platform.dataDir,
-      'repositories',
-      vm.region,
-      'chunks',
-      victim.slice(0, 2),
-      `${victim}.zst`,
-    );
-    const bytes = await fs.readFile(file);
-    bytes[Math.floor(bytes.length / 3)]! ^= 0x5a;
-    await fs.writeFile(file, bytes);
+    await damageChunk(env.platform.repositoryFor(vm.region), victim);
 
     const report = await env.maintenance.reverify(vm.region, 0);
     expect(report.damaged.map((d) => d.snapshotId)).toContain(record.id);

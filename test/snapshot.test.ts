@@ -6,6 +6,7 @@ import type { LocalRepository, Repository } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
 import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
+import { damageChunk, loseChunk } from './helpers/repository';
 import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import { testWorkflowBundle } from './support/temporal';
@@ -121,17 +122,7 @@ describe('snapshot workflow on a real Temporal server', () => {
     const repository = env.platform.repositoryFor(other.region);
     const manifest = await repository.readManifest(base.record.id);
     const victim = manifest.disks[0]!.chunks.find((c) => c !== 'zero')!;
-    const file = path.join(
-      env.platform.dataDir,
-      'repositories',
-      other.region,
-      'chunks',
-      victim.slice(0, 2),
-      `${victim}.zst`,
-    );
-    const bytes = await fs.readFile(file);
-    bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
-    await fs.writeFile(file, bytes);
+    await damageChunk(repository, victim);
 
     // The next snapshot dedupes against the corrupted chunk; verification reads it back and must refuse it.
     const started = await env.snapshots.createSnapshot({
@@ -149,7 +140,7 @@ describe('snapshot workflow on a real Temporal server', () => {
     // Its manifest is gone and the name is free again.
     await expect(repository.readManifest(started.snapshotId)).rejects.toMatchObject({ type: 'ManifestMissing' });
     expect(env.platform.catalog.findSnapshotByName(other.accountId, 'corrupt-next')).toBeUndefined();
-    await fs.rm(file);
+    await loseChunk(repository, victim);
   });
 
   test('a rule violation fails the workflow with a typed, non-retried error and leaves nothing behind', async () => {
@@ -186,12 +177,12 @@ describe('retries and resumption', () => {
     const flaky = (region: Parameters<typeof env.platform.repositoryFor>[0]): Repository => {
       const real = env.platform.repositoryFor(region) as LocalRepository;
       return Object.assign(Object.create(real) as LocalRepository, {
-        putChunk: async (id: string, frame: Buffer) => {
+        putChunks: async (chunks: { id: string; frame: Buffer }[]) => {
           if (failuresLeft > 0) {
             failuresLeft--;
             throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
           }
-          return real.putChunk(id, frame);
+          return real.putChunks(chunks);
         },
       });
     };

@@ -28,11 +28,6 @@ export async function fileSha256(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
-/** Where LocalRepository keeps a chunk. */
-export function chunkFile(root: string, id: string): string {
-  return path.join(root, 'chunks', id.slice(0, 2), `${id}.zst`);
-}
-
 /** The refs of a whole scan of `file` (or of its tail from `fromChunk`). */
 export async function scanRefs(pool: ChunkPool, file: string, chunkSize: number, fromChunk = 0): Promise<ChunkRef[]> {
   const { size } = await fs.stat(file);

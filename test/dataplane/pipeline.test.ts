@@ -15,7 +15,8 @@ import {
   storeChunks,
   verifyManifest,
 } from '../../dataplane';
-import { KiB, MiB, capture, chunkFile, fileSha256, makeExt4Image, makeTempDir, scanRefs } from './helpers';
+import { damageChunk, loseChunk } from '../helpers/repository';
+import { KiB, MiB, capture, fileSha256, makeExt4Image, makeTempDir, scanRefs } from './helpers';
 
 const CHUNK = DEFAULT_CHUNK_SIZE;
 let dir: string;
@@ -40,9 +41,9 @@ function newRepository(): LocalRepository {
   return new LocalRepository(path.join(dir, `repo-${++repositories}`));
 }
 
-async function storedChunkFiles(repository: LocalRepository): Promise<string[]> {
+async function storedChunkIds(repository: LocalRepository): Promise<string[]> {
   const ids: string[] = [];
-  for await (const id of repository.listChunkIds()) ids.push(id);
+  for await (const chunk of repository.listChunks()) ids.push(chunk.id);
   return ids;
 }
 
@@ -122,7 +123,7 @@ test('identical content in two manifests (and two disks of one) is stored once',
   expect(distinct.length).toBe(new Set(first.manifest.disks[0]!.chunks.filter((r) => r !== ZERO_CHUNK)).size);
   expect(first.stored.chunksWritten).toBe(distinct.length);
   expect(second.stored.chunksWritten).toBe(0);
-  expect((await storedChunkFiles(repository)).sort()).toEqual([...distinct].sort());
+  expect((await storedChunkIds(repository)).sort()).toEqual([...distinct].sort());
 });
 
 test('verifyManifest finds a corrupted chunk (ChunkCorrupt) and then a deleted one (ChunkMissing) by id', async () => {
@@ -136,15 +137,12 @@ test('verifyManifest finds a corrupted chunk (ChunkCorrupt) and then a deleted o
   expect(progress.at(-1)).toEqual({ index: ids.length, total: ids.length });
 
   const victim = ids[Math.floor(ids.length / 2)]!;
-  const file = chunkFile(repository.root, victim);
-  const frame = await fs.readFile(file);
-  frame[Math.floor(frame.length / 2)]! ^= 0x01;
-  await fs.writeFile(file, frame);
+  await damageChunk(repository, victim);
   const corrupt = await verifyManifest({ manifest, repository, pool }).catch((e: unknown) => e);
   expect(corrupt).toBeInstanceOf(ChunkCorruptError);
   expect((corrupt as ChunkCorruptError).chunkId).toBe(victim);
 
-  await repository.deleteChunk(victim);
+  await loseChunk(repository, victim);
   const missing = await verifyManifest({ manifest, repository, pool }).catch((e: unknown) => e);
   expect(missing).toBeInstanceOf(ChunkMissingError);
   expect((missing as ChunkMissingError).chunkId).toBe(victim);
@@ -159,7 +157,7 @@ test('verifyManifest finds a corrupted chunk (ChunkCorrupt) and then a deleted o
 test('a restore that fails leaves neither the target nor a partial file', async () => {
   const repository = newRepository();
   const { manifest } = await capture({ pool, repository, snapshotId: 's4', chunkSize: CHUNK }, { root: image });
-  await repository.deleteChunk(distinctChunks(manifest).at(-1)!);
+  await loseChunk(repository, distinctChunks(manifest).at(-1)!);
   const target = path.join(dir, 'failed-restore.raw');
   await expect(restoreDisk({ manifest, diskName: 'root', repository, pool, target })).rejects.toThrow(
     ChunkMissingError,
@@ -226,7 +224,7 @@ test('storeChunks resumed at an index stores only the chunks first referenced fr
   });
   const expected = new Set(refs.slice(from).filter((r) => r !== ZERO_CHUNK));
   expect(stored.chunksWritten).toBe(expected.size);
-  expect((await storedChunkFiles(repository)).sort()).toEqual([...expected].sort());
+  expect((await storedChunkIds(repository)).sort()).toEqual([...expected].sort());
   expect(progress.at(-1)).toBe(refs.length);
 });
 

@@ -2,7 +2,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkMissingError, LocalRepository, ManifestMissingError, ZERO_CHUNK } from '../../dataplane';
-import { chunkFile, makeTempDir, manifestOf } from './helpers';
+import { makeTempDir, manifestOf } from './helpers';
 
 let dir: string;
 let repository: LocalRepository;
@@ -29,86 +29,125 @@ async function tmpFiles(): Promise<string[]> {
   return fs.readdir(path.join(repository.root, 'tmp')).catch(() => []);
 }
 
-test('putChunk writes a chunk once, reports an existing one as not written, and leaves no temp file', async () => {
-  const { id, frame } = chunk('a');
-  expect(await repository.hasChunk(id)).toBe(false);
-  expect(await repository.putChunk(id, frame)).toBe(true);
-  expect(await repository.putChunk(id, Buffer.from('other bytes'))).toBe(false);
-  expect(await repository.hasChunk(id)).toBe(true);
-  expect(await repository.getChunk(id)).toEqual(frame);
-  expect(await repository.chunkStoredSize(id)).toBe(frame.length);
-  expect(await fs.readFile(chunkFile(repository.root, id))).toEqual(frame);
+async function packFiles(root = repository.root): Promise<string[]> {
+  return (await fs.readdir(path.join(root, 'packs')).catch(() => [])).filter((f) => f.endsWith('.pack'));
+}
+
+const longAgo = new Date(2020, 0, 1);
+
+test('putChunks writes new chunks together in one pack, skips stored and repeated ids, and leaves no temp file', async () => {
+  const [a, b, c] = ['a', 'b', 'c'].map(chunk) as [
+    ReturnType<typeof chunk>,
+    ReturnType<typeof chunk>,
+    ReturnType<typeof chunk>,
+  ];
+  expect(await repository.hasChunk(a.id)).toBe(false);
+  expect(await repository.putChunks([a, b, a])).toEqual([a.id, b.id]);
+  expect(await packFiles()).toHaveLength(1);
+  expect(await repository.putChunks([{ id: a.id, frame: Buffer.from('other bytes') }, c])).toEqual([c.id]);
+  expect(await repository.putChunks([a, b, c])).toEqual([]);
+  expect(await packFiles()).toHaveLength(2);
+  for (const { id, frame } of [a, b, c]) {
+    expect(await repository.hasChunk(id)).toBe(true);
+    expect(await repository.getChunk(id)).toEqual(frame);
+    expect(await repository.chunkStoredSize(id)).toBe(frame.length);
+  }
   expect(await tmpFiles()).toEqual([]);
 });
 
-test('concurrent puts of one chunk leave exactly that chunk and no temp files', async () => {
-  const { id, frame } = chunk('b');
-  await Promise.all(Array.from({ length: 8 }, () => repository.putChunk(id, frame)));
-  expect(await repository.getChunk(id)).toEqual(frame);
-  expect(await tmpFiles()).toEqual([]);
-});
-
-test('an absent chunk is ChunkMissing for getChunk and chunkStoredSize, and deleting it is not an error', async () => {
-  const { id, frame } = chunk('c');
-  await repository.putChunk(id, frame);
-  await repository.deleteChunk(id);
-  await repository.deleteChunk(id);
+test('an absent chunk is ChunkMissing for getChunk and chunkStoredSize', async () => {
+  const { id } = chunk('d');
   await expect(repository.getChunk(id)).rejects.toThrow(ChunkMissingError);
   await expect(repository.chunkStoredSize(id)).rejects.toMatchObject({ type: 'ChunkMissing', chunkId: id });
 });
 
-test('listChunkIds yields every stored chunk', async () => {
-  const chunks = ['d', 'e', 'f', 'g'].map(chunk);
-  for (const { id, frame } of chunks) await repository.putChunk(id, frame);
-  const listed: string[] = [];
-  for await (const id of repository.listChunkIds()) listed.push(id);
-  expect(listed.sort()).toEqual(chunks.map((c) => c.id).sort());
+test('another instance on the same directory (another process) sees chunks stored and removed after it loaded', async () => {
+  const other = new LocalRepository(repository.root);
+  const [e, f] = ['e', 'f'].map(chunk) as [ReturnType<typeof chunk>, ReturnType<typeof chunk>];
+  await repository.putChunks([e]);
+  expect(await other.getChunk(e.id)).toEqual(e.frame);
+  await repository.putChunks([f]);
+  expect(await other.hasChunk(f.id)).toBe(true);
+  await fs.utimes(path.join(repository.root, 'packs', (await packFiles())[0]!), longAgo, longAgo);
+  await repository.removeChunks([e.id], new Date());
+  await expect(other.getChunk(e.id)).rejects.toThrow(ChunkMissingError);
+  expect(await other.touchChunk(e.id)).toBe(false);
+  expect(await other.getChunk(f.id)).toEqual(f.frame);
 });
 
-test('listChunks yields each chunk with its stored size and mtime, and no other file', async () => {
+test('listChunks yields each chunk with its stored size and its pack’s mtime, and ignores other files', async () => {
   const chunks = ['q', 'r'].map(chunk);
-  for (const { id, frame } of chunks) await repository.putChunk(id, frame);
-  const stray = path.join(path.dirname(chunkFile(repository.root, chunks[0]!.id)), 'stray.zst.tmp');
-  await fs.writeFile(stray, 'not a chunk');
+  await repository.putChunks(chunks);
+  await fs.writeFile(path.join(repository.root, 'packs', 'stray.pack.tmp'), 'not a pack');
+  const { mtime } = await fs.stat(path.join(repository.root, 'packs', (await packFiles())[0]!));
   const listed: { id: string; storedBytes: number; modifiedAt: Date }[] = [];
   for await (const stored of repository.listChunks()) listed.push(stored);
-  const expected = [];
-  for (const { id, frame } of chunks) {
-    const { mtime } = await fs.stat(chunkFile(repository.root, id));
-    expected.push({ id, storedBytes: frame.length, modifiedAt: mtime });
-  }
-  expect(listed.sort((a, b) => a.id.localeCompare(b.id))).toEqual(expected.sort((a, b) => a.id.localeCompare(b.id)));
+  expect(listed.sort((x, y) => x.id.localeCompare(y.id))).toEqual(
+    chunks
+      .map(({ id, frame }) => ({ id, storedBytes: frame.length, modifiedAt: mtime }))
+      .sort((x, y) => x.id.localeCompare(y.id)),
+  );
 });
 
-test('touchChunk sets a chunk’s mtime to now, and reports an absent chunk without creating it', async () => {
+test('a pack whose index is damaged leaves its chunks missing and every other chunk readable', async () => {
+  const [g, h] = ['g', 'h'].map(chunk) as [ReturnType<typeof chunk>, ReturnType<typeof chunk>];
+  await repository.putChunks([g]);
+  const [packOfG] = await packFiles();
+  await repository.putChunks([h]);
+  const packOfH = (await packFiles()).find((f) => f !== packOfG)!;
+  const file = path.join(repository.root, 'packs', packOfH);
+  const bytes = await fs.readFile(file);
+  bytes[bytes.length - 1]! ^= 0xff; // the trailer's magic
+  await fs.writeFile(file, bytes);
+  const reader = new LocalRepository(repository.root);
+  expect(await reader.getChunk(g.id)).toEqual(g.frame);
+  await expect(reader.getChunk(h.id)).rejects.toThrow(ChunkMissingError);
+});
+
+test('touchChunk sets the chunk’s pack mtime to now, and reports an absent chunk without creating it', async () => {
   const { id, frame } = chunk('s');
-  const file = chunkFile(repository.root, id);
   expect(await repository.touchChunk(id)).toBe(false);
-  await expect(fs.access(file)).rejects.toThrow();
-  await repository.putChunk(id, frame);
-  await fs.utimes(file, new Date(2020, 0, 1), new Date(2020, 0, 1));
+  expect(await packFiles()).toEqual([]);
+  await repository.putChunks([{ id, frame }]);
+  const file = path.join(repository.root, 'packs', (await packFiles())[0]!);
+  await fs.utimes(file, longAgo, longAgo);
   const before = Date.now();
   expect(await repository.touchChunk(id)).toBe(true);
   expect((await fs.stat(file)).mtimeMs).toBeGreaterThanOrEqual(before - 1); // utimes may round down a hair
   expect(await repository.getChunk(id)).toEqual(frame);
 });
 
-test('deleteChunkIfOlder deletes an old chunk, keeps one touched since the cutoff, and reports an absent one', async () => {
-  const old = chunk('t');
-  const touched = chunk('u');
+test('removeChunks deletes old chunks, rewrites their pack with the others, and keeps a pack touched since the cutoff', async () => {
+  const [old, kept, touched, sibling] = [chunk('t'), chunk('u'), chunk('v'), chunk('w')];
+  await repository.putChunks([old, kept]);
+  await repository.putChunks([touched, sibling]);
+  for (const pack of await packFiles()) await fs.utimes(path.join(repository.root, 'packs', pack), longAgo, longAgo);
   const cutoff = new Date(Date.now() - 1000);
-  for (const { id, frame } of [old, touched]) {
-    await repository.putChunk(id, frame);
-    await fs.utimes(chunkFile(repository.root, id), new Date(2020, 0, 1), new Date(2020, 0, 1));
-  }
   await repository.touchChunk(touched.id);
-  expect(await repository.deleteChunkIfOlder(old.id, cutoff)).toBe('deleted');
-  expect(await repository.deleteChunkIfOlder(touched.id, cutoff)).toBe('young');
-  expect(await repository.deleteChunkIfOlder(old.id, cutoff)).toBe('missing');
+  const reader = new LocalRepository(repository.root);
+  expect(await reader.hasChunk(kept.id)).toBe(true); // loaded before the rewrite
+
+  expect(await repository.removeChunks([old.id, touched.id, chunk('absent').id], cutoff)).toEqual({
+    removed: 1,
+    bytesFreed: old.frame.length,
+    keptByGrace: 1,
+  });
   expect(await repository.hasChunk(old.id)).toBe(false);
-  expect(await repository.getChunk(touched.id)).toEqual(touched.frame);
   expect(await repository.touchChunk(old.id)).toBe(false); // a writer reusing it now stores it again
+  for (const c of [kept, touched, sibling]) {
+    expect(await repository.getChunk(c.id)).toEqual(c.frame);
+    expect(await reader.getChunk(c.id)).toEqual(c.frame);
+  }
+  expect(await packFiles()).toHaveLength(2);
   expect(await tmpFiles()).toEqual([]);
+});
+
+test('removeChunks on a repository that holds no pack yet removes nothing and fails nothing', async () => {
+  await expect(repository.removeChunks([chunk('x').id], new Date())).resolves.toEqual({
+    removed: 0,
+    bytesFreed: 0,
+    keptByGrace: 0,
+  });
 });
 
 test('a manifest round-trips through JSON, is listed, and is ManifestMissing once deleted', async () => {

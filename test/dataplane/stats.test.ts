@@ -2,7 +2,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkPool, LocalRepository, ZERO_CHUNK, manifestStats } from '../../dataplane';
-import { KiB, capture, chunkFile, makeTempDir } from './helpers';
+import { KiB, capture, makeTempDir } from './helpers';
 
 const CHUNK = 64 * KiB;
 let dir: string;
@@ -38,7 +38,7 @@ test('manifestStats adds up on a hand-made pair of disks with repeats, zeros and
   ]);
 
   let storedBytes = 0;
-  for (const id of [idA!, idB!, idC!]) storedBytes += (await fs.stat(chunkFile(repository.root, id))).size;
+  for (const id of [idA!, idB!, idC!]) storedBytes += (await repository.getChunk(id)).length;
   const distinctRawBytes = 2 * CHUNK + 1000;
   expect(stored).toEqual({ chunksWritten: 3, bytesWritten: distinctRawBytes, storedBytesWritten: storedBytes });
   expect(await manifestStats(manifest, repository)).toEqual({

@@ -1,0 +1,81 @@
+import type { FileHandle } from 'node:fs/promises';
+import { z } from 'zod';
+
+/**
+ * A pack holds many compressed chunks in one object, so storing a snapshot costs one write per pack instead of one
+ * per chunk (as restic and borg do). Layout: the zstd frames back to back, then a JSON index of them, then an 8-byte
+ * trailer: the index length (uint32, big-endian) and the magic "SPK1". Packs are written whole and never changed.
+ */
+const MAGIC = Buffer.from('SPK1');
+const TRAILER_BYTES = 8;
+
+/** A pack whose trailer or index cannot be read. */
+export class PackDamagedError extends Error {}
+
+/** Where a chunk's frame sits in its pack. */
+export interface PackEntry {
+  id: string;
+  offset: number;
+  length: number;
+}
+
+const PackIndexSchema = z.object({
+  version: z.literal(1),
+  chunks: z.array(z.tuple([z.string(), z.number().int().nonnegative(), z.number().int().positive()])),
+});
+
+/** The bytes of a pack holding `chunks` (in order), as buffers to write one after the other, and its index. */
+export function encodePack(chunks: { id: string; frame: Buffer }[]): { buffers: Buffer[]; entries: PackEntry[] } {
+  const entries: PackEntry[] = [];
+  let offset = 0;
+  for (const { id, frame } of chunks) {
+    entries.push({ id, offset, length: frame.length });
+    offset += frame.length;
+  }
+  const index = Buffer.from(
+    JSON.stringify({ version: 1, chunks: entries.map((e) => [e.id, e.offset, e.length]) } satisfies z.infer<
+      typeof PackIndexSchema
+    >),
+  );
+  const trailer = Buffer.alloc(TRAILER_BYTES);
+  trailer.writeUInt32BE(index.length, 0);
+  MAGIC.copy(trailer, 4);
+  return { buffers: [...chunks.map((c) => c.frame), index, trailer], entries };
+}
+
+/** Reads the index at the end of an open pack of `size` bytes; throws if the pack is not one (or is damaged). */
+export async function readPackIndex(handle: FileHandle, size: number, name: string): Promise<PackEntry[]> {
+  const damaged = (why: string) => new PackDamagedError(`pack ${name} is damaged: ${why}`);
+  if (size < TRAILER_BYTES) throw damaged('shorter than its trailer');
+  const trailer = await readAt(handle, size - TRAILER_BYTES, TRAILER_BYTES);
+  if (!trailer.subarray(4).equals(MAGIC)) throw damaged('no pack trailer');
+  const indexLength = trailer.readUInt32BE(0);
+  const indexOffset = size - TRAILER_BYTES - indexLength;
+  if (indexOffset < 0) throw damaged('index longer than the pack');
+  const text = (await readAt(handle, indexOffset, indexLength)).toString();
+  let parsed;
+  try {
+    parsed = PackIndexSchema.safeParse(JSON.parse(text));
+  } catch {
+    throw damaged('index is not JSON');
+  }
+  if (!parsed.success) throw damaged('unreadable index');
+  const entries = parsed.data.chunks.map(([id, offset, length]) => ({ id, offset, length }));
+  if (entries.some((e) => e.offset + e.length > indexOffset)) throw damaged('index points past the frames');
+  return entries;
+}
+
+/**
+ * Exactly `length` bytes at `position` (fewer only if the file is shorter). The buffer owns its memory, so it can be
+ * transferred to a worker thread without a copy.
+ */
+export async function readAt(handle: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buffer = Buffer.allocUnsafeSlow(length);
+  let filled = 0;
+  while (filled < length) {
+    const { bytesRead } = await handle.read(buffer, filled, length - filled, position + filled);
+    if (bytesRead === 0) break;
+    filled += bytesRead;
+  }
+  return buffer.subarray(0, filled);
+}
