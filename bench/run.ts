@@ -23,7 +23,7 @@ import { ResticRepository } from './restic';
 import { startSnapshotService } from './service';
 import { ensureTools } from './tools';
 import type { Tools } from './tools';
-import { KiB, MiB, dirSize, errorText, formatMiB, formatSize, run, timed, warmPageCache } from './util';
+import { KiB, MiB, dirSize, errorText, formatMiB, formatSize, run, settleWrites, timed, warmPageCache } from './util';
 
 /** The chunk sizes whose incremental growth is compared (DEFAULT_CHUNK_SIZE should be among them). */
 const CHUNK_SIZES = [64 * KiB, 256 * KiB, 1 * MiB, 4 * MiB];
@@ -154,16 +154,20 @@ async function benchWorkflow(context: Context): Promise<WorkflowResult> {
       : undefined;
 
     log('Full snapshot through the workflow');
+    await settleWrites();
     const full = await service.snapshot('bench-full');
     const repoBytesAfterFull = (await dirSize(service.repositoryDir)).apparent;
     log('restic backup of the same disk');
+    await settleWrites();
     const resticFull = await restic?.backup(disk);
 
     await service.writeToDisk(images.writes);
     log('Incremental snapshot through the workflow');
+    await settleWrites();
     const incremental = await service.snapshot('bench-incremental');
     const repoGrowthBytes = (await dirSize(service.repositoryDir)).apparent - repoBytesAfterFull;
     log('restic backup of the changed disk');
+    await settleWrites();
     const resticIncremental = await restic?.backup(disk);
 
     const resticResult =
@@ -240,6 +244,7 @@ function runCaptureChild(disk: string, repoDir: string): Promise<ChildReport> {
 async function bestOf<T extends { seconds: number }>(runs: number, fn: () => Promise<T>): Promise<T> {
   let best: T | undefined;
   for (let i = 0; i < runs; i++) {
+    await settleWrites();
     const result = await fn();
     if (!best || result.seconds < best.seconds) best = result;
   }

@@ -79,6 +79,14 @@ export async function dirSize(dir: string): Promise<{ apparent: number; allocate
   return total;
 }
 
+/**
+ * Writes every dirty page out (`sync`), so a timed run does not pay for the write-back of what an earlier step wrote
+ * (the images, other runs' repositories). Called before each timed run, ours and the references alike.
+ */
+export async function settleWrites(): Promise<void> {
+  await run('sync', []);
+}
+
 /** Reads a file once, start to end, so the timed runs that follow all find it in the page cache. */
 export async function warmPageCache(file: string): Promise<void> {
   const handle = await fs.open(file, 'r');

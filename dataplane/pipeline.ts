@@ -243,12 +243,12 @@ export async function verifyManifest(o: {
     batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     async (batch) => {
-      const frames = await Promise.all(batch.ids.map((id) => o.repository.getChunk(id)));
-      return o.pool.openChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
+      const frames = await o.repository.getChunks(batch.ids);
+      return o.pool.checkChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
     },
-    (chunks, batch) => {
-      verified += chunks.length;
-      bytesDone += chunks.reduce((sum, data) => sum + data.length, 0);
+    (rawLengths, batch) => {
+      verified += rawLengths.length;
+      bytesDone += rawLengths.reduce((sum, length) => sum + length, 0);
       o.onProgress?.({ index: batch.end, total: ids.length, bytesDone, bytesTotal });
     },
   );
@@ -301,7 +301,7 @@ async function restoreInto(
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     async (batch) => {
       const stored = batch.filter((item) => item.ref !== ZERO_CHUNK);
-      const frames = await Promise.all(stored.map((item) => o.repository.getChunk(item.ref)));
+      const frames = await o.repository.getChunks(stored.map((item) => item.ref));
       const chunks = await o.pool.openChunks(stored.map((item, i) => ({ id: item.ref, frame: frames[i]! })));
       return stored.map((item, i) => ({ index: item.index, data: chunks[i]! }));
     },

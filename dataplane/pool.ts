@@ -80,6 +80,21 @@ export class ChunkPool {
     });
   }
 
+  /**
+   * openChunks without sending the bytes back (verification needs only the verdict): the raw length of each chunk;
+   * ChunkCorruptError for the first bad one.
+   */
+  async checkChunks(items: { frame: Buffer; id: string }[]): Promise<number[]> {
+    const results = (await this.piscina.run(
+      { items },
+      { name: 'checkChunks', transferList: items.flatMap((item) => transferable(item.frame)) },
+    )) as ({ length: number } | { corrupt: string })[];
+    return results.map((result, i) => {
+      if ('corrupt' in result) throw new ChunkCorruptError(items[i]!.id, result.corrupt);
+      return result.length;
+    });
+  }
+
   /** Stops the threads; pending tasks are rejected. */
   destroy(): Promise<void> {
     return this.piscina.destroy();

@@ -21,6 +21,8 @@ export interface Repository {
   putChunks(chunks: { id: string; frame: Buffer }[]): Promise<string[]>;
   /** The stored frame; ChunkMissingError if absent. */
   getChunk(id: string): Promise<Buffer>;
+  /** The stored frames of `ids`, in order (read together: one open per pack); ChunkMissingError for an absent one. */
+  getChunks(ids: string[]): Promise<Buffer[]>;
   /** Compressed size of a stored chunk; ChunkMissingError if absent. */
   chunkStoredSize(id: string): Promise<number>;
   /** Every stored copy of every chunk with its size and last write or touch; never a partial write. */
@@ -122,17 +124,32 @@ export class LocalRepository implements Repository {
   }
 
   async getChunk(id: string): Promise<Buffer> {
-    return this.withChunk(id, async (location) => {
-      const handle = await fs.open(this.packPath(location.pack), 'r');
-      try {
-        return await readAt(handle, location.offset, location.length);
-      } finally {
-        await handle.close();
-      }
-    }).then((frame) => {
-      if (frame === undefined) throw new ChunkMissingError(id);
-      return frame;
-    });
+    const frame = await this.withChunk(id, (location) =>
+      this.readFrames(this.packPath(location.pack), [location]).then(([read]) => read!.frame),
+    );
+    if (frame === undefined) throw new ChunkMissingError(id);
+    return frame;
+  }
+
+  async getChunks(ids: string[]): Promise<Buffer[]> {
+    const byPack = new Map<string, Location[]>();
+    for (const id of ids) {
+      const location = await this.locate(id);
+      if (!location) throw new ChunkMissingError(id);
+      byPack.set(location.pack, [...(byPack.get(location.pack) ?? []), location]);
+    }
+    const frames = new Map<string, Buffer>();
+    await Promise.all(
+      [...byPack].map(async ([pack, locations]) => {
+        const read = await this.readFrames(this.packPath(pack), locations).catch(async (error: unknown) => {
+          if (!isNotFound(error)) throw error;
+          // The pack was rewritten since the index was loaded: each chunk is looked up again.
+          return Promise.all(locations.map(async (l) => ({ id: l.id, frame: await this.getChunk(l.id) })));
+        });
+        for (const { id, frame } of read) frames.set(id, frame);
+      }),
+    );
+    return ids.map((id) => frames.get(id)!);
   }
 
   async chunkStoredSize(id: string): Promise<number> {
@@ -409,13 +426,13 @@ export class LocalRepository implements Repository {
     this.addPack(pack, entries);
   }
 
-  /** The frames of `entries` read from one pack file. */
+  /** The frames of `entries` read (concurrently) from one pack file. */
   private async readFrames(file: string, entries: PackEntry[]): Promise<{ id: string; frame: Buffer }[]> {
     const handle = await fs.open(file, 'r');
     try {
-      const frames = [];
-      for (const e of entries) frames.push({ id: e.id, frame: await readAt(handle, e.offset, e.length) });
-      return frames;
+      return await Promise.all(
+        entries.map(async (e) => ({ id: e.id, frame: await readAt(handle, e.offset, e.length) })),
+      );
     } finally {
       await handle.close();
     }

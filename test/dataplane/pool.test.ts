@@ -66,3 +66,20 @@ test('openChunk reports ChunkCorrupt for a frame zstd rejects and for a sound fr
   const mismatched = await pool.openChunk(Buffer.from(frame), otherId).catch((e: unknown) => e);
   expect(mismatched).toMatchObject({ type: 'ChunkCorrupt', chunkId: otherId, reason: `content hashes to ${id}` });
 });
+
+test('checkChunks gives the raw length of each sound frame, and ChunkCorrupt for the first bad one', async () => {
+  const whole = text.subarray(0, CHUNK);
+  const tail = text.subarray(CHUNK, CHUNK + 1000);
+  const [wholeId, tailId] = [hex(whole), hex(tail)];
+  const [wholeFrame, tailFrame] = await pool.compressChunks([
+    { data: Buffer.from(whole), id: wholeId },
+    { data: Buffer.from(tail), id: tailId },
+  ]);
+  const items = () => [
+    { frame: Buffer.from(wholeFrame!), id: wholeId },
+    { frame: Buffer.from(tailFrame!), id: tailId },
+  ];
+  expect(await pool.checkChunks(items())).toEqual([CHUNK, 1000]);
+  const swapped = items().map((item, i, all) => ({ ...item, id: all[1 - i]!.id }));
+  await expect(pool.checkChunks(swapped)).rejects.toMatchObject({ type: 'ChunkCorrupt', chunkId: tailId });
+});
