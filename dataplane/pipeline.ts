@@ -43,16 +43,33 @@ async function orderedPipeline<T, R>(
   }
 }
 
-async function readExactly(handle: FileHandle, length: number, position: number): Promise<Buffer> {
-  // allocUnsafeSlow: the buffer owns its memory, so it can be transferred to a worker thread without a copy.
-  const buffer = Buffer.allocUnsafeSlow(length);
+/**
+ * Reusable buffers of shared memory for disk reads: the pool threads read them in place (no copy, no transfer) and no
+ * fresh memory is faulted in per read. At most as many exist as uses run at once (the pipeline's in-flight limit).
+ */
+class SharedBuffers {
+  private readonly free: Buffer[] = [];
+
+  constructor(private readonly size: number) {}
+
+  async use<T>(fn: (buffer: Buffer) => Promise<T>): Promise<T> {
+    const buffer = this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.size));
+    try {
+      return await fn(buffer);
+    } finally {
+      this.free.push(buffer);
+    }
+  }
+}
+
+/** Fills `buffer` with the file's bytes from `position` on; an error if the file ends first. */
+async function readInto(handle: FileHandle, buffer: Buffer, position: number): Promise<void> {
   let filled = 0;
-  while (filled < length) {
-    const { bytesRead } = await handle.read(buffer, filled, length - filled, position + filled);
+  while (filled < buffer.length) {
+    const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, position + filled);
     if (bytesRead === 0) throw new Error(`unexpected end of file at ${position + filled}`);
     filled += bytesRead;
   }
-  return buffer;
 }
 
 async function writeExactly(handle: FileHandle, data: Buffer, position: number): Promise<void> {
@@ -95,10 +112,16 @@ export async function scanDisk(o: {
         yield { index, start, length: Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start) };
       }
     }
+    const buffers = new SharedBuffers(chunksPerSegment * o.chunkSize);
     await orderedPipeline(
       segments(),
       o.pool.threads * IN_FLIGHT_PER_THREAD,
-      async (segment) => o.pool.hashSegment(await readExactly(handle, segment.length, segment.start), o.chunkSize),
+      (segment) =>
+        buffers.use(async (buffer) => {
+          const data = buffer.subarray(0, segment.length);
+          await readInto(handle, data, segment.start);
+          return o.pool.hashSegment(data, o.chunkSize);
+        }),
       (refs, segment) => o.onChunks(segment.index, refs),
     );
   });
@@ -142,17 +165,20 @@ export async function storeChunks(o: {
       }
     }
     /** A stored chunk is reused, and touched so that a concurrent garbage collection keeps it; the rest are read. */
-    const readMissing = async (candidates: { index: number; id: string }[]) => {
+    const readMissing = async (candidates: { index: number; id: string }[], into: Buffer) => {
       const touched = await Promise.all(candidates.map((c) => o.repository.touchChunk(c.id)));
       return Promise.all(
         candidates
           .filter((_, i) => !touched[i])
-          .map(async ({ index, id }) => {
+          .map(async ({ index, id }, i) => {
             const offset = index * o.chunkSize;
-            return { index, id, offset, data: await readExactly(handle, chunkLength(disk, index), offset) };
+            const data = into.subarray(i * o.chunkSize, i * o.chunkSize + chunkLength(disk, index));
+            await readInto(handle, data, offset);
+            return { index, id, offset, data };
           }),
       );
     };
+    const buffers = new SharedBuffers(chunksPerBatch * o.chunkSize);
     // Compressed chunks gather into a pack, written behind compression (one write in flight while the next pack
     // fills). Progress is reported only once what precedes it is durable, because a retry resumes after it.
     let pack: { index: number; id: string; frame: Buffer }[] = [];
@@ -180,9 +206,11 @@ export async function storeChunks(o: {
         batches(),
         o.pool.threads * IN_FLIGHT_PER_THREAD,
         async (batch) => {
-          const chunks = await readMissing(batch.candidates);
-          const frames = await o.pool.compressChunks(chunks);
-          return chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
+          return buffers.use(async (buffer) => {
+            const chunks = await readMissing(batch.candidates, buffer);
+            const frames = await o.pool.compressChunks(chunks);
+            return chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
+          });
         },
         async (compressed, batch) => {
           for (const chunk of compressed) {
