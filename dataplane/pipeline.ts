@@ -3,6 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import type { ChunkRef, Manifest } from './manifest';
 import { ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
 import type { ChunkPool } from './pool';
+import { frameBound, sharedBuffer } from './pool';
 import type { Repository } from './repository';
 
 /** Bytes read per task sent to the pool: large enough to amortise messaging, small enough to bound memory. */
@@ -44,21 +45,51 @@ async function orderedPipeline<T, R>(
 }
 
 /**
- * Reusable buffers of shared memory for disk reads: the pool threads read them in place (no copy, no transfer) and no
- * fresh memory is faulted in per read. At most as many exist as uses run at once (the pipeline's in-flight limit).
+ * Reusable buffers of one size, so that no fresh memory is faulted in per task. At most as many exist as are in use
+ * at once (bounded by the pipeline's in-flight limit). A buffer not given back (a failed task) is simply collected.
  */
-class SharedBuffers {
+class BufferPool {
   private readonly free: Buffer[] = [];
 
-  constructor(private readonly size: number) {}
+  constructor(private readonly allocate: () => Buffer) {}
+
+  take(): Buffer {
+    return this.free.pop() ?? this.allocate();
+  }
+
+  give(buffer: Buffer): void {
+    this.free.push(buffer);
+  }
 
   async use<T>(fn: (buffer: Buffer) => Promise<T>): Promise<T> {
-    const buffer = this.free.pop() ?? Buffer.from(new SharedArrayBuffer(this.size));
+    const buffer = this.take();
     try {
       return await fn(buffer);
     } finally {
-      this.free.push(buffer);
+      this.give(buffer);
     }
+  }
+}
+
+/** A compressed chunk on its way to a pack: `index` is its place in the disk's chunk list. */
+interface CompressedChunk {
+  index: number;
+  id: string;
+  frame: Buffer;
+}
+
+/** The frames of one pack, copied one after the other into a buffer of the pack's own. */
+class PackBuffer {
+  readonly chunks: CompressedChunk[] = [];
+  bytes = 0;
+
+  constructor(readonly buffer: Buffer) {}
+
+  add(chunk: CompressedChunk): void {
+    const frame = this.buffer.subarray(this.bytes, this.bytes + chunk.frame.length);
+    chunk.frame.copy(frame);
+    this.chunks.push({ ...chunk, frame });
+    this.bytes += frame.length;
   }
 }
 
@@ -112,7 +143,7 @@ export async function scanDisk(o: {
         yield { index, start, length: Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start) };
       }
     }
-    const buffers = new SharedBuffers(chunksPerSegment * o.chunkSize);
+    const buffers = new BufferPool(() => sharedBuffer(chunksPerSegment * o.chunkSize));
     await orderedPipeline(
       segments(),
       o.pool.threads * IN_FLIGHT_PER_THREAD,
@@ -178,24 +209,32 @@ export async function storeChunks(o: {
           }),
       );
     };
-    const buffers = new SharedBuffers(chunksPerBatch * o.chunkSize);
-    // Compressed chunks gather into a pack, written behind compression (one write in flight while the next pack
-    // fills). Progress is reported only once what precedes it is durable, because a retry resumes after it.
-    let pack: { index: number; id: string; frame: Buffer }[] = [];
-    let packBytes = 0;
+    // Chunks are read into shared memory, and the pool threads compress them into shared memory too; the frames are
+    // then copied into the pack being filled, so both buffers are reused at once.
+    const inputs = new BufferPool(() => sharedBuffer(chunksPerBatch * o.chunkSize));
+    const outputs = new BufferPool(() => sharedBuffer(chunksPerBatch * frameBound(o.chunkSize)));
+    // A pack is written once it holds PACK_BYTES, so it never holds more than that plus one batch's frames. It is
+    // written behind compression (one write in flight while the next pack fills). Progress is reported only once
+    // what precedes it is durable, because a retry resumes after it.
+    const packBuffers = new BufferPool(() =>
+      Buffer.allocUnsafeSlow(PACK_BYTES + chunksPerBatch * frameBound(o.chunkSize)),
+    );
+    let pack: PackBuffer | undefined;
     let writes: Promise<void> = Promise.resolve();
     const flush = async (end: number) => {
-      const chunks = pack;
-      pack = [];
-      packBytes = 0;
       await writes;
+      const full = pack;
+      pack = undefined;
       writes = (async () => {
-        const written = new Set(await o.repository.putChunks(chunks));
-        for (const chunk of chunks) {
-          if (!written.has(chunk.id)) continue;
-          stats.chunksWritten++;
-          stats.bytesWritten += chunkLength(disk, chunk.index);
-          stats.storedBytesWritten += chunk.frame.length;
+        if (full) {
+          const written = new Set(await o.repository.putChunks(full.chunks));
+          packBuffers.give(full.buffer);
+          for (const chunk of full.chunks) {
+            if (!written.has(chunk.id)) continue;
+            stats.chunksWritten++;
+            stats.bytesWritten += chunkLength(disk, chunk.index);
+            stats.storedBytesWritten += chunk.frame.length;
+          }
         }
         o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
       })();
@@ -205,19 +244,19 @@ export async function storeChunks(o: {
       await orderedPipeline(
         batches(),
         o.pool.threads * IN_FLIGHT_PER_THREAD,
-        async (batch) => {
-          return buffers.use(async (buffer) => {
-            const chunks = await readMissing(batch.candidates, buffer);
-            const frames = await o.pool.compressChunks(chunks);
-            return chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
-          });
-        },
-        async (compressed, batch) => {
-          for (const chunk of compressed) {
-            pack.push(chunk);
-            packBytes += chunk.frame.length;
-          }
-          if (packBytes >= PACK_BYTES || pack.length === 0) await flush(batch.end);
+        (batch) =>
+          inputs.use(async (input) => {
+            const chunks = await readMissing(batch.candidates, input);
+            if (chunks.length === 0) return { compressed: [] };
+            const output = outputs.take();
+            const frames = await o.pool.compressChunks(chunks, output);
+            const compressed = chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
+            return { compressed, output };
+          }),
+        async ({ compressed, output }: { compressed: CompressedChunk[]; output?: Buffer }, batch) => {
+          for (const chunk of compressed) (pack ??= new PackBuffer(packBuffers.take())).add(chunk);
+          if (output) outputs.give(output);
+          if (!pack || pack.bytes >= PACK_BYTES) await flush(batch.end);
         },
       );
       await flush(o.refs.length);

@@ -2,9 +2,13 @@
 // Runs in the worker threads of ChunkPool (plain CommonJS: worker threads load it without the TypeScript transform).
 'use strict';
 const { blake3 } = require('@napi-rs/blake-hash');
-const { compress, decompress } = require('zstd-napi');
+// The low-level bindings: one compression and one decompression context per thread, reused for every chunk, and no
+// fresh memory per chunk (frames go into the caller's shared buffer, decompressed bytes into a reused one).
+const zstd = require('zstd-napi/binding');
 
 const ZERO_CHUNK = 'zero';
+/** No chunk is larger: a frame header that claims more is damaged (and must not make this thread allocate it). */
+const MAX_CHUNK_BYTES = 64 * 1024 * 1024;
 /** @type {Buffer} */
 let zeros = Buffer.alloc(0);
 
@@ -34,14 +38,49 @@ function hashSegment({ data, chunkSize }) {
 }
 
 /**
- * Re-hashes and compresses chunks; `null` for a chunk that no longer hashes to its id (it is not compressed).
- * @param {{ chunks: { data: Uint8Array, id: string }[], level: number }} task
- * @returns {(Uint8Array | null)[]}
+ * Re-hashes and compresses chunks into `into`, frame after frame; the length of each frame, or `null` for a chunk that
+ * no longer hashes to its id (it is not compressed).
+ * @param {{ chunks: { data: Uint8Array, id: string }[], level: number, into: Uint8Array }} task
+ * @returns {(number | null)[]}
  */
-function compressChunks({ chunks, level }) {
-  return chunks.map(({ data, id }) =>
-    hashOf(data) === id ? compress(data, { compressionLevel: level, checksumFlag: true }) : null,
-  );
+function compressChunks({ chunks, level, into }) {
+  const cctx = compressionContext(level);
+  let end = 0;
+  return chunks.map(({ data, id }) => {
+    if (hashOf(data) !== id) return null;
+    const length = cctx.compress2(into.subarray(end), data);
+    end += length;
+    return length;
+  });
+}
+
+/** @type {{ cctx: any, level: number } | undefined} */
+let compression;
+
+/** This thread's compression context, set to `level` with frame checksums on. @param {number} level */
+function compressionContext(level) {
+  if (compression?.level !== level) {
+    const cctx = new zstd.CCtx();
+    cctx.setParameter(zstd.CParameter.compressionLevel, level);
+    cctx.setParameter(zstd.CParameter.checksumFlag, 1);
+    compression = { cctx, level };
+  }
+  return compression.cctx;
+}
+
+const dctx = new zstd.DCtx();
+
+/** @type {Map<string, Buffer>} */
+const scratchBuffers = new Map();
+
+/** A buffer of this thread's for `purpose`, at least `size` bytes, reused from call to call. */
+function scratch(/** @type {string} */ purpose, /** @type {number} */ size) {
+  let buffer = scratchBuffers.get(purpose);
+  if (!buffer || buffer.length < size) {
+    buffer = Buffer.allocUnsafeSlow(size);
+    scratchBuffers.set(purpose, buffer);
+  }
+  return buffer;
 }
 
 /**
@@ -50,9 +89,23 @@ function compressChunks({ chunks, level }) {
  * @returns {{ data: Uint8Array } | { corrupt: string }}
  */
 function openChunk({ frame, id }) {
+  const opened = decompressChecked(frame, id);
+  return 'corrupt' in opened ? opened : { data: Buffer.from(opened.data) };
+}
+
+/**
+ * Decompresses a frame into this thread's scratch buffer (valid until the next call) and checks its hash.
+ * @param {Uint8Array} frame
+ * @param {string} id
+ * @returns {{ data: Buffer } | { corrupt: string }}
+ */
+function decompressChecked(frame, id) {
   let data;
   try {
-    data = decompress(frame);
+    const size = zstd.getFrameContentSize(frame);
+    if (size === null || size > MAX_CHUNK_BYTES) return { corrupt: `zstd: frame header claims ${size} bytes` };
+    const out = scratch('decompressed', size);
+    data = out.subarray(0, dctx.decompress(out, frame));
   } catch (error) {
     return { corrupt: `zstd: ${error instanceof Error ? error.message : String(error)}` };
   }
@@ -74,8 +127,8 @@ function openChunks({ items }) {
  * @returns {({ length: number } | { corrupt: string })[]}
  */
 function checkChunks({ items }) {
-  return items.map((item) => {
-    const opened = openChunk(item);
+  return items.map(({ frame, id }) => {
+    const opened = decompressChecked(frame, id);
     return 'corrupt' in opened ? opened : { length: opened.data.length };
   });
 }

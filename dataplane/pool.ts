@@ -1,6 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import Piscina from 'piscina';
+import { compressBound } from 'zstd-napi/binding';
 import { ChunkCorruptError, DiskChangedError } from './errors';
 import type { ChunkRef } from './manifest';
 
@@ -40,22 +41,27 @@ export class ChunkPool {
 
   /** Re-hashes (must equal expectedId, else DiskChangedError) and compresses one chunk; returns the zstd frame. */
   async compressChunk(data: Buffer, expectedId: string): Promise<Buffer> {
-    const [frame] = await this.compressChunks([{ data, id: expectedId }]);
+    const [frame] = await this.compressChunks([{ data, id: expectedId }], sharedBuffer(frameBound(data.length)));
     return frame!;
   }
 
   /**
-   * compressChunk for many chunks in one task. `offset` (the chunk's place in its disk) only serves the error: the
-   * first chunk that no longer hashes to its id fails the whole call with DiskChangedError.
+   * compressChunk for many chunks in one task: the threads write the frames one after the other into `into` (shared
+   * memory, at least the frameBound of every chunk together) and the frames come back as views of it, so no memory is
+   * allocated per chunk. `offset` (the chunk's place in its disk) only serves the error: the first chunk that no
+   * longer hashes to its id fails the whole call with DiskChangedError.
    */
-  async compressChunks(chunks: { data: Buffer; id: string; offset?: number }[]): Promise<Buffer[]> {
-    const results = (await this.piscina.run(
-      { chunks: chunks.map(({ data, id }) => ({ data, id })), level: this.level },
+  async compressChunks(chunks: { data: Buffer; id: string; offset?: number }[], into: Buffer): Promise<Buffer[]> {
+    if (!(into.buffer instanceof SharedArrayBuffer)) throw new Error('compressChunks writes into shared memory only');
+    const lengths = (await this.piscina.run(
+      { chunks: chunks.map(({ data, id }) => ({ data, id })), level: this.level, into },
       { name: 'compressChunks', transferList: chunks.flatMap((c) => transferable(c.data)) },
-    )) as (Uint8Array | null)[];
-    return results.map((frame, i) => {
-      if (!frame) throw new DiskChangedError(chunks[i]!.id, chunks[i]!.offset);
-      return asBuffer(frame);
+    )) as (number | null)[];
+    let end = 0;
+    return lengths.map((length, i) => {
+      if (length === null) throw new DiskChangedError(chunks[i]!.id, chunks[i]!.offset);
+      end += length;
+      return into.subarray(end - length, end);
     });
   }
 
@@ -99,6 +105,16 @@ export class ChunkPool {
   destroy(): Promise<void> {
     return this.piscina.destroy();
   }
+}
+
+/** The most bytes the zstd frame of `rawBytes` bytes can take. */
+export function frameBound(rawBytes: number): number {
+  return compressBound(rawBytes);
+}
+
+/** A buffer of shared memory: threads of the pool read and write it in place. */
+export function sharedBuffer(size: number): Buffer {
+  return Buffer.from(new SharedArrayBuffer(size));
 }
 
 /** A buffer's memory can be moved to a thread only when the buffer owns all of it (not a slice of Node's pool). */

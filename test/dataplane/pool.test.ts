@@ -2,6 +2,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 import fs from 'node:fs/promises';
 import { decompress } from 'zstd-napi';
 import { ChunkCorruptError, ChunkPool, DiskChangedError, ZERO_CHUNK } from '../../dataplane';
+import { frameBound, sharedBuffer } from '../../dataplane/pool';
 import { KiB } from './helpers';
 
 const CHUNK = 64 * KiB;
@@ -41,6 +42,25 @@ test('compressChunk makes a checksummed zstd frame that openChunk turns back int
   expect((await pool.openChunk(Buffer.from(frame), id)).equals(data)).toBe(true);
 });
 
+test('compressChunks writes the frames one after the other into the shared buffer it is given', async () => {
+  const chunks = [0, 1, 2].map((i) => text.subarray(i * CHUNK, (i + 1) * CHUNK));
+  const into = sharedBuffer(3 * frameBound(CHUNK));
+  const frames = await pool.compressChunks(
+    chunks.map((data) => ({ data: Buffer.from(data), id: hex(data) })),
+    into,
+  );
+  let offset = 0;
+  frames.forEach((frame, i) => {
+    expect(frame.buffer).toBe(into.buffer);
+    expect(frame.byteOffset).toBe(offset);
+    expect(hex(decompress(frame))).toBe(hex(chunks[i]!));
+    offset += frame.length;
+  });
+  await expect(pool.compressChunks([{ data: chunks[0]!, id: hex(chunks[0]!) }], Buffer.alloc(CHUNK))).rejects.toThrow(
+    /shared memory/,
+  );
+});
+
 test('compressChunk refuses bytes that no longer hash to the id recorded at capture', async () => {
   const id = hex(text.subarray(0, CHUNK));
   const changed = Buffer.from(text.subarray(0, CHUNK));
@@ -62,6 +82,16 @@ test('openChunk reports ChunkCorrupt for a frame zstd rejects and for a sound fr
   expect(rejected).toMatchObject({ type: 'ChunkCorrupt', chunkId: id });
   expect((rejected as ChunkCorruptError).reason).toMatch(/^zstd/);
 
+  // A header that claims 4 GiB of content (single-segment frame, 8-byte size field) is refused before anything is
+  // allocated for it.
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64LE(2n ** 32n);
+  const huge = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0xe4]), size, frame.subarray(13)]);
+  await expect(pool.openChunk(huge, id)).rejects.toMatchObject({
+    type: 'ChunkCorrupt',
+    reason: 'zstd: frame header claims 4294967296 bytes',
+  });
+
   const otherId = hex(text.subarray(CHUNK, 2 * CHUNK));
   const mismatched = await pool.openChunk(Buffer.from(frame), otherId).catch((e: unknown) => e);
   expect(mismatched).toMatchObject({ type: 'ChunkCorrupt', chunkId: otherId, reason: `content hashes to ${id}` });
@@ -71,10 +101,13 @@ test('checkChunks gives the raw length of each sound frame, and ChunkCorrupt for
   const whole = text.subarray(0, CHUNK);
   const tail = text.subarray(CHUNK, CHUNK + 1000);
   const [wholeId, tailId] = [hex(whole), hex(tail)];
-  const [wholeFrame, tailFrame] = await pool.compressChunks([
-    { data: Buffer.from(whole), id: wholeId },
-    { data: Buffer.from(tail), id: tailId },
-  ]);
+  const [wholeFrame, tailFrame] = await pool.compressChunks(
+    [
+      { data: Buffer.from(whole), id: wholeId },
+      { data: Buffer.from(tail), id: tailId },
+    ],
+    sharedBuffer(frameBound(CHUNK) + frameBound(1000)),
+  );
   const items = () => [
     { frame: Buffer.from(wholeFrame!), id: wholeId },
     { frame: Buffer.from(tailFrame!), id: tailId },
