@@ -1,4 +1,4 @@
-import { DEFAULT_CHUNK_SIZE, scanDisk } from '../dataplane';
+import { DEFAULT_CHUNK_SIZE, scanDisk, withDiskReader } from '../dataplane';
 import type { ChunkRef } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { DiskView } from '../platform/ports';
@@ -67,23 +67,25 @@ export function createCaptureActivity(deps: ActivityDeps) {
             chunk: journaled,
           });
         };
-        await scanDisk({
-          path: disk.path,
-          sizeBytes: disk.sizeBytes,
-          chunkSize,
-          pool: deps.pool,
-          fromChunk,
-          signal: reporter.signal,
-          onChunks: async (startIndex, refs) => {
-            pending.push(...refs);
-            const next = startIndex + refs.length;
-            bytesRead += Math.min(next * chunkSize, disk.sizeBytes) - startIndex * chunkSize;
-            if (pending.length * chunkSize >= JOURNAL_BATCH_BYTES || Date.now() - flushedAt >= JOURNAL_BATCH_MS) {
-              await flush();
-            }
-            await throttle(bytesRead, startedAt, deps.captureMaxBytesPerSecond);
-          },
-        });
+        await withDiskReader(deps.hypervisor.readView(disk), (reader) =>
+          scanDisk({
+            disk: reader,
+            sizeBytes: disk.sizeBytes,
+            chunkSize,
+            pool: deps.pool,
+            fromChunk,
+            signal: reporter.signal,
+            onChunks: async (startIndex, refs) => {
+              pending.push(...refs);
+              const next = startIndex + refs.length;
+              bytesRead += Math.min(next * chunkSize, disk.sizeBytes) - startIndex * chunkSize;
+              if (pending.length * chunkSize >= JOURNAL_BATCH_BYTES || Date.now() - flushedAt >= JOURNAL_BATCH_MS) {
+                await flush();
+              }
+              await throttle(bytesRead, startedAt, deps.captureMaxBytesPerSecond);
+            },
+          }),
+        );
         if (pending.length > 0) await flush();
       }
       reporter.update(bytesTotal, { disk: input.disks.length, chunk: 0 }, true);

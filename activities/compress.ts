@@ -1,4 +1,4 @@
-import { storeChunks } from '../dataplane';
+import { storeChunks, withDiskReader } from '../dataplane';
 import type { Manifest } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
 import type { Region } from '../domain/model';
@@ -53,21 +53,23 @@ export function createCompressActivity(deps: ActivityDeps) {
         }
         disks.push({ name: disk.name, sizeBytes: disk.sizeBytes, chunkSize: input.chunkSize, chunks: refs });
         if (d < from.disk) continue;
-        const stored = await storeChunks({
-          path: disk.path,
-          chunkSize: input.chunkSize,
-          sizeBytes: disk.sizeBytes,
-          refs,
-          repository,
-          pool: deps.pool,
-          fromIndex: d === from.disk ? from.index : 0,
-          signal: reporter.signal,
-          onProgress: ({ index }) =>
-            reporter.update(bytesBefore(input.disks, d) + Math.min(index * input.chunkSize, disk.sizeBytes), {
-              disk: d,
-              index,
-            }),
-        });
+        const stored = await withDiskReader(deps.hypervisor.readView(disk), (reader) =>
+          storeChunks({
+            disk: reader,
+            chunkSize: input.chunkSize,
+            sizeBytes: disk.sizeBytes,
+            refs,
+            repository,
+            pool: deps.pool,
+            fromIndex: d === from.disk ? from.index : 0,
+            signal: reporter.signal,
+            onProgress: ({ index }) =>
+              reporter.update(bytesBefore(input.disks, d) + Math.min(index * input.chunkSize, disk.sizeBytes), {
+                disk: d,
+                index,
+              }),
+          }),
+        );
         result.chunksWritten += stored.chunksWritten;
         result.addedBytes += stored.storedBytesWritten;
       }

@@ -1,4 +1,4 @@
-import { LocalRepository, scanDisk, storeChunks } from '../dataplane';
+import { LocalRepository, scanDisk, storeChunks, withImageFile } from '../dataplane';
 import type { ChunkPool, ChunkRef } from '../dataplane';
 import { dirSize, timed } from './util';
 
@@ -27,18 +27,23 @@ export async function captureDisk(options: {
 }): Promise<CaptureResult> {
   const { path, sizeBytes, chunkSize, repository, pool } = options;
   const refs: ChunkRef[] = [];
+  // Each pass opens the image on its own, as the capture and compression activities each open the view.
   const scan = await timed(() =>
-    scanDisk({
-      path,
-      sizeBytes,
-      chunkSize,
-      pool,
-      onChunks: (startIndex, chunkRefs) => {
-        chunkRefs.forEach((ref, i) => (refs[startIndex + i] = ref));
-      },
-    }),
+    withImageFile(path, (disk) =>
+      scanDisk({
+        disk,
+        sizeBytes,
+        chunkSize,
+        pool,
+        onChunks: (startIndex, chunkRefs) => {
+          chunkRefs.forEach((ref, i) => (refs[startIndex + i] = ref));
+        },
+      }),
+    ),
   );
-  const store = await timed(() => storeChunks({ path, chunkSize, sizeBytes, refs, repository, pool }));
+  const store = await timed(() =>
+    withImageFile(path, (disk) => storeChunks({ disk, chunkSize, sizeBytes, refs, repository, pool })),
+  );
   return {
     seconds: scan.seconds + store.seconds,
     scanSeconds: scan.seconds,

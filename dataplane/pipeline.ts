@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { ChunkRef, Manifest } from './manifest';
 import { ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
+import type { DiskReader } from './disk-reader';
 import type { ChunkPool } from './pool';
 import { frameBound, sharedBuffer } from './pool';
 import type { Repository } from './repository';
@@ -93,16 +94,6 @@ class PackBuffer {
   }
 }
 
-/** Fills `buffer` with the file's bytes from `position` on; an error if the file ends first. */
-async function readInto(handle: FileHandle, buffer: Buffer, position: number): Promise<void> {
-  let filled = 0;
-  while (filled < buffer.length) {
-    const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, position + filled);
-    if (bytesRead === 0) throw new Error(`unexpected end of file at ${position + filled}`);
-    filled += bytesRead;
-  }
-}
-
 async function writeExactly(handle: FileHandle, data: Buffer, position: number): Promise<void> {
   let written = 0;
   while (written < data.length) {
@@ -121,11 +112,11 @@ async function withFile<T>(file: string, flags: string, use: (handle: FileHandle
 }
 
 /**
- * Stage "capture": reads a disk image from chunk `fromChunk` on, hashes every chunk on the pool, and hands the
- * ordered refs to `onChunks` segment by segment (the caller journals and heartbeats them).
+ * Stage "capture": reads a disk from chunk `fromChunk` on, hashes every chunk on the pool, and hands the ordered refs
+ * to `onChunks` segment by segment (the caller journals and heartbeats them).
  */
 export async function scanDisk(o: {
-  path: string;
+  disk: DiskReader;
   sizeBytes: number;
   chunkSize: number;
   pool: ChunkPool;
@@ -135,37 +126,35 @@ export async function scanDisk(o: {
 }): Promise<void> {
   const chunksPerSegment = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
   const totalChunks = Math.ceil(o.sizeBytes / o.chunkSize);
-  await withFile(o.path, 'r', async (handle) => {
-    function* segments() {
-      for (let index = o.fromChunk ?? 0; index < totalChunks; index += chunksPerSegment) {
-        o.signal?.throwIfAborted();
-        const start = index * o.chunkSize;
-        yield { index, start, length: Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start) };
-      }
+  function* segments() {
+    for (let index = o.fromChunk ?? 0; index < totalChunks; index += chunksPerSegment) {
+      o.signal?.throwIfAborted();
+      const start = index * o.chunkSize;
+      yield { index, start, length: Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start) };
     }
-    const buffers = new BufferPool(() => sharedBuffer(chunksPerSegment * o.chunkSize));
-    await orderedPipeline(
-      segments(),
-      o.pool.threads * IN_FLIGHT_PER_THREAD,
-      (segment) =>
-        buffers.use(async (buffer) => {
-          const data = buffer.subarray(0, segment.length);
-          await readInto(handle, data, segment.start);
-          return o.pool.hashSegment(data, o.chunkSize);
-        }),
-      (refs, segment) => o.onChunks(segment.index, refs),
-    );
-  });
+  }
+  const buffers = new BufferPool(() => sharedBuffer(chunksPerSegment * o.chunkSize));
+  await orderedPipeline(
+    segments(),
+    o.pool.threads * IN_FLIGHT_PER_THREAD,
+    (segment) =>
+      buffers.use(async (buffer) => {
+        const data = buffer.subarray(0, segment.length);
+        await o.disk.read(data, segment.start);
+        return o.pool.hashSegment(data, o.chunkSize);
+      }),
+    (refs, segment) => o.onChunks(segment.index, refs),
+  );
   o.signal?.throwIfAborted();
 }
 
 /**
  * Stage "compress": stores every distinct non-zero chunk of `refs` (from index `fromIndex` on) that the repository
- * lacks, reading it from `path`, re-hashing it (DiskChangedError if the view changed since capture) and compressing it
+ * lacks, reading it from `disk`, re-hashing it (DiskChangedError if the view changed since capture) and compressing it
  * on the pool. Idempotent: what is already stored is skipped (and touched, see collectGarbage).
  */
 export async function storeChunks(o: {
-  path: string;
+  disk: DiskReader;
   chunkSize: number;
   sizeBytes: number;
   refs: ChunkRef[];
@@ -175,96 +164,94 @@ export async function storeChunks(o: {
   signal?: AbortSignal;
   onProgress?: (p: { index: number; bytesDone: number }) => void;
 }): Promise<{ chunksWritten: number; bytesWritten: number; storedBytesWritten: number }> {
-  const disk = { sizeBytes: o.sizeBytes, chunkSize: o.chunkSize };
+  const geometry = { sizeBytes: o.sizeBytes, chunkSize: o.chunkSize };
   const chunksPerBatch = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
   const stats = { chunksWritten: 0, bytesWritten: 0, storedBytesWritten: 0 };
   const seen = new Set<string>();
-  await withFile(o.path, 'r', async (handle) => {
-    /** Batches of the chunks to consider (each distinct id once); `end` is the ref index covered (for progress). */
-    function* batches() {
-      for (let start = o.fromIndex ?? 0; start < o.refs.length; start += chunksPerBatch) {
-        o.signal?.throwIfAborted();
-        const end = Math.min(start + chunksPerBatch, o.refs.length);
-        const candidates: { index: number; id: string }[] = [];
-        for (let index = start; index < end; index++) {
-          const id = o.refs[index]!;
-          if (id === ZERO_CHUNK || seen.has(id)) continue;
-          seen.add(id);
-          candidates.push({ index, id });
-        }
-        yield { candidates, end };
+  /** Batches of the chunks to consider (each distinct id once); `end` is the ref index covered (for progress). */
+  function* batches() {
+    for (let start = o.fromIndex ?? 0; start < o.refs.length; start += chunksPerBatch) {
+      o.signal?.throwIfAborted();
+      const end = Math.min(start + chunksPerBatch, o.refs.length);
+      const candidates: { index: number; id: string }[] = [];
+      for (let index = start; index < end; index++) {
+        const id = o.refs[index]!;
+        if (id === ZERO_CHUNK || seen.has(id)) continue;
+        seen.add(id);
+        candidates.push({ index, id });
       }
+      yield { candidates, end };
     }
-    /** A stored chunk is reused, and touched so that a concurrent garbage collection keeps it; the rest are read. */
-    const readMissing = async (candidates: { index: number; id: string }[], into: Buffer) => {
-      const touched = await Promise.all(candidates.map((c) => o.repository.touchChunk(c.id)));
-      return Promise.all(
-        candidates
-          .filter((_, i) => !touched[i])
-          .map(async ({ index, id }, i) => {
-            const offset = index * o.chunkSize;
-            const data = into.subarray(i * o.chunkSize, i * o.chunkSize + chunkLength(disk, index));
-            await readInto(handle, data, offset);
-            return { index, id, offset, data };
-          }),
-      );
-    };
-    // Chunks are read into shared memory, and the pool threads compress them into shared memory too; the frames are
-    // then copied into the pack being filled, so both buffers are reused at once.
-    const inputs = new BufferPool(() => sharedBuffer(chunksPerBatch * o.chunkSize));
-    const outputs = new BufferPool(() => sharedBuffer(chunksPerBatch * frameBound(o.chunkSize)));
-    // A pack is written once it holds PACK_BYTES, so it never holds more than that plus one batch's frames. It is
-    // written behind compression (one write in flight while the next pack fills). Progress is reported only once
-    // what precedes it is durable, because a retry resumes after it.
-    const packBuffers = new BufferPool(() =>
-      Buffer.allocUnsafeSlow(PACK_BYTES + chunksPerBatch * frameBound(o.chunkSize)),
+  }
+  /** A stored chunk is reused, and touched so that a concurrent garbage collection keeps it; the rest are read. */
+  const readMissing = async (candidates: { index: number; id: string }[], into: Buffer) => {
+    const touched = await Promise.all(candidates.map((c) => o.repository.touchChunk(c.id)));
+    return Promise.all(
+      candidates
+        .filter((_, i) => !touched[i])
+        .map(async ({ index, id }, i) => {
+          const offset = index * o.chunkSize;
+          const data = into.subarray(i * o.chunkSize, i * o.chunkSize + chunkLength(geometry, index));
+          await o.disk.read(data, offset);
+          return { index, id, offset, data };
+        }),
     );
-    let pack: PackBuffer | undefined;
-    let writes: Promise<void> = Promise.resolve();
-    const flush = async (end: number) => {
-      await writes;
-      const full = pack;
-      pack = undefined;
-      writes = (async () => {
-        if (full) {
-          const written = new Set(await o.repository.putChunks(full.chunks));
-          packBuffers.give(full.buffer);
-          for (const chunk of full.chunks) {
-            if (!written.has(chunk.id)) continue;
-            stats.chunksWritten++;
-            stats.bytesWritten += chunkLength(disk, chunk.index);
-            stats.storedBytesWritten += chunk.frame.length;
-          }
-        }
-        o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
-      })();
-      writes.catch(() => undefined); // surfaced by the next await of `writes`
-    };
-    try {
-      await orderedPipeline(
-        batches(),
-        o.pool.threads * IN_FLIGHT_PER_THREAD,
-        (batch) =>
-          inputs.use(async (input) => {
-            const chunks = await readMissing(batch.candidates, input);
-            if (chunks.length === 0) return { compressed: [] };
-            const output = outputs.take();
-            const frames = await o.pool.compressChunks(chunks, output);
-            const compressed = chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
-            return { compressed, output };
-          }),
-        async ({ compressed, output }: { compressed: CompressedChunk[]; output?: Buffer }, batch) => {
-          for (const chunk of compressed) (pack ??= new PackBuffer(packBuffers.take())).add(chunk);
-          if (output) outputs.give(output);
-          if (!pack || pack.bytes >= PACK_BYTES) await flush(batch.end);
-        },
-      );
-      await flush(o.refs.length);
-    } finally {
-      await writes.catch(() => undefined); // never leave a write running behind a failure
-    }
+  };
+  // Chunks are read into shared memory, and the pool threads compress them into shared memory too; the frames are
+  // then copied into the pack being filled, so both buffers are reused at once.
+  const inputs = new BufferPool(() => sharedBuffer(chunksPerBatch * o.chunkSize));
+  const outputs = new BufferPool(() => sharedBuffer(chunksPerBatch * frameBound(o.chunkSize)));
+  // A pack is written once it holds PACK_BYTES, so it never holds more than that plus one batch's frames. It is
+  // written behind compression (one write in flight while the next pack fills). Progress is reported only once
+  // what precedes it is durable, because a retry resumes after it.
+  const packBuffers = new BufferPool(() =>
+    Buffer.allocUnsafeSlow(PACK_BYTES + chunksPerBatch * frameBound(o.chunkSize)),
+  );
+  let pack: PackBuffer | undefined;
+  let writes: Promise<void> = Promise.resolve();
+  const flush = async (end: number) => {
     await writes;
-  });
+    const full = pack;
+    pack = undefined;
+    writes = (async () => {
+      if (full) {
+        const written = new Set(await o.repository.putChunks(full.chunks));
+        packBuffers.give(full.buffer);
+        for (const chunk of full.chunks) {
+          if (!written.has(chunk.id)) continue;
+          stats.chunksWritten++;
+          stats.bytesWritten += chunkLength(geometry, chunk.index);
+          stats.storedBytesWritten += chunk.frame.length;
+        }
+      }
+      o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
+    })();
+    writes.catch(() => undefined); // surfaced by the next await of `writes`
+  };
+  try {
+    await orderedPipeline(
+      batches(),
+      o.pool.threads * IN_FLIGHT_PER_THREAD,
+      (batch) =>
+        inputs.use(async (input) => {
+          const chunks = await readMissing(batch.candidates, input);
+          if (chunks.length === 0) return { compressed: [] };
+          const output = outputs.take();
+          const frames = await o.pool.compressChunks(chunks, output);
+          const compressed = chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
+          return { compressed, output };
+        }),
+      async ({ compressed, output }: { compressed: CompressedChunk[]; output?: Buffer }, batch) => {
+        for (const chunk of compressed) (pack ??= new PackBuffer(packBuffers.take())).add(chunk);
+        if (output) outputs.give(output);
+        if (!pack || pack.bytes >= PACK_BYTES) await flush(batch.end);
+      },
+    );
+    await flush(o.refs.length);
+  } finally {
+    await writes.catch(() => undefined); // never leave a write running behind a failure
+  }
+  await writes;
   return stats;
 }
 

@@ -1,3 +1,4 @@
+import type { DiskReader } from '../dataplane';
 import type {
   Account,
   Disk,
@@ -104,24 +105,32 @@ export interface Catalog {
   close(): void;
 }
 
-/** A point-in-time, read-only view of one disk, valid until released. */
+/** A point-in-time, read-only view of one disk, valid until released; read through `Hypervisor.readView`. */
 export interface DiskView {
+  /** The views it belongs to (one per snapshot), as given to `openViews`. */
+  viewId: string;
+  /** The disk's name in the VM. */
   name: string;
-  path: string;
   sizeBytes: number;
 }
 
 /**
  * The hypervisor driver: quiesce the guest and expose a consistent point-in-time view of its disks while the VM keeps
- * running. The embedded default works on local raw images; a QEMU/KVM driver would use blockdev snapshots.
+ * running. The embedded default works on local raw images (copy-before-write views); a QEMU/KVM driver would use
+ * blockdev snapshots exported over NBD.
  */
 export interface Hypervisor {
   /** Flush and freeze the guest's file systems (guest-agent fsfreeze). Idempotent. */
   freeze(vm: Vm): Promise<void>;
   /** Undo freeze. Idempotent, always safe to call. */
   thaw(vm: Vm): Promise<void>;
-  /** Open (or reopen after a retry) the point-in-time views of the VM's disks under `viewId`. */
+  /**
+   * Open (or reopen after a retry) the point-in-time views of the VM's disks under `viewId`, while it is frozen: they
+   * show the disks as they are at this moment, whatever the guest writes afterwards.
+   */
   openViews(vm: Vm, viewId: string): Promise<DiskView[]>;
+  /** A reader of an open view (capture and compression read through one each); the caller closes it. */
+  readView(view: DiskView): Promise<DiskReader>;
   /** Release the views; idempotent. */
   releaseViews(viewId: string): Promise<void>;
   /** The VM's current CPU and disk I/O utilisation, which scheduled snapshots wait on to drop. */

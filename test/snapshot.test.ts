@@ -201,6 +201,36 @@ describe('retries and resumption', () => {
     }
   });
 
+  test('guest writes while the snapshot runs do not reach it: it restores the disks as they were at initiation', async () => {
+    const expected = await sourceHashes();
+    // Capture throttled as above, so the guest writes land while it runs: behind the capture and ahead of it.
+    const slow = await env.startWorker({ captureMaxBytesPerSecond: 24e6 });
+    try {
+      const started = await env.snapshots.createSnapshot({
+        accountId: vm.accountId,
+        vmId: vm.id,
+        region: vm.region,
+        name: 'point-in-time',
+      });
+      await waitFor(async () => {
+        const s = await env.snapshots.getSnapshot(vm.accountId, started.snapshotId).catch(() => undefined);
+        return s?.progress?.status === 'CAPTURING' && s.progress.bytesDone > 16 * 1024 * 1024;
+      });
+      const root = vm.disks[0]!;
+      const writes = Array.from({ length: 32 }, (_, i) => ({
+        offset: Math.floor((i * root.sizeBytes) / 32 / 4096) * 4096,
+        data: Buffer.alloc(4096, `written during the snapshot ${i}\n`),
+      }));
+      await writeGuestBlocks(env.platform.hypervisor, vm, 'root', writes);
+      const record = await env.snapshots.watchProgress(started);
+      expect(record.status).toBe('SUCCESS');
+      expect(await restoreAll(record.id, env.platform.dataDir)).toEqual(expected);
+      expect(await fileHash(root.path)).not.toBe(expected.root);
+    } finally {
+      await slow.stop();
+    }
+  });
+
   test('a capture interrupted by a worker shutdown resumes from its last heartbeat, not from zero', async () => {
     const expected = await sourceHashes();
     // Capture throttled to ~24 MB/s so the 96 MiB of disks take about 4 s and the worker can be stopped mid-way; a

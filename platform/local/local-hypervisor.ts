@@ -1,21 +1,33 @@
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
+import { z } from 'zod';
+import type { DiskReader } from '../../dataplane';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { VmLoadSchema } from '../../domain/model';
 import type { DiskView, Hypervisor } from '../ports';
+import { CowViewReader, createCowFiles, preserveBlocks } from './cow-view';
+import { acquireVmLock, isFrozen, releaseVmLock } from './vm-lock';
 
-const run = promisify(execFile);
+/** How long a freeze waits for a guest write in progress to finish. */
+const FREEZE_TIMEOUT_MS = 30_000;
+
+/** What a view records of its VM, so readers and the guest's write path find the live disks. */
+const ViewInfoSchema = z.object({
+  vmId: z.string(),
+  disks: z.array(z.object({ name: z.string(), path: z.string(), sizeBytes: z.number().int().nonnegative() })),
+});
 
 /**
  * Embedded hypervisor driver for VMs whose disks are raw image files on this machine.
  *
- * - freeze/thaw: the embedded guests have no guest agent; a freeze marker under `frozen/` stands for fsfreeze, and
- *   `GuestDisk` (the embedded guest's write path) waits while it exists.
- * - point-in-time views: `cp --reflink=auto --sparse=always` of each disk while frozen — an instant copy-on-write clone
- *   on file systems with reflinks (XFS, Btrfs), a hole-preserving copy elsewhere. A QEMU/KVM driver would instead take
- *   a blockdev snapshot and export it over NBD.
+ * - freeze/thaw: the embedded guests have no guest agent; a lock file per VM (`locks/<vm>`) stands for fsfreeze. The
+ *   guest's write path (`writeGuestBlocks`) takes the same lock for every write, so a freeze waits for a write in
+ *   progress and writes wait while the VM is frozen.
+ * - point-in-time views: copy-before-write (see cow-view.ts). Opening a view copies nothing (the freeze lasts
+ *   milliseconds whatever the disk's size); while it is open, the guest's write path preserves each block it first
+ *   overwrites into `views/<view>/`, and `readView` lays those blocks over the live disk. `vm-views/<vm>/<view>` lists
+ *   a VM's open views for the write path. A QEMU/KVM driver would take a blockdev snapshot and export it over NBD.
  * - load: the embedded guests run no workload, so their CPU and disk I/O utilisation is a figure kept in
  *   `load/<vm>.json` that the demo and tests set (`setLoad`, or `npm run snap -- load`); idle when never set. A real
  *   driver would read the hypervisor's counters (libvirt domain stats).
@@ -23,40 +35,81 @@ const run = promisify(execFile);
 export class LocalHypervisor implements Hypervisor {
   constructor(private readonly root: string) {}
 
-  frozenMarker(vmId: string): string {
-    return path.join(this.root, 'frozen', vmId);
-  }
-
   async freeze(vm: Vm): Promise<void> {
-    await fs.mkdir(path.dirname(this.frozenMarker(vm.id)), { recursive: true });
-    await fs.writeFile(this.frozenMarker(vm.id), new Date().toISOString());
+    await fs.mkdir(path.dirname(this.lockFile(vm.id)), { recursive: true });
+    await acquireVmLock(this.lockFile(vm.id), 'freeze', FREEZE_TIMEOUT_MS);
   }
 
   async thaw(vm: Vm): Promise<void> {
-    await fs.rm(this.frozenMarker(vm.id), { force: true });
+    await releaseVmLock(this.lockFile(vm.id), 'freeze');
   }
 
   async openViews(vm: Vm, viewId: string): Promise<DiskView[]> {
     const dir = this.viewDir(viewId);
     const done = path.join(dir, 'COMPLETE');
-    const views = vm.disks.map((disk) => ({
-      name: disk.name,
-      path: path.join(dir, `${disk.name}.raw`),
-      sizeBytes: disk.sizeBytes,
-    }));
+    const views = vm.disks.map((disk) => ({ viewId, name: disk.name, sizeBytes: disk.sizeBytes }));
     if (await exists(done)) return views;
+    // Only a frozen guest has no write in flight: a view opened otherwise could miss one.
+    if (!(await isFrozen(this.lockFile(vm.id)))) throw new Error(`VM ${vm.name} must be frozen to open views`);
     // A half-made view from an interrupted attempt is redone from scratch.
     await fs.rm(dir, { recursive: true, force: true });
     await fs.mkdir(dir, { recursive: true });
-    for (const [i, disk] of vm.disks.entries()) {
-      await run('cp', ['--reflink=auto', '--sparse=always', disk.path, views[i]!.path]);
-    }
+    const info: z.infer<typeof ViewInfoSchema> = { vmId: vm.id, disks: vm.disks };
+    await fs.writeFile(path.join(dir, 'view.json'), JSON.stringify(info));
+    for (const disk of vm.disks) await createCowFiles(dir, disk.name);
+    await syncDir(dir);
+    // Registered for the guest's write path before the thaw lets any write through.
+    const registry = this.openViewsDir(vm.id);
+    await fs.mkdir(registry, { recursive: true });
+    await fs.writeFile(path.join(registry, viewId), '');
+    await syncDir(registry);
     await fs.writeFile(done, '');
     return views;
   }
 
+  async readView(view: DiskView): Promise<DiskReader> {
+    const dir = this.viewDir(view.viewId);
+    const info = await this.viewInfo(view.viewId);
+    const disk = info?.disks.find((d) => d.name === view.name);
+    if (!disk) throw new Error(`view ${view.viewId} of disk ${view.name} is not open`);
+    return CowViewReader.open(dir, disk.name, disk.path);
+  }
+
   async releaseViews(viewId: string): Promise<void> {
+    const info = await this.viewInfo(viewId);
+    // The write path stops preserving first, then the preserved blocks go.
+    if (info) await fs.rm(path.join(this.openViewsDir(info.vmId), viewId), { force: true });
     await fs.rm(this.viewDir(viewId), { recursive: true, force: true });
+  }
+
+  /**
+   * The guest's write path: runs `write` under the VM's lock (waiting while the VM is frozen), after preserving, in
+   * each open view of the VM, the blocks of `diskName` that `ranges` overwrite. `disk` is the guest's open disk file.
+   */
+  async guestWrite(
+    vm: Vm,
+    diskName: string,
+    ranges: { offset: number; length: number }[],
+    write: (disk: FileHandle) => Promise<void>,
+    waitMs: number,
+  ): Promise<void> {
+    const disk = vm.disks.find((d) => d.name === diskName);
+    if (!disk) throw new Error(`VM ${vm.name} has no disk named ${diskName}`);
+    await fs.mkdir(path.dirname(this.lockFile(vm.id)), { recursive: true });
+    await acquireVmLock(this.lockFile(vm.id), 'guest', waitMs);
+    try {
+      const handle = await fs.open(disk.path, 'r+');
+      try {
+        for (const viewId of await listDir(this.openViewsDir(vm.id))) {
+          await preserveBlocks(this.viewDir(viewId), diskName, handle, disk.sizeBytes, ranges);
+        }
+        await write(handle);
+      } finally {
+        await handle.close();
+      }
+    } finally {
+      await releaseVmLock(this.lockFile(vm.id), 'guest');
+    }
   }
 
   async readLoad(vm: Vm): Promise<VmLoad> {
@@ -95,6 +148,36 @@ export class LocalHypervisor implements Hypervisor {
 
   private viewDir(viewId: string): string {
     return path.join(this.root, 'views', viewId);
+  }
+
+  private openViewsDir(vmId: string): string {
+    return path.join(this.root, 'vm-views', vmId);
+  }
+
+  private lockFile(vmId: string): string {
+    return path.join(this.root, 'locks', vmId);
+  }
+
+  private async viewInfo(viewId: string): Promise<z.infer<typeof ViewInfoSchema> | undefined> {
+    const text = await fs.readFile(path.join(this.viewDir(viewId), 'view.json'), 'utf8').catch(() => undefined);
+    return text === undefined ? undefined : ViewInfoSchema.parse(JSON.parse(text));
+  }
+}
+
+async function listDir(dir: string): Promise<string[]> {
+  return fs.readdir(dir).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return [];
+    throw error;
+  });
+}
+
+/** Makes new files in `dir` durable (a view must survive a crash as long as the snapshot reading it). */
+async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { ChunkPool, ChunkRef, Manifest, Repository } from '../../dataplane';
-import { scanDisk, storeChunks } from '../../dataplane';
+import { scanDisk, storeChunks, withImageFile } from '../../dataplane';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -32,7 +32,9 @@ export async function fileSha256(file: string): Promise<string> {
 export async function scanRefs(pool: ChunkPool, file: string, chunkSize: number, fromChunk = 0): Promise<ChunkRef[]> {
   const { size } = await fs.stat(file);
   const refs: ChunkRef[] = [];
-  await scanDisk({ path: file, sizeBytes: size, chunkSize, pool, fromChunk, onChunks: (_, r) => void refs.push(...r) });
+  await withImageFile(file, (disk) =>
+    scanDisk({ disk, sizeBytes: size, chunkSize, pool, fromChunk, onChunks: (_, r) => void refs.push(...r) }),
+  );
   return refs;
 }
 
@@ -61,7 +63,7 @@ export async function capture(
   for (const [name, file] of Object.entries(files)) {
     const { size } = await fs.stat(file);
     const refs = await scanRefs(o.pool, file, o.chunkSize);
-    const s = await storeChunks({ ...o, path: file, sizeBytes: size, refs });
+    const s = await withImageFile(file, (disk) => storeChunks({ ...o, disk, sizeBytes: size, refs }));
     stored.chunksWritten += s.chunksWritten;
     stored.bytesWritten += s.bytesWritten;
     stored.storedBytesWritten += s.storedBytesWritten;

@@ -14,6 +14,7 @@ import {
   scanDisk,
   storeChunks,
   verifyManifest,
+  withImageFile,
 } from '../../dataplane';
 import { damageChunk, loseChunk } from '../helpers/repository';
 import { KiB, MiB, capture, fileSha256, makeExt4Image, makeTempDir, scanRefs } from './helpers';
@@ -171,18 +172,20 @@ test('a scan resumed at a chunk hands over exactly the tail of a full scan, in o
   const starts: number[] = [];
   const { size } = await fs.stat(image);
   const tail: string[] = [];
-  await scanDisk({
-    path: image,
-    sizeBytes: size,
-    chunkSize: CHUNK,
-    pool,
-    fromChunk: 41,
-    onChunks: (start, refs) => {
-      expect(start).toBe(41 + tail.length);
-      starts.push(start);
-      tail.push(...refs);
-    },
-  });
+  await withImageFile(image, (disk) =>
+    scanDisk({
+      disk,
+      sizeBytes: size,
+      chunkSize: CHUNK,
+      pool,
+      fromChunk: 41,
+      onChunks: (start, refs) => {
+        expect(start).toBe(41 + tail.length);
+        starts.push(start);
+        tail.push(...refs);
+      },
+    }),
+  );
   expect(tail).toEqual(full.slice(41));
   expect(starts.length).toBeGreaterThan(1);
 });
@@ -191,17 +194,19 @@ test('an aborted scan stops promptly with the abort reason', async () => {
   const { size } = await fs.stat(image);
   const controller = new AbortController();
   const seen: number[] = [];
-  const scan = scanDisk({
-    path: image,
-    sizeBytes: size,
-    chunkSize: CHUNK,
-    pool,
-    signal: controller.signal,
-    onChunks: (start) => {
-      seen.push(start);
-      controller.abort(new Error('stop now'));
-    },
-  });
+  const scan = withImageFile(image, (disk) =>
+    scanDisk({
+      disk,
+      sizeBytes: size,
+      chunkSize: CHUNK,
+      pool,
+      signal: controller.signal,
+      onChunks: (start) => {
+        seen.push(start);
+        controller.abort(new Error('stop now'));
+      },
+    }),
+  );
   await expect(scan).rejects.toThrow('stop now');
   expect(seen).toEqual([0]); // nothing is handed over after the abort
 });
@@ -212,16 +217,18 @@ test('storeChunks resumed at an index stores only the chunks first referenced fr
   const from = Math.floor(refs.length / 2);
   const { size } = await fs.stat(image);
   const progress: number[] = [];
-  const stored = await storeChunks({
-    path: image,
-    chunkSize: CHUNK,
-    sizeBytes: size,
-    refs,
-    repository,
-    pool,
-    fromIndex: from,
-    onProgress: ({ index }) => progress.push(index),
-  });
+  const stored = await withImageFile(image, (disk) =>
+    storeChunks({
+      disk,
+      chunkSize: CHUNK,
+      sizeBytes: size,
+      refs,
+      repository,
+      pool,
+      fromIndex: from,
+      onProgress: ({ index }) => progress.push(index),
+    }),
+  );
   const expected = new Set(refs.slice(from).filter((r) => r !== ZERO_CHUNK));
   expect(stored.chunksWritten).toBe(expected.size);
   expect((await storedChunkIds(repository)).sort()).toEqual([...expected].sort());
@@ -238,9 +245,9 @@ test('storeChunks fails with DiskChanged when a chunk changed after the scan, an
   await handle.write(Buffer.from('changed after capture'), 0, 21, index * CHUNK + 100);
   await handle.close();
   const { size } = await fs.stat(moving);
-  const error = await storeChunks({ path: moving, chunkSize: CHUNK, sizeBytes: size, refs, repository, pool }).catch(
-    (e: unknown) => e,
-  );
+  const error = await withImageFile(moving, (disk) =>
+    storeChunks({ disk, chunkSize: CHUNK, sizeBytes: size, refs, repository, pool }),
+  ).catch((e: unknown) => e);
   expect(error).toBeInstanceOf(DiskChangedError);
   expect(error).toMatchObject({ expectedId: refs[index], offset: index * CHUNK });
   expect(await repository.hasChunk(refs[index]!)).toBe(false);

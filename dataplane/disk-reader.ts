@@ -1,0 +1,46 @@
+import fs from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+
+/**
+ * Where capture and compression read a disk from: a raw image file, or a point-in-time view that a hypervisor driver
+ * exposes (which may assemble its bytes from several places). Reads may run concurrently.
+ */
+export interface DiskReader {
+  /** Fills `buffer` with the disk's bytes from `position` on; an error if the disk ends first. */
+  read(buffer: Buffer, position: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A raw image file as a DiskReader. */
+export async function openImageFile(file: string): Promise<DiskReader> {
+  const handle = await fs.open(file, 'r');
+  return { read: (buffer, position) => readExactly(handle, buffer, position), close: () => handle.close() };
+}
+
+/** Fills `buffer` with the file's bytes from `position` on; an error if the file ends first. */
+export async function readExactly(handle: FileHandle, buffer: Buffer, position: number): Promise<void> {
+  let filled = 0;
+  while (filled < buffer.length) {
+    const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, position + filled);
+    if (bytesRead === 0) throw new Error(`unexpected end of file at ${position + filled}`);
+    filled += bytesRead;
+  }
+}
+
+/** Runs `use` on the reader `opening` resolves to, and closes it afterwards. */
+export async function withDiskReader<T>(
+  opening: Promise<DiskReader>,
+  use: (reader: DiskReader) => Promise<T>,
+): Promise<T> {
+  const reader = await opening;
+  try {
+    return await use(reader);
+  } finally {
+    await reader.close();
+  }
+}
+
+/** Runs `use` on a DiskReader of a raw image file, closed afterwards. */
+export function withImageFile<T>(file: string, use: (reader: DiskReader) => Promise<T>): Promise<T> {
+  return withDiskReader(openImageFile(file), use);
+}

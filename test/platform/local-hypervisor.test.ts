@@ -1,0 +1,167 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { Vm } from '../../domain/model';
+import { LocalHypervisor, writeGuestBlocks } from '../../platform/local';
+import type { DiskView } from '../../platform/ports';
+
+/** 1 MiB and a bit: the last 64 KiB copy-before-write block is a short one. */
+const DISK_BYTES = 1024 * 1024 + 1000;
+
+let root: string;
+let hypervisor: LocalHypervisor;
+let vm: Vm;
+let original: Buffer;
+
+beforeEach(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-hypervisor-'));
+  hypervisor = new LocalHypervisor(root);
+  // Real bytes no one here wrote: a system text file, repeated.
+  const text = await fs.readFile('/usr/share/common-licenses/GPL-3');
+  original = Buffer.alloc(DISK_BYTES);
+  for (let at = 0; at < DISK_BYTES; at += text.length) text.copy(original, at);
+  const disk = path.join(root, 'disks', 'vm-1', 'root.raw');
+  await fs.mkdir(path.dirname(disk), { recursive: true });
+  await fs.writeFile(disk, original);
+  vm = {
+    id: 'vm-1',
+    accountId: 'acct',
+    name: 'one',
+    region: 'CANADA-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ACTIVE',
+    config: {},
+    disks: [{ name: 'root', path: disk, sizeBytes: DISK_BYTES }],
+    labels: [],
+  };
+});
+
+afterEach(async () => {
+  await fs.rm(root, { recursive: true, force: true });
+});
+
+async function openView(viewId: string): Promise<DiskView> {
+  await hypervisor.freeze(vm);
+  try {
+    const [view] = await hypervisor.openViews(vm, viewId);
+    return view!;
+  } finally {
+    await hypervisor.thaw(vm);
+  }
+}
+
+/** The whole view, read in pieces of `piece` bytes (not aligned to anything, to cross block edges). */
+async function readWhole(view: DiskView, piece = 100_003): Promise<Buffer> {
+  const reader = await hypervisor.readView(view);
+  try {
+    const out = Buffer.alloc(view.sizeBytes);
+    for (let at = 0; at < out.length; at += piece) await reader.read(out.subarray(at, at + piece), at);
+    return out;
+  } finally {
+    await reader.close();
+  }
+}
+
+/** Guest writes in the middle of a block, across two blocks, in the short last block, and twice to one block. */
+function writesTagged(tag: string): { offset: number; data: Buffer }[] {
+  return [
+    { offset: 5000, data: Buffer.alloc(4096, `${tag} a `) },
+    { offset: 3 * 65536 - 100, data: Buffer.alloc(300, `${tag} b `) },
+    { offset: DISK_BYTES - 500, data: Buffer.alloc(500, `${tag} c `) },
+    { offset: 7000, data: Buffer.alloc(10, `${tag} d `) },
+  ];
+}
+
+function applied(base: Buffer, writes: { offset: number; data: Buffer }[]): Buffer {
+  const out = Buffer.from(base);
+  for (const { offset, data } of writes) data.copy(out, offset);
+  return out;
+}
+
+test('a view shows the disk as it was when opened, whatever the guest writes after; the disk has the writes', async () => {
+  const view = await openView('snap-1');
+  const reader = await hypervisor.readView(view);
+  const firstHalf = Buffer.alloc(DISK_BYTES / 2);
+  await reader.read(firstHalf, 0);
+
+  const first = writesTagged('one');
+  await writeGuestBlocks(hypervisor, vm, 'root', first);
+  const second = writesTagged('two'); // the same blocks again: what the view holds must stay the original
+  await writeGuestBlocks(hypervisor, vm, 'root', second);
+
+  // A reader opened before the writes reads the rest as it was, too.
+  const secondHalf = Buffer.alloc(DISK_BYTES - firstHalf.length);
+  await reader.read(secondHalf, firstHalf.length);
+  await reader.close();
+  expect(Buffer.concat([firstHalf, secondHalf]).equals(original)).toBe(true);
+  expect((await readWhole(view)).equals(original)).toBe(true);
+  expect((await readWhole(view, 65536)).equals(original)).toBe(true);
+  expect((await fs.readFile(vm.disks[0]!.path)).equals(applied(applied(original, first), second))).toBe(true);
+});
+
+test('views opened at different times each keep their own moment; a released view is gone and costs nothing', async () => {
+  const early = await openView('snap-early');
+  const first = writesTagged('one');
+  await writeGuestBlocks(hypervisor, vm, 'root', first);
+  const late = await openView('snap-late');
+  const second = writesTagged('two');
+  await writeGuestBlocks(hypervisor, vm, 'root', second);
+
+  expect((await readWhole(early)).equals(original)).toBe(true);
+  expect((await readWhole(late)).equals(applied(original, first))).toBe(true);
+
+  await hypervisor.releaseViews('snap-early');
+  await expect(fs.access(path.join(root, 'views', 'snap-early'))).rejects.toThrow();
+  await expect(hypervisor.readView(early)).rejects.toThrow(/not open/);
+  await writeGuestBlocks(hypervisor, vm, 'root', [{ offset: 900_000, data: Buffer.alloc(100, 'three') }]);
+  expect((await readWhole(late)).equals(applied(original, first))).toBe(true);
+  // The late view preserved each block the guest overwrote while it was open once: the four blocks of the second
+  // round of writes (blocks 0, 2, 3 and the last) and block 13 of the third.
+  expect((await fs.stat(path.join(root, 'views', 'snap-late', 'root.map'))).size).toBe(5 * 4);
+  await hypervisor.releaseViews('snap-late');
+  await expect(fs.readdir(path.join(root, 'views'))).resolves.toEqual([]);
+});
+
+test('views are opened only while the VM is frozen, and reopening a complete view keeps what it preserved', async () => {
+  await expect(hypervisor.openViews(vm, 'snap-1')).rejects.toThrow(/must be frozen/);
+  const view = await openView('snap-1');
+  await writeGuestBlocks(hypervisor, vm, 'root', writesTagged('one'));
+  // A retried initiation opens the same views again: they still show the first moment.
+  const [again] = await hypervisor.openViews(vm, 'snap-1');
+  expect(again).toEqual(view);
+  expect((await readWhole(again!)).equals(original)).toBe(true);
+});
+
+test('guest writes wait while the VM is frozen, and a freeze waits for a guest write in progress', async () => {
+  await hypervisor.freeze(vm);
+  const write = writeGuestBlocks(hypervisor, vm, 'root', [{ offset: 0, data: Buffer.from('written after thaw') }]);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  expect((await fs.readFile(vm.disks[0]!.path)).subarray(0, 18).equals(original.subarray(0, 18))).toBe(true);
+  await hypervisor.thaw(vm);
+  await write;
+  expect((await fs.readFile(vm.disks[0]!.path)).subarray(0, 18).toString()).toBe('written after thaw');
+
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const inProgress = hypervisor.guestWrite(vm, 'root', [], () => gate, 1000);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  let frozen = false;
+  const freeze = hypervisor.freeze(vm).then(() => (frozen = true));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  expect(frozen).toBe(false);
+  release();
+  await inProgress;
+  await freeze;
+  expect(frozen).toBe(true);
+  await hypervisor.thaw(vm);
+});
+
+test('a guest write lock left behind by a process that is gone does not block a freeze', async () => {
+  const gone = spawnSync(process.execPath, ['-e', 'process.pid']).pid;
+  await fs.mkdir(path.join(root, 'locks'), { recursive: true });
+  await fs.writeFile(path.join(root, 'locks', vm.id), `guest ${gone}`);
+  await hypervisor.freeze(vm);
+  await hypervisor.thaw(vm);
+  await expect(fs.access(path.join(root, 'locks', vm.id))).rejects.toThrow();
+});
