@@ -1,5 +1,5 @@
 import fs from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
+import { readExactly } from './files';
 
 /**
  * Where capture and compression read a disk from: a raw image file, or a point-in-time view that a hypervisor driver
@@ -15,16 +15,6 @@ export interface DiskReader {
 export async function openImageFile(file: string): Promise<DiskReader> {
   const handle = await fs.open(file, 'r');
   return { read: (buffer, position) => readExactly(handle, buffer, position), close: () => handle.close() };
-}
-
-/** Fills `buffer` with the file's bytes from `position` on; an error if the file ends first. */
-export async function readExactly(handle: FileHandle, buffer: Buffer, position: number): Promise<void> {
-  let filled = 0;
-  while (filled < buffer.length) {
-    const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, position + filled);
-    if (bytesRead === 0) throw new Error(`unexpected end of file at ${position + filled}`);
-    filled += bytesRead;
-  }
 }
 
 /** Runs `use` on the reader `opening` resolves to, and closes it afterwards. */

@@ -9,7 +9,8 @@ export { DEFAULT_CHUNK_SIZE, ManifestSchema, ZERO_CHUNK, distinctChunks } from '
 export type { ChunkRef, Manifest } from './manifest';
 export { collectGarbage } from './gc';
 export type { GcProgress, GcResult } from './gc';
-export { openImageFile, readExactly, withDiskReader, withImageFile } from './disk-reader';
+export { openImageFile, withDiskReader, withImageFile } from './disk-reader';
+export { listDir, readExactly, syncDir } from './files';
 export type { DiskReader } from './disk-reader';
 export { ChunkPool } from './pool';
 export { LocalRepository } from './repository';

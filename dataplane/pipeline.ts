@@ -216,13 +216,13 @@ export async function storeChunks(o: {
     writes = (async () => {
       if (full) {
         const written = new Set(await o.repository.putChunks(full.chunks));
-        packBuffers.give(full.buffer);
         for (const chunk of full.chunks) {
           if (!written.has(chunk.id)) continue;
           stats.chunksWritten++;
           stats.bytesWritten += chunkLength(geometry, chunk.index);
           stats.storedBytesWritten += chunk.frame.length;
         }
+        packBuffers.give(full.buffer);
       }
       o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
     })();

@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkMissingError, ManifestMissingError } from './errors';
+import { isNotFound, listDir, syncDir } from './files';
 import type { ChunkRef, Manifest } from './manifest';
 import { ManifestSchema, ZERO_CHUNK } from './manifest';
 import type { PackEntry } from './pack';
@@ -487,20 +488,6 @@ function safeName(name: string): string {
   return name;
 }
 
-function isNotFound(error: unknown): boolean {
-  return (error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
-}
-
-/** Makes renames and new files in `dir` durable. */
-async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 /** Writes buffers one after the other (writev), however many calls that takes. */
 async function writeAll(handle: FileHandle, buffers: Buffer[]): Promise<void> {
   let pending = buffers.filter((b) => b.length > 0);
@@ -512,11 +499,4 @@ async function writeAll(handle: FileHandle, buffers: Buffer[]): Promise<void> {
     }
     if (bytesWritten > 0) pending[0] = pending[0]!.subarray(bytesWritten);
   }
-}
-
-async function listDir(dir: string): Promise<string[]> {
-  return fs.readdir(dir).catch((error: unknown) => {
-    if (isNotFound(error)) return [];
-    throw error;
-  });
 }

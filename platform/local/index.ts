@@ -19,8 +19,9 @@ export interface EmbeddedPlatform {
 }
 
 /**
- * Layout: `catalog.db` (SQLite), `disks/<vm>/<disk>.raw` (VM disks), `views/<snapshot>/` (point-in-time views),
- * `repositories/<REGION>/` (one content-addressed repository per region).
+ * Layout: `catalog.db` (SQLite), `disks/<vm>/<disk>.raw` (VM disks), `views/<snapshot>/` (point-in-time views: the
+ * blocks preserved since they opened), `vm-views/<vm>/` (a VM's open views), `locks/<vm>` (freeze and guest-write
+ * lock), `load/<vm>.json` (load figures), `repositories/<REGION>/` (one content-addressed repository per region).
  */
 export function openEmbeddedPlatform(dataDir: string): EmbeddedPlatform {
   const repositories = new Map<Region, Repository>();

@@ -2,6 +2,7 @@ import fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { listDir, syncDir } from '../../dataplane';
 import type { DiskReader } from '../../dataplane';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { VmLoadSchema } from '../../domain/model';
@@ -161,23 +162,6 @@ export class LocalHypervisor implements Hypervisor {
   private async viewInfo(viewId: string): Promise<z.infer<typeof ViewInfoSchema> | undefined> {
     const text = await fs.readFile(path.join(this.viewDir(viewId), 'view.json'), 'utf8').catch(() => undefined);
     return text === undefined ? undefined : ViewInfoSchema.parse(JSON.parse(text));
-  }
-}
-
-async function listDir(dir: string): Promise<string[]> {
-  return fs.readdir(dir).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return [];
-    throw error;
-  });
-}
-
-/** Makes new files in `dir` durable (a view must survive a crash as long as the snapshot reading it). */
-async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 
