@@ -66,16 +66,20 @@ export async function readPackIndex(handle: FileHandle, size: number, name: stri
 }
 
 /**
- * Exactly `length` bytes at `position` (fewer only if the file is shorter). The buffer owns its memory, so it can be
- * transferred to a worker thread without a copy.
+ * Exactly `length` bytes at `position` (fewer only if the file is shorter), read into `into` (which must hold them) or
+ * into a buffer of their own; that one owns its memory, so it can be transferred to a worker thread without a copy.
  */
-export async function readAt(handle: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buffer = Buffer.allocUnsafeSlow(length);
+export async function readAt(
+  handle: FileHandle,
+  position: number,
+  length: number,
+  into: Buffer = Buffer.allocUnsafeSlow(length),
+): Promise<Buffer> {
   let filled = 0;
   while (filled < length) {
-    const { bytesRead } = await handle.read(buffer, filled, length - filled, position + filled);
+    const { bytesRead } = await handle.read(into, filled, length - filled, position + filled);
     if (bytesRead === 0) break;
     filled += bytesRead;
   }
-  return buffer.subarray(0, filled);
+  return into.subarray(0, filled);
 }

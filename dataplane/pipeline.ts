@@ -293,13 +293,17 @@ export async function verifyManifest(o: {
       };
     }
   }
+  // Frames are read into reused shared buffers, which the pool threads check in place.
+  const largestChunk = Math.max(1, ...o.manifest.disks.map((disk) => disk.chunkSize));
+  const buffers = new BufferPool(() => sharedBuffer(CHUNKS_PER_OPEN_TASK * frameBound(largestChunk)));
   await orderedPipeline(
     batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
-    async (batch) => {
-      const frames = await o.repository.getChunks(batch.ids);
-      return o.pool.checkChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
-    },
+    (batch) =>
+      buffers.use(async (into) => {
+        const frames = await o.repository.getChunks(batch.ids, into);
+        return o.pool.checkChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
+      }),
     (rawLengths, batch) => {
       verified += rawLengths.length;
       bytesDone += rawLengths.reduce((sum, length) => sum + length, 0);

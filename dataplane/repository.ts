@@ -22,8 +22,12 @@ export interface Repository {
   putChunks(chunks: { id: string; frame: Buffer }[]): Promise<string[]>;
   /** The stored frame; ChunkMissingError if absent. */
   getChunk(id: string): Promise<Buffer>;
-  /** The stored frames of `ids`, in order (read together: one open per pack); ChunkMissingError for an absent one. */
-  getChunks(ids: string[]): Promise<Buffer[]>;
+  /**
+   * The stored frames of `ids`, in order (read together: one open per pack); ChunkMissingError for an absent one. With
+   * `into`, the frames are read into it one after the other and returned as views of it, as far as they fit (the
+   * rest, and a frame found again after garbage collection moved it, come in buffers of their own).
+   */
+  getChunks(ids: string[], into?: Buffer): Promise<Buffer[]>;
   /** Compressed size of a stored chunk; ChunkMissingError if absent. */
   chunkStoredSize(id: string): Promise<number>;
   /** Every stored copy of every chunk with its size and last write or touch; never a partial write. */
@@ -126,31 +130,37 @@ export class LocalRepository implements Repository {
 
   async getChunk(id: string): Promise<Buffer> {
     const frame = await this.withChunk(id, (location) =>
-      this.readFrames(this.packPath(location.pack), [location]).then(([read]) => read!.frame),
+      this.readFrames(this.packPath(location.pack), [location]).then(([read]) => read!),
     );
     if (frame === undefined) throw new ChunkMissingError(id);
     return frame;
   }
 
-  async getChunks(ids: string[]): Promise<Buffer[]> {
-    const byPack = new Map<string, Location[]>();
+  async getChunks(ids: string[], into?: Buffer): Promise<Buffer[]> {
+    const locations: Location[] = [];
     for (const id of ids) {
       const location = await this.locate(id);
       if (!location) throw new ChunkMissingError(id);
-      byPack.set(location.pack, [...(byPack.get(location.pack) ?? []), location]);
+      locations.push(location);
     }
-    const frames = new Map<string, Buffer>();
+    const targets = into && framesIn(into, locations);
+    const byPack = new Map<string, number[]>();
+    locations.forEach((l, i) => byPack.set(l.pack, [...(byPack.get(l.pack) ?? []), i]));
+    const frames: Buffer[] = [];
     await Promise.all(
-      [...byPack].map(async ([pack, locations]) => {
-        const read = await this.readFrames(this.packPath(pack), locations).catch(async (error: unknown) => {
+      [...byPack].map(async ([pack, indexes]) => {
+        const entries = indexes.map((i) => locations[i]!);
+        try {
+          const read = await this.readFrames(this.packPath(pack), entries, targets && indexes.map((i) => targets[i]));
+          read.forEach((frame, k) => (frames[indexes[k]!] = frame));
+        } catch (error) {
           if (!isNotFound(error)) throw error;
           // The pack was rewritten since the index was loaded: each chunk is looked up again.
-          return Promise.all(locations.map(async (l) => ({ id: l.id, frame: await this.getChunk(l.id) })));
-        });
-        for (const { id, frame } of read) frames.set(id, frame);
+          for (const i of indexes) frames[i] = await this.getChunk(ids[i]!);
+        }
       }),
     );
-    return ids.map((id) => frames.get(id)!);
+    return frames;
   }
 
   async chunkStoredSize(id: string): Promise<number> {
@@ -202,7 +212,10 @@ export class LocalRepository implements Repository {
         continue;
       }
       const keep = entries.filter((e) => !doomed.has(e.id));
-      if (keep.length > 0) await this.writePack(await this.readFrames(file, keep));
+      if (keep.length > 0) {
+        const frames = await this.readFrames(file, keep);
+        await this.writePack(keep.map((e, i) => ({ id: e.id, frame: frames[i]! })));
+      }
       const moved = path.join(this.root, 'tmp', randomUUID());
       await this.makeDir(path.dirname(moved));
       try {
@@ -427,13 +440,11 @@ export class LocalRepository implements Repository {
     this.addPack(pack, entries);
   }
 
-  /** The frames of `entries` read (concurrently) from one pack file. */
-  private async readFrames(file: string, entries: PackEntry[]): Promise<{ id: string; frame: Buffer }[]> {
+  /** The frames of `entries` read (concurrently) from one pack file, each into its target when given. */
+  private async readFrames(file: string, entries: PackEntry[], targets?: (Buffer | undefined)[]): Promise<Buffer[]> {
     const handle = await fs.open(file, 'r');
     try {
-      return await Promise.all(
-        entries.map(async (e) => ({ id: e.id, frame: await readAt(handle, e.offset, e.length) })),
-      );
+      return await Promise.all(entries.map((e, i) => readAt(handle, e.offset, e.length, targets?.[i])));
     } finally {
       await handle.close();
     }
@@ -481,6 +492,12 @@ export class LocalRepository implements Repository {
       throw error;
     }
   }
+}
+
+/** Views of `into` for the frames at `locations`, one after the other, as far as they fit (undefined after). */
+function framesIn(into: Buffer, locations: Location[]): (Buffer | undefined)[] {
+  let end = 0;
+  return locations.map((l) => (end + l.length <= into.length ? into.subarray(end, (end += l.length)) : undefined));
 }
 
 function safeName(name: string): string {

@@ -63,6 +63,17 @@ test('getChunks reads frames from several packs in the order asked, repeats incl
   await expect(repository.getChunks([i.id, chunk('absent').id])).rejects.toThrow(ChunkMissingError);
 });
 
+test('getChunks reads frames one after the other into a given buffer, and those that do not fit into their own', async () => {
+  const [i, j, k] = [chunk('i'), chunk('j'), chunk('k')];
+  await repository.putChunks([i, j]);
+  await repository.putChunks([k]);
+  const into = Buffer.alloc(k.frame.length + i.frame.length + 1); // room for the first two only
+  const frames = await repository.getChunks([k.id, i.id, j.id], into);
+  expect(frames).toEqual([k.frame, i.frame, j.frame]);
+  expect(frames.map((f) => f.buffer === into.buffer)).toEqual([true, true, false]);
+  expect(frames[1]!.byteOffset - into.byteOffset).toBe(k.frame.length);
+});
+
 test('an absent chunk is ChunkMissing for getChunk and chunkStoredSize', async () => {
   const { id } = chunk('d');
   await expect(repository.getChunk(id)).rejects.toThrow(ChunkMissingError);
