@@ -183,19 +183,31 @@ export async function storeChunks(o: {
       yield { candidates, end };
     }
   }
-  /** A stored chunk is reused, and touched so that a concurrent garbage collection keeps it; the rest are read. */
+  /**
+   * A stored chunk is reused, and touched so that a concurrent garbage collection keeps it; the rest are read into
+   * `into`, chunk after chunk, with one read per run of neighbouring chunks.
+   */
   const readMissing = async (candidates: { index: number; id: string }[], into: Buffer) => {
     const touched = await Promise.all(candidates.map((c) => o.repository.touchChunk(c.id)));
-    return Promise.all(
-      candidates
-        .filter((_, i) => !touched[i])
-        .map(async ({ index, id }, i) => {
-          const offset = index * o.chunkSize;
-          const data = into.subarray(i * o.chunkSize, i * o.chunkSize + chunkLength(geometry, index));
-          await o.disk.read(data, offset);
-          return { index, id, offset, data };
-        }),
-    );
+    const missing = candidates
+      .filter((_, i) => !touched[i])
+      .map(({ index, id }, i) => ({
+        index,
+        id,
+        offset: index * o.chunkSize,
+        data: into.subarray(i * o.chunkSize, i * o.chunkSize + chunkLength(geometry, index)),
+      }));
+    const reads: Promise<void>[] = [];
+    for (let first = 0; first < missing.length;) {
+      let last = first;
+      while (last + 1 < missing.length && missing[last + 1]!.index === missing[last]!.index + 1) last++;
+      const start = first * o.chunkSize;
+      const end = start + (missing[last]!.offset - missing[first]!.offset) + missing[last]!.data.length;
+      reads.push(o.disk.read(into.subarray(start, end), missing[first]!.offset));
+      first = last + 1;
+    }
+    await Promise.all(reads);
+    return missing;
   };
   // Chunks are read into shared memory, and the pool threads compress them into shared memory too; the frames are
   // then copied into the pack being filled, so both buffers are reused at once.
