@@ -188,7 +188,7 @@ export async function storeChunks(o: {
    * `into`, chunk after chunk, with one read per run of neighbouring chunks.
    */
   const readMissing = async (candidates: { index: number; id: string }[], into: Buffer) => {
-    const touched = await Promise.all(candidates.map((c) => o.repository.touchChunk(c.id)));
+    const touched = await o.repository.touchChunks(candidates.map((c) => c.id));
     const missing = candidates
       .filter((_, i) => !touched[i])
       .map(({ index, id }, i) => ({

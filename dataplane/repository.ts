@@ -33,13 +33,13 @@ export interface Repository {
   /** Every stored copy of every chunk with its size and last write or touch; never a partial write. */
   listChunks(): AsyncIterable<StoredChunk>;
   /**
-   * Marks a stored chunk as just used (its modifiedAt becomes now), so garbage collection's grace period protects it;
-   * false, and nothing done, if the chunk is absent (the caller must then store it).
+   * Marks stored chunks as just used (their modifiedAt becomes now), so garbage collection's grace period protects
+   * them; for each id, false, and nothing done, if the chunk is absent (the caller must then store it).
    */
-  touchChunk(id: string): Promise<boolean>;
+  touchChunks(ids: string[]): Promise<boolean[]>;
   /**
    * Garbage collection's delete: removes every stored copy of the chunks `ids` unless it was written or touched at or
-   * after `cutoff` (then it is counted in keptByGrace). Atomic against touchChunk: a touch either lands first (the
+   * after `cutoff` (then it is counted in keptByGrace). Atomic against touchChunks: a touch either lands first (the
    * chunk is kept) or finds the chunk gone (false). Other chunks stay readable throughout.
    */
   removeChunks(ids: Iterable<string>, cutoff: Date): Promise<RemoveResult>;
@@ -180,13 +180,19 @@ export class LocalRepository implements Repository {
     }
   }
 
-  async touchChunk(id: string): Promise<boolean> {
+  /** Touching a chunk touches its pack: each pack holding any of `ids` is touched once. */
+  async touchChunks(ids: string[]): Promise<boolean[]> {
     const now = new Date();
-    const touched = await this.withChunk(id, async (location) => {
-      await fs.utimes(this.packPath(location.pack), now, now);
-      return true;
-    });
-    return touched ?? false;
+    const packs = new Map<string, Promise<true>>();
+    const touch = (pack: string): Promise<true> => {
+      let touched = packs.get(pack);
+      if (!touched) {
+        touched = fs.utimes(this.packPath(pack), now, now).then(() => true);
+        packs.set(pack, touched);
+      }
+      return touched;
+    };
+    return Promise.all(ids.map(async (id) => (await this.withChunk(id, (location) => touch(location.pack))) ?? false));
   }
 
   /**

@@ -176,7 +176,7 @@ test('a chunk referenced or reused by a snapshot between the mark and the sweep 
       if (p.phase !== 'sweep' || p.done > 0) return;
       expect(p.total).toBe(5); // every chunk is an unreferenced old candidate by now
       await repository.writeManifest(late);
-      await repository.touchChunk(ids.onlyB2); // as storeChunks does when it reuses a chunk
+      await repository.touchChunks([ids.onlyB2]); // as storeChunks does when it reuses a chunk
     },
   });
   expect(result).toEqual({

@@ -90,7 +90,7 @@ test('another instance on the same directory (another process) sees chunks store
   await fs.utimes(path.join(repository.root, 'packs', (await packFiles())[0]!), longAgo, longAgo);
   await repository.removeChunks([e.id], new Date());
   await expect(other.getChunk(e.id)).rejects.toThrow(ChunkMissingError);
-  expect(await other.touchChunk(e.id)).toBe(false);
+  expect((await other.touchChunks([e.id]))[0]).toBe(false);
   expect(await other.getChunk(f.id)).toEqual(f.frame);
 });
 
@@ -123,17 +123,18 @@ test('a pack whose index is damaged leaves its chunks missing and every other ch
   await expect(reader.getChunk(h.id)).rejects.toThrow(ChunkMissingError);
 });
 
-test('touchChunk sets the chunk’s pack mtime to now, and reports an absent chunk without creating it', async () => {
-  const { id, frame } = chunk('s');
-  expect(await repository.touchChunk(id)).toBe(false);
+test('touchChunks sets the chunks’ pack mtime to now, and reports absent chunks without creating them', async () => {
+  const [s1, s2, absent] = [chunk('s1'), chunk('s2'), chunk('absent')];
+  expect(await repository.touchChunks([s1.id])).toEqual([false]);
   expect(await packFiles()).toEqual([]);
-  await repository.putChunks([{ id, frame }]);
+  await repository.putChunks([s1, s2]);
   const file = path.join(repository.root, 'packs', (await packFiles())[0]!);
   await fs.utimes(file, longAgo, longAgo);
   const before = Date.now();
-  expect(await repository.touchChunk(id)).toBe(true);
+  expect(await repository.touchChunks([s1.id, absent.id, s2.id])).toEqual([true, false, true]);
   expect((await fs.stat(file)).mtimeMs).toBeGreaterThanOrEqual(before - 1); // utimes may round down a hair
-  expect(await repository.getChunk(id)).toEqual(frame);
+  expect(await repository.getChunks([s1.id, s2.id])).toEqual([s1.frame, s2.frame]);
+  expect(await repository.hasChunk(absent.id)).toBe(false);
 });
 
 test('removeChunks deletes old chunks, rewrites their pack with the others, and keeps a pack touched since the cutoff', async () => {
@@ -142,7 +143,7 @@ test('removeChunks deletes old chunks, rewrites their pack with the others, and 
   await repository.putChunks([touched, sibling]);
   for (const pack of await packFiles()) await fs.utimes(path.join(repository.root, 'packs', pack), longAgo, longAgo);
   const cutoff = new Date(Date.now() - 1000);
-  await repository.touchChunk(touched.id);
+  await repository.touchChunks([touched.id]);
   const reader = new LocalRepository(repository.root);
   expect(await reader.hasChunk(kept.id)).toBe(true); // loaded before the rewrite
 
@@ -152,7 +153,7 @@ test('removeChunks deletes old chunks, rewrites their pack with the others, and 
     keptByGrace: 1,
   });
   expect(await repository.hasChunk(old.id)).toBe(false);
-  expect(await repository.touchChunk(old.id)).toBe(false); // a writer reusing it now stores it again
+  expect((await repository.touchChunks([old.id]))[0]).toBe(false); // a writer reusing it now stores it again
   for (const c of [kept, touched, sibling]) expect(await repository.getChunk(c.id)).toEqual(c.frame);
   // The reader's index still places `kept` in the pack that was rewritten: it finds the chunk's new pack.
   expect(await reader.getChunks([sibling.id, kept.id, touched.id])).toEqual([sibling.frame, kept.frame, touched.frame]);
