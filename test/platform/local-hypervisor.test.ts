@@ -100,6 +100,33 @@ test('a view shows the disk as it was when opened, whatever the guest writes aft
   expect((await fs.readFile(vm.disks[0]!.path)).equals(applied(applied(original, first), second))).toBe(true);
 });
 
+test('reads interleaved with guest writes all over the disk always see the moment of the view', async () => {
+  const view = await openView('snap-race');
+  const reader = await hypervisor.readView(view);
+  let writing = true;
+  // The guest keeps overwriting blocks all over the disk while readers read ranges all over it.
+  const guest = (async () => {
+    for (let round = 0; round < 40; round++) {
+      const offset = ((round * 7919) % 16) * 65536 + ((round * 104729) % 60000);
+      await writeGuestBlocks(hypervisor, vm, 'root', [{ offset, data: Buffer.alloc(3000, `round ${round} `) }]);
+    }
+    writing = false;
+  })();
+  const mismatches: number[] = [];
+  const readers = Array.from({ length: 4 }, async (_, r) => {
+    for (let i = 0; writing || i < 3; i++) {
+      const position = ((i * 131071 + r * 65537) % (DISK_BYTES - 200_000)) | 0;
+      const piece = Buffer.alloc(200_000);
+      await reader.read(piece, position);
+      if (!piece.equals(original.subarray(position, position + piece.length))) mismatches.push(position);
+    }
+  });
+  await Promise.all([guest, ...readers]);
+  await reader.close();
+  expect(mismatches).toEqual([]);
+  expect((await fs.readFile(vm.disks[0]!.path)).equals(original)).toBe(false);
+});
+
 test('views opened at different times each keep their own moment; a released view is gone and costs nothing', async () => {
   const early = await openView('snap-early');
   const first = writesTagged('one');
