@@ -118,11 +118,12 @@ export class LocalRepository implements Repository {
   }
 
   async putChunks(chunks: { id: string; frame: Buffer }[]): Promise<string[]> {
+    for (const { id } of chunks) if (!CHUNK_ID.test(id)) throw new Error(`not a chunk id: ${id}`);
+    const stored = await this.locateAll(chunks.map((c) => c.id));
     const fresh = new Map<string, Buffer>();
-    for (const { id, frame } of chunks) {
-      if (!CHUNK_ID.test(id)) throw new Error(`not a chunk id: ${id}`);
-      if (!fresh.has(id) && !(await this.locate(id))) fresh.set(id, frame);
-    }
+    chunks.forEach(({ id, frame }, i) => {
+      if (!fresh.has(id) && !stored[i]) fresh.set(id, frame);
+    });
     if (fresh.size === 0) return [];
     await this.writePack([...fresh].map(([id, frame]) => ({ id, frame })));
     return [...fresh.keys()];
@@ -137,12 +138,10 @@ export class LocalRepository implements Repository {
   }
 
   async getChunks(ids: string[], into?: Buffer): Promise<Buffer[]> {
-    const locations: Location[] = [];
-    for (const id of ids) {
-      const location = await this.locate(id);
-      if (!location) throw new ChunkMissingError(id);
-      locations.push(location);
-    }
+    const locations = (await this.locateAll(ids)).map((location, i) => {
+      if (!location) throw new ChunkMissingError(ids[i]!);
+      return location;
+    });
     const targets = into && framesIn(into, locations);
     const byPack = new Map<string, number[]>();
     locations.forEach((l, i) => byPack.set(l.pack, [...(byPack.get(l.pack) ?? []), i]));
@@ -192,7 +191,10 @@ export class LocalRepository implements Repository {
       }
       return touched;
     };
-    return Promise.all(ids.map(async (id) => (await this.withChunk(id, (location) => touch(location.pack))) ?? false));
+    const known = await this.locateAll(ids);
+    return Promise.all(
+      ids.map(async (id, i) => (known[i] && (await this.withChunk(id, (location) => touch(location.pack)))) ?? false),
+    );
   }
 
   /**
@@ -338,6 +340,12 @@ export class LocalRepository implements Repository {
     return this.index.get(id);
   }
 
+  /** The locations of `ids` (undefined for absent ones), reloading the index at most once for all of them. */
+  private async locateAll(ids: string[]): Promise<(Location | undefined)[]> {
+    if (ids.some((id) => !this.index.has(id))) await this.load(false);
+    return ids.map((id) => this.index.get(id));
+  }
+
   /**
    * Runs `use` on the chunk's location; undefined if the chunk is absent. A pack that vanished since the index was
    * loaded (rewritten by garbage collection) makes it reload and try the chunk's new location once.
@@ -446,11 +454,35 @@ export class LocalRepository implements Repository {
     this.addPack(pack, entries);
   }
 
-  /** The frames of `entries` read (concurrently) from one pack file, each into its target when given. */
+  /**
+   * The frames of `entries` read (concurrently) from one pack file, each into its target when given. Frames that
+   * follow each other in the pack and whose targets follow each other too (a batch written together and read back
+   * together) are read with one read.
+   */
   private async readFrames(file: string, entries: PackEntry[], targets?: (Buffer | undefined)[]): Promise<Buffer[]> {
     const handle = await fs.open(file, 'r');
     try {
-      return await Promise.all(entries.map((e, i) => readAt(handle, e.offset, e.length, targets?.[i])));
+      const frames: Buffer[] = [];
+      const reads: Promise<void>[] = [];
+      for (let first = 0; first < entries.length;) {
+        let last = first;
+        while (last + 1 < entries.length && adjacent(entries, targets, last)) last++;
+        const [from, to] = [first, last];
+        const start = entries[from]!.offset;
+        const length = entries[to]!.offset + entries[to]!.length - start;
+        const span = targets?.[from] && Buffer.from(targets[from].buffer, targets[from].byteOffset, length);
+        reads.push(
+          readAt(handle, start, length, span).then((read) => {
+            for (let k = from; k <= to; k++) {
+              const at = entries[k]!.offset - start;
+              frames[k] = read.subarray(at, Math.min(at + entries[k]!.length, read.length));
+            }
+          }),
+        );
+        first = last + 1;
+      }
+      await Promise.all(reads);
+      return frames;
     } finally {
       await handle.close();
     }
@@ -498,6 +530,14 @@ export class LocalRepository implements Repository {
       throw error;
     }
   }
+}
+
+/** Whether entry k + 1 follows entry k in the pack, and its target follows entry k's in the same memory. */
+function adjacent(entries: PackEntry[], targets: (Buffer | undefined)[] | undefined, k: number): boolean {
+  const [a, b] = [entries[k]!, entries[k + 1]!];
+  if (b.offset !== a.offset + a.length) return false;
+  const [ta, tb] = [targets?.[k], targets?.[k + 1]];
+  return !!ta && !!tb && ta.buffer === tb.buffer && tb.byteOffset === ta.byteOffset + ta.length;
 }
 
 /** Views of `into` for the frames at `locations`, one after the other, as far as they fit (undefined after). */

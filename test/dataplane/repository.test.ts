@@ -72,6 +72,9 @@ test('getChunks reads frames one after the other into a given buffer, and those 
   expect(frames).toEqual([k.frame, i.frame, j.frame]);
   expect(frames.map((f) => f.buffer === into.buffer)).toEqual([true, true, false]);
   expect(frames[1]!.byteOffset - into.byteOffset).toBe(k.frame.length);
+  // Neighbours in one pack (read with one read), and a repeat.
+  const together = Buffer.alloc(1000);
+  expect(await repository.getChunks([i.id, j.id, i.id], together)).toEqual([i.frame, j.frame, i.frame]);
 });
 
 test('an absent chunk is ChunkMissing for getChunk and chunkStoredSize', async () => {
