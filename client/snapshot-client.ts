@@ -191,13 +191,11 @@ export class SnapshotClient {
     const handle = this.options.client.workflow.getHandle<typeof snapshotWorkflow>(started.workflowId);
     const result = handle.result();
     const outcome = await pollUntil(result, async () => onProgress(await handle.query(snapshotProgressQuery)));
-    // One last reading, so a watcher always sees the final SUCCESS or FAILED state.
-    await handle
-      .query(snapshotProgressQuery)
-      .then(onProgress)
-      .catch(() => undefined);
-    if (!outcome.ok) throw toSnapshotError(outcome.error);
+    // One last reading, so a watcher always sees the final SUCCESS or FAILED state: from the catalog, which the
+    // workflow updated before it ended (a query now would make a worker replay the closed workflow).
     const record = this.options.catalog.getSnapshot(started.snapshotId);
+    if (record) onProgress(finalReading(record));
+    if (!outcome.ok) throw toSnapshotError(outcome.error);
     if (!record) throw new SnapshotError('SnapshotNotFound', `Snapshot ${started.snapshotId} is not in the catalog.`);
     return record;
   }
@@ -311,6 +309,21 @@ function nameTaken(name: string, existingId?: string): SnapshotError {
 }
 
 /** Polls `tick` until `done` settles; a failed tick (e.g. the first query before the workflow ran) is skipped. */
+/** The progress reading of a snapshot that has ended, from its record. */
+function finalReading(record: SnapshotRecord): SnapshotProgress {
+  const bytes = record.logicalBytes ?? 0;
+  return {
+    snapshotId: record.id,
+    status: record.status,
+    bytesDone: bytes,
+    bytesTotal: bytes,
+    throughput: 0,
+    etaSeconds: null,
+    failureType: record.failureType,
+    failureReason: record.failureReason,
+  };
+}
+
 async function pollUntil<T>(
   done: Promise<T>,
   tick: () => Promise<void>,
