@@ -9,7 +9,7 @@ import type { Repository } from './repository';
 
 /** Bytes read per task sent to the pool: large enough to amortise messaging, small enough to bound memory. */
 const SEGMENT_BYTES = 4 * 1024 * 1024;
-/** Tasks in flight per pool thread: one working, one queued, so no thread waits for the reader. */
+/** Tasks in flight per pool thread: one working and the next ones already read, so no thread waits for a read. */
 const IN_FLIGHT_PER_THREAD = 4;
 /** Compressed bytes gathered into one pack before it is written. */
 const PACK_BYTES = 16 * 1024 * 1024;
