@@ -21,10 +21,11 @@ const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 // Validation only reads and writes the catalog: it is quick, and a permanent rule violation must end the run at once.
 const checks = proxyActivities<Activities>(CATALOG_ACTIVITY);
 
-// Initiation freezes the guest and opens point-in-time views: a copy-on-write clone is instant, a plain copy of a
-// big disk is not, so it gets a generous timeout but few attempts (each one freezes the guest again).
+// Initiation freezes the guest and opens point-in-time views (copy-before-write or blockdev snapshots: instant
+// whatever the disk size); the freeze may wait up to 30 s for a guest write in progress. Few attempts: each one
+// freezes the guest again.
 const initiation = proxyActivities<Activities>({
-  startToCloseTimeout: '30 minutes',
+  startToCloseTimeout: '5 minutes',
   // On cancellation, compensations must not run while the activity still works (it would recreate what they remove).
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes },
