@@ -308,7 +308,6 @@ function nameTaken(name: string, existingId?: string): SnapshotError {
   );
 }
 
-/** Polls `tick` until `done` settles; a failed tick (e.g. the first query before the workflow ran) is skipped. */
 /** The progress reading of a snapshot that has ended, from its record. */
 function finalReading(record: SnapshotRecord): SnapshotProgress {
   const bytes = record.logicalBytes ?? 0;
@@ -324,6 +323,7 @@ function finalReading(record: SnapshotRecord): SnapshotProgress {
   };
 }
 
+/** Polls `tick` until `done` settles; a failed tick (e.g. the first query before the workflow ran) is skipped. */
 async function pollUntil<T>(
   done: Promise<T>,
   tick: () => Promise<void>,

@@ -34,3 +34,16 @@ export async function listDir(dir: string): Promise<string[]> {
 export function isNotFound(error: unknown): boolean {
   return (error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT';
 }
+
+/**
+ * The runs [first, last] of items 0 … count - 1 in which each item follows the one before (`follows(k)`: item k + 1
+ * follows item k), so that each run can be read with one read.
+ */
+export function* neighbourRuns(count: number, follows: (k: number) => boolean): Generator<[number, number]> {
+  for (let first = 0; first < count;) {
+    let last = first;
+    while (last + 1 < count && follows(last)) last++;
+    yield [first, last];
+    first = last + 1;
+  }
+}

@@ -3,6 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import type { ChunkRef, Manifest } from './manifest';
 import { ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
 import type { DiskReader } from './disk-reader';
+import { neighbourRuns } from './files';
 import type { ChunkPool } from './pool';
 import { frameBound, sharedBuffer } from './pool';
 import type { Repository } from './repository';
@@ -197,16 +198,14 @@ export async function storeChunks(o: {
         offset: index * o.chunkSize,
         data: into.subarray(i * o.chunkSize, i * o.chunkSize + chunkLength(geometry, index)),
       }));
-    const reads: Promise<void>[] = [];
-    for (let first = 0; first < missing.length;) {
-      let last = first;
-      while (last + 1 < missing.length && missing[last + 1]!.index === missing[last]!.index + 1) last++;
-      const start = first * o.chunkSize;
-      const end = start + (missing[last]!.offset - missing[first]!.offset) + missing[last]!.data.length;
-      reads.push(o.disk.read(into.subarray(start, end), missing[first]!.offset));
-      first = last + 1;
-    }
-    await Promise.all(reads);
+    const runs = neighbourRuns(missing.length, (k) => missing[k + 1]!.index === missing[k]!.index + 1);
+    await Promise.all(
+      [...runs].map(([first, last]) => {
+        const start = first * o.chunkSize;
+        const end = start + (missing[last]!.offset - missing[first]!.offset) + missing[last]!.data.length;
+        return o.disk.read(into.subarray(start, end), missing[first]!.offset);
+      }),
+    );
     return missing;
   };
   // Chunks are read into shared memory, and the pool threads compress them into shared memory too; the frames are

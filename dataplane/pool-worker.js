@@ -70,18 +70,8 @@ function compressionContext(level) {
 
 const dctx = new zstd.DCtx();
 
-/** @type {Map<string, Buffer>} */
-const scratchBuffers = new Map();
-
-/** A buffer of this thread's for `purpose`, at least `size` bytes, reused from call to call. */
-function scratch(/** @type {string} */ purpose, /** @type {number} */ size) {
-  let buffer = scratchBuffers.get(purpose);
-  if (!buffer || buffer.length < size) {
-    buffer = Buffer.allocUnsafeSlow(size);
-    scratchBuffers.set(purpose, buffer);
-  }
-  return buffer;
-}
+/** This thread's buffer for decompressed bytes, reused from call to call (grown when a chunk needs more). */
+let decompressed = Buffer.alloc(0);
 
 /**
  * Decompresses a stored frame and checks its hash.
@@ -94,7 +84,7 @@ function openChunk({ frame, id }) {
 }
 
 /**
- * Decompresses a frame into this thread's scratch buffer (valid until the next call) and checks its hash.
+ * Decompresses a frame into this thread's reused buffer (valid until the next call) and checks its hash.
  * @param {Uint8Array} frame
  * @param {string} id
  * @returns {{ data: Buffer } | { corrupt: string }}
@@ -104,8 +94,8 @@ function decompressChecked(frame, id) {
   try {
     const size = zstd.getFrameContentSize(frame);
     if (size === null || size > MAX_CHUNK_BYTES) return { corrupt: `zstd: frame header claims ${size} bytes` };
-    const out = scratch('decompressed', size);
-    data = out.subarray(0, dctx.decompress(out, frame));
+    if (decompressed.length < size) decompressed = Buffer.allocUnsafeSlow(size);
+    data = decompressed.subarray(0, dctx.decompress(decompressed, frame));
   } catch (error) {
     return { corrupt: `zstd: ${error instanceof Error ? error.message : String(error)}` };
   }

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkMissingError, ManifestMissingError } from './errors';
-import { isNotFound, listDir, syncDir } from './files';
+import { isNotFound, listDir, neighbourRuns, syncDir } from './files';
 import type { ChunkRef, Manifest } from './manifest';
 import { ManifestSchema, ZERO_CHUNK } from './manifest';
 import type { PackEntry } from './pack';
@@ -463,25 +463,19 @@ export class LocalRepository implements Repository {
     const handle = await fs.open(file, 'r');
     try {
       const frames: Buffer[] = [];
-      const reads: Promise<void>[] = [];
-      for (let first = 0; first < entries.length;) {
-        let last = first;
-        while (last + 1 < entries.length && adjacent(entries, targets, last)) last++;
-        const [from, to] = [first, last];
-        const start = entries[from]!.offset;
-        const length = entries[to]!.offset + entries[to]!.length - start;
-        const span = targets?.[from] && Buffer.from(targets[from].buffer, targets[from].byteOffset, length);
-        reads.push(
-          readAt(handle, start, length, span).then((read) => {
-            for (let k = from; k <= to; k++) {
-              const at = entries[k]!.offset - start;
-              frames[k] = read.subarray(at, Math.min(at + entries[k]!.length, read.length));
-            }
-          }),
-        );
-        first = last + 1;
-      }
-      await Promise.all(reads);
+      const runs = neighbourRuns(entries.length, (k) => adjacent(entries, targets, k));
+      await Promise.all(
+        [...runs].map(async ([first, last]) => {
+          const start = entries[first]!.offset;
+          const length = entries[last]!.offset + entries[last]!.length - start;
+          const span = targets?.[first] && Buffer.from(targets[first].buffer, targets[first].byteOffset, length);
+          const read = await readAt(handle, start, length, span);
+          for (let k = first; k <= last; k++) {
+            const at = entries[k]!.offset - start;
+            frames[k] = read.subarray(at, Math.min(at + entries[k]!.length, read.length));
+          }
+        }),
+      );
       return frames;
     } finally {
       await handle.close();

@@ -25,7 +25,7 @@ export async function writeGuestBlocks(
   const ranges = writes.map(({ offset, data }) => ({ offset, length: data.length }));
   await hypervisor.guestWrite(
     vm,
-    diskName,
+    disk,
     ranges,
     async (handle) => {
       for (const { offset, data } of writes) await handle.write(data, 0, data.length, offset);

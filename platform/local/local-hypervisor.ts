@@ -37,7 +37,6 @@ export class LocalHypervisor implements Hypervisor {
   constructor(private readonly root: string) {}
 
   async freeze(vm: Vm): Promise<void> {
-    await fs.mkdir(path.dirname(this.lockFile(vm.id)), { recursive: true });
     await acquireVmLock(this.lockFile(vm.id), 'freeze', FREEZE_TIMEOUT_MS);
   }
 
@@ -84,25 +83,22 @@ export class LocalHypervisor implements Hypervisor {
   }
 
   /**
-   * The guest's write path: runs `write` under the VM's lock (waiting while the VM is frozen), after preserving, in
-   * each open view of the VM, the blocks of `diskName` that `ranges` overwrite. `disk` is the guest's open disk file.
+   * The guest's write path: runs `write` on the VM's disk `disk` (open for writing) under the VM's lock, waiting while
+   * the VM is frozen, after preserving, in each open view of the VM, the blocks that `ranges` overwrite.
    */
   async guestWrite(
     vm: Vm,
-    diskName: string,
+    disk: Disk,
     ranges: { offset: number; length: number }[],
-    write: (disk: FileHandle) => Promise<void>,
+    write: (handle: FileHandle) => Promise<void>,
     waitMs: number,
   ): Promise<void> {
-    const disk = vm.disks.find((d) => d.name === diskName);
-    if (!disk) throw new Error(`VM ${vm.name} has no disk named ${diskName}`);
-    await fs.mkdir(path.dirname(this.lockFile(vm.id)), { recursive: true });
     await acquireVmLock(this.lockFile(vm.id), 'guest', waitMs);
     try {
       const handle = await fs.open(disk.path, 'r+');
       try {
         for (const viewId of await listDir(this.openViewsDir(vm.id))) {
-          await preserveBlocks(this.viewDir(viewId), diskName, handle, disk.sizeBytes, ranges);
+          await preserveBlocks(this.viewDir(viewId), disk.name, handle, disk.sizeBytes, ranges);
         }
         await write(handle);
       } finally {

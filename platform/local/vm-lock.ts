@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 /** Who holds a VM's lock: a freeze (until thawed, whichever process thaws), or a guest write of one process. */
@@ -15,6 +16,7 @@ const POLL_MS = 10;
 export async function acquireVmLock(file: string, holder: VmLockHolder, timeoutMs: number): Promise<void> {
   const text = holder === 'freeze' ? 'freeze' : `guest ${process.pid}`;
   const deadline = Date.now() + timeoutMs;
+  await fs.mkdir(path.dirname(file), { recursive: true });
   for (;;) {
     try {
       await fs.writeFile(file, text, { flag: 'wx' });

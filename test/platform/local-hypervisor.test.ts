@@ -171,7 +171,7 @@ test('guest writes wait while the VM is frozen, and a freeze waits for a guest w
 
   let release!: () => void;
   const gate = new Promise<void>((resolve) => (release = resolve));
-  const inProgress = hypervisor.guestWrite(vm, 'root', [], () => gate, 1000);
+  const inProgress = hypervisor.guestWrite(vm, vm.disks[0]!, [], () => gate, 1000);
   await new Promise((resolve) => setTimeout(resolve, 50));
   let frozen = false;
   const freeze = hypervisor.freeze(vm).then(() => (frozen = true));
