@@ -264,9 +264,10 @@ function timeNotes(results: Results): string[] {
     notes.push(`data plane passes: scan ${formatSeconds(ours.scanSeconds)}, store ${formatSeconds(ours.storeSeconds)}`);
   }
   const line = (what: string, snapshot: TimedSnapshot): string => {
-    const staged = snapshot.stages.reduce((sum, stage) => sum + stage.seconds, 0);
-    const stages = snapshot.stages.map((stage) => `${stage.status} ${formatSeconds(stage.seconds)}`);
-    return `${what} snapshot stages: ${[...stages, `request and result ${formatSeconds(snapshot.seconds - staged)}`].join(', ')}`;
+    const ran = snapshot.activities.reduce((sum, activity) => sum + activity.seconds, 0);
+    const activities = snapshot.activities.map((activity) => `${activity.name} ${formatSeconds(activity.seconds)}`);
+    const between = `between activities ${formatSeconds(snapshot.seconds - ran)}`;
+    return `${what} snapshot: ${[...activities, between].join(', ')}`;
   };
   if (results.workflow) {
     notes.push(line('full', results.workflow.full), line('incremental', results.workflow.incremental));

@@ -1,13 +1,13 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
+import { tsToMs } from '@temporalio/common/lib/time';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { SnapshotClient } from '../client/snapshot-client';
 import { startDevServer } from '../devserver/dev-server';
 import type { DevServer } from '../devserver/dev-server';
 import { ensureTemporalCli } from '../devserver/temporal-cli';
-import type { Account, SnapshotRecord, SnapshotStatus, Vm } from '../domain/model';
-import { isInFlight } from '../domain/model';
+import type { Account, SnapshotRecord, Vm } from '../domain/model';
 import { DEMO_ACCOUNT, openEmbeddedPlatform, writeGuestBlocks } from '../platform/local';
 import type { EmbeddedPlatform } from '../platform/local';
 import { createSnapshotWorker } from '../worker/worker';
@@ -21,8 +21,8 @@ const TASK_QUEUE = 'bench-snapshots';
 export interface TimedSnapshot {
   seconds: number;
   record: SnapshotRecord;
-  /** Seconds spent in each in-flight stage, as seen by polling the workflow's progress (±0.25 s). */
-  stages: { status: SnapshotStatus; seconds: number }[];
+  /** Seconds each activity ran (start to completion, as the server recorded them), in the order they ran. */
+  activities: { name: string; seconds: number }[];
 }
 
 /** The whole service on one machine: dev server, worker, embedded platform, one VM whose root disk is the image. */
@@ -87,11 +87,11 @@ export async function startSnapshotService(options: {
     // the workflow bundle (about 0.3 s). One small snapshot in another region (so it shares no chunk with the timed
     // ones) takes that cost outside the measurements.
     options.log('Warming up the worker with a small snapshot');
-    await takeSnapshot(snapshots, await registerWarmUpVm(platform), 'bench-warm-up');
+    await takeSnapshot(client, snapshots, await registerWarmUpVm(platform), 'bench-warm-up');
     return {
       vm,
       repositoryDir: path.join(options.dataDir, 'repositories', vm.region),
-      snapshot: (name) => takeSnapshot(snapshots, vm, name),
+      snapshot: (name) => takeSnapshot(client, snapshots, vm, name),
       writeToDisk: (writes) => writeGuestBlocks(platform.hypervisor, vm, 'root', writes),
       close,
     };
@@ -145,10 +145,8 @@ async function registerWarmUpVm(platform: EmbeddedPlatform): Promise<Vm> {
   return vm;
 }
 
-/** createSnapshot + watchProgress, timed end to end, noting when each in-flight stage is first seen. */
-async function takeSnapshot(snapshots: SnapshotClient, vm: Vm, name: string): Promise<TimedSnapshot> {
-  const seen: { status: SnapshotStatus; at: number }[] = [];
-  const start = performance.now();
+/** createSnapshot + watchProgress, timed end to end; then each activity's run time, from the workflow's history. */
+async function takeSnapshot(client: Client, snapshots: SnapshotClient, vm: Vm, name: string): Promise<TimedSnapshot> {
   const { seconds, value: record } = await timed(async () => {
     const started = await snapshots.createSnapshot({
       accountId: ACCOUNT.id,
@@ -157,14 +155,30 @@ async function takeSnapshot(snapshots: SnapshotClient, vm: Vm, name: string): Pr
       name,
       requestedBy: 'bench',
     });
-    return snapshots.watchProgress(started, (progress) => {
-      if (progress.status !== seen.at(-1)?.status) seen.push({ status: progress.status, at: performance.now() });
-    });
+    return snapshots.watchProgress(started);
   });
-  // A stage lasts until the next one is seen; the last in-flight stage until the result arrived.
-  const end = start + seconds * 1000;
-  const stages = seen
-    .map((stage, i) => ({ status: stage.status, seconds: ((seen[i + 1]?.at ?? end) - stage.at) / 1000 }))
-    .filter((stage) => isInFlight(stage.status));
-  return { seconds, record, stages };
+  return { seconds, record, activities: await activitySpans(client, record.workflowId) };
+}
+
+/** Seconds from start to completion of each activity the workflow ran (server timestamps), in order. */
+async function activitySpans(client: Client, workflowId: string): Promise<{ name: string; seconds: number }[]> {
+  const { events } = await client.workflow.getHandle(workflowId).fetchHistory();
+  const names = new Map<string, string>();
+  const startedAt = new Map<string, number>();
+  const spans: { name: string; seconds: number }[] = [];
+  for (const event of events ?? []) {
+    const id = String(event.eventId);
+    const at = tsToMs(event.eventTime);
+    if (event.activityTaskScheduledEventAttributes) {
+      names.set(id, event.activityTaskScheduledEventAttributes.activityType?.name ?? '?');
+    }
+    const started = event.activityTaskStartedEventAttributes;
+    if (started) startedAt.set(String(started.scheduledEventId), at);
+    const completed = event.activityTaskCompletedEventAttributes;
+    if (completed) {
+      const scheduled = String(completed.scheduledEventId);
+      spans.push({ name: names.get(scheduled) ?? '?', seconds: (at - (startedAt.get(scheduled) ?? at)) / 1000 });
+    }
+  }
+  return spans;
 }
