@@ -13,6 +13,46 @@ export async function readExactly(handle: FileHandle, buffer: Buffer, position: 
   }
 }
 
+/** Writes all of `data` at `position`, however many writes that takes. */
+export async function writeExactly(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  let written = 0;
+  while (written < data.length) {
+    const { bytesWritten } = await handle.write(data, written, data.length - written, position + written);
+    written += bytesWritten;
+  }
+}
+
+/**
+ * Direct I/O: offsets and lengths are multiples of this (4 KiB covers 512-byte and 4 KiB sector devices), and
+ * buffers start on one (sharedBuffer memory does).
+ */
+export const DIRECT_IO_BLOCK = 4096;
+
+export function alignDown(n: number): number {
+  return Math.floor(n / DIRECT_IO_BLOCK) * DIRECT_IO_BLOCK;
+}
+
+export function alignUp(n: number): number {
+  return Math.ceil(n / DIRECT_IO_BLOCK) * DIRECT_IO_BLOCK;
+}
+
+/**
+ * Opens a file for direct I/O (O_DIRECT: reads and writes go between the device and the caller's buffer, not through
+ * the page cache) where the platform and the file system allow it, else as usual. Either way the caller keeps to
+ * DIRECT_IO_BLOCK, so the same code serves both.
+ */
+export async function openDirect(file: string, flags: number): Promise<FileHandle> {
+  const { O_DIRECT } = fs.constants;
+  if (O_DIRECT !== undefined) {
+    try {
+      return await fs.open(file, flags | O_DIRECT);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+    }
+  }
+  return fs.open(file, flags);
+}
+
 /** Makes renames and new files in `dir` durable. */
 export async function syncDir(dir: string): Promise<void> {
   const handle = await fs.open(dir, 'r');

@@ -3,9 +3,10 @@ import type { FileHandle } from 'node:fs/promises';
 import type { ChunkRef, Manifest } from './manifest';
 import { ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
 import type { DiskReader } from './disk-reader';
-import { neighbourRuns } from './files';
+import { DIRECT_IO_BLOCK, neighbourRuns, writeExactly } from './files';
 import type { ChunkPool } from './pool';
-import { frameBound, sharedBuffer } from './pool';
+import { frameBound } from './pool';
+import { workingMemory } from './memory';
 import type { Repository } from './repository';
 
 /** Bytes read per task sent to the pool: large enough to amortise messaging, small enough to bound memory. */
@@ -46,33 +47,6 @@ async function orderedPipeline<T, R>(
   }
 }
 
-/**
- * Reusable buffers of one size, so that no fresh memory is faulted in per task. At most as many exist as are in use
- * at once (bounded by the pipeline's in-flight limit). A buffer not given back (a failed task) is simply collected.
- */
-class BufferPool {
-  private readonly free: Buffer[] = [];
-
-  constructor(private readonly allocate: () => Buffer) {}
-
-  take(): Buffer {
-    return this.free.pop() ?? this.allocate();
-  }
-
-  give(buffer: Buffer): void {
-    this.free.push(buffer);
-  }
-
-  async use<T>(fn: (buffer: Buffer) => Promise<T>): Promise<T> {
-    const buffer = this.take();
-    try {
-      return await fn(buffer);
-    } finally {
-      this.give(buffer);
-    }
-  }
-}
-
 /** A compressed chunk on its way to a pack: `index` is its place in the disk's chunk list. */
 interface CompressedChunk {
   index: number;
@@ -92,14 +66,6 @@ class PackBuffer {
     chunk.frame.copy(frame);
     this.chunks.push({ ...chunk, frame });
     this.bytes += frame.length;
-  }
-}
-
-async function writeExactly(handle: FileHandle, data: Buffer, position: number): Promise<void> {
-  let written = 0;
-  while (written < data.length) {
-    const { bytesWritten } = await handle.write(data, written, data.length - written, position + written);
-    written += bytesWritten;
   }
 }
 
@@ -134,12 +100,11 @@ export async function scanDisk(o: {
       yield { index, start, length: Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start) };
     }
   }
-  const buffers = new BufferPool(() => sharedBuffer(chunksPerSegment * o.chunkSize));
   await orderedPipeline(
     segments(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     (segment) =>
-      buffers.use(async (buffer) => {
+      workingMemory.use(chunksPerSegment * o.chunkSize, async (buffer) => {
         const data = buffer.subarray(0, segment.length);
         await o.disk.read(data, segment.start);
         return o.pool.hashSegment(data, o.chunkSize);
@@ -210,14 +175,12 @@ export async function storeChunks(o: {
   };
   // Chunks are read into shared memory, and the pool threads compress them into shared memory too; the frames are
   // then copied into the pack being filled, so both buffers are reused at once.
-  const inputs = new BufferPool(() => sharedBuffer(chunksPerBatch * o.chunkSize));
-  const outputs = new BufferPool(() => sharedBuffer(chunksPerBatch * frameBound(o.chunkSize)));
+  const inputBytes = chunksPerBatch * o.chunkSize;
+  const outputBytes = chunksPerBatch * frameBound(o.chunkSize);
   // A pack is written once it holds PACK_BYTES, so it never holds more than that plus one batch's frames. It is
   // written behind compression (one write in flight while the next pack fills). Progress is reported only once
   // what precedes it is durable, because a retry resumes after it.
-  const packBuffers = new BufferPool(() =>
-    Buffer.allocUnsafeSlow(PACK_BYTES + chunksPerBatch * frameBound(o.chunkSize)),
-  );
+  const packBytes = PACK_BYTES + outputBytes;
   let pack: PackBuffer | undefined;
   let writes: Promise<void> = Promise.resolve();
   const flush = async (end: number) => {
@@ -233,7 +196,7 @@ export async function storeChunks(o: {
           stats.bytesWritten += chunkLength(geometry, chunk.index);
           stats.storedBytesWritten += chunk.frame.length;
         }
-        packBuffers.give(full.buffer);
+        workingMemory.give(full.buffer);
       }
       o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
     })();
@@ -244,17 +207,17 @@ export async function storeChunks(o: {
       batches(),
       o.pool.threads * IN_FLIGHT_PER_THREAD,
       (batch) =>
-        inputs.use(async (input) => {
+        workingMemory.use(inputBytes, async (input) => {
           const chunks = await readMissing(batch.candidates, input);
           if (chunks.length === 0) return { compressed: [] };
-          const output = outputs.take();
+          const output = workingMemory.take(outputBytes);
           const frames = await o.pool.compressChunks(chunks, output);
           const compressed = chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
           return { compressed, output };
         }),
       async ({ compressed, output }: { compressed: CompressedChunk[]; output?: Buffer }, batch) => {
-        for (const chunk of compressed) (pack ??= new PackBuffer(packBuffers.take())).add(chunk);
-        if (output) outputs.give(output);
+        for (const chunk of compressed) (pack ??= new PackBuffer(workingMemory.take(packBytes))).add(chunk);
+        if (output) workingMemory.give(output);
         if (!pack || pack.bytes >= PACK_BYTES) await flush(batch.end);
       },
     );
@@ -304,14 +267,15 @@ export async function verifyManifest(o: {
       };
     }
   }
-  // Frames are read into reused shared buffers, which the pool threads check in place.
+  // Frames are read into working memory (with room for the whole blocks direct I/O reads), which the pool threads
+  // check in place.
   const largestChunk = Math.max(1, ...o.manifest.disks.map((disk) => disk.chunkSize));
-  const buffers = new BufferPool(() => sharedBuffer(CHUNKS_PER_OPEN_TASK * frameBound(largestChunk)));
+  const readBytes = CHUNKS_PER_OPEN_TASK * (frameBound(largestChunk) + 2 * DIRECT_IO_BLOCK);
   await orderedPipeline(
     batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     (batch) =>
-      buffers.use(async (into) => {
+      workingMemory.use(readBytes, async (into) => {
         const frames = await o.repository.getChunks(batch.ids, into);
         return o.pool.checkChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
       }),

@@ -4,6 +4,7 @@ import Piscina from 'piscina';
 import { compressBound } from 'zstd-napi/binding';
 import { ChunkCorruptError, DiskChangedError } from './errors';
 import type { ChunkRef } from './manifest';
+import { sharedBuffer } from './memory';
 
 /** Default zstd level: level 1 runs at about 600 MB/s per core and already compresses disk data well. */
 const DEFAULT_COMPRESSION_LEVEL = 1;
@@ -110,11 +111,6 @@ export class ChunkPool {
 /** The most bytes the zstd frame of `rawBytes` bytes can take. */
 export function frameBound(rawBytes: number): number {
   return compressBound(rawBytes);
-}
-
-/** A buffer of shared memory: threads of the pool read and write it in place. */
-export function sharedBuffer(size: number): Buffer {
-  return Buffer.from(new SharedArrayBuffer(size));
 }
 
 /** A buffer's memory can be moved to a thread only when the buffer owns all of it (not a slice of Node's pool). */

@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkMissingError, ManifestMissingError } from './errors';
-import { isNotFound, listDir, neighbourRuns, syncDir } from './files';
+import { alignDown, alignUp, isNotFound, listDir, neighbourRuns, openDirect, syncDir, writeExactly } from './files';
 import type { ChunkRef, Manifest } from './manifest';
 import { ManifestSchema, ZERO_CHUNK } from './manifest';
+import { sharedBuffer, workingMemory } from './memory';
 import type { PackEntry } from './pack';
 import { PackDamagedError, encodePack, readAt, readPackIndex } from './pack';
 
@@ -24,8 +24,10 @@ export interface Repository {
   getChunk(id: string): Promise<Buffer>;
   /**
    * The stored frames of `ids`, in order (read together: one open per pack); ChunkMissingError for an absent one. With
-   * `into`, the frames are read into it one after the other and returned as views of it, as far as they fit (the
-   * rest, and a frame found again after garbage collection moved it, come in buffers of their own).
+   * `into` (page-aligned memory, such as workingMemory hands out), the frames are read into it and returned as views
+   * of it, as far as they fit (the rest, and a frame found again after garbage collection moved it, come in buffers
+   * of their own). Frames that neighbour in storage are read together, in whole direct I/O blocks, so `into` needs
+   * up to 2 DIRECT_IO_BLOCKs more per such run than the frames' bytes.
    */
   getChunks(ids: string[], into?: Buffer): Promise<Buffer[]>;
   /** Compressed size of a stored chunk; ChunkMissingError if absent. */
@@ -142,15 +144,18 @@ export class LocalRepository implements Repository {
       if (!location) throw new ChunkMissingError(ids[i]!);
       return location;
     });
-    const targets = into && framesIn(into, locations);
+    const room = roomIn(into);
     const byPack = new Map<string, number[]>();
     locations.forEach((l, i) => byPack.set(l.pack, [...(byPack.get(l.pack) ?? []), i]));
     const frames: Buffer[] = [];
     await Promise.all(
       [...byPack].map(async ([pack, indexes]) => {
-        const entries = indexes.map((i) => locations[i]!);
         try {
-          const read = await this.readFrames(this.packPath(pack), entries, targets && indexes.map((i) => targets[i]));
+          const read = await this.readFrames(
+            this.packPath(pack),
+            indexes.map((i) => locations[i]!),
+            room,
+          );
           read.forEach((frame, k) => (frames[indexes[k]!] = frame));
         } catch (error) {
           if (!isNotFound(error)) throw error;
@@ -444,32 +449,48 @@ export class LocalRepository implements Repository {
     }
   }
 
-  /** Writes a new pack atomically (temp file, fsync, rename, fsync of `packs/`) and adds it to the index. */
+  /**
+   * Writes a new pack atomically (temp file, fsync, rename, fsync of `packs/`) and adds it to the index. The pack is
+   * laid out in working memory and written with direct I/O: storing a fleet's snapshots does not fill the page cache
+   * (evicting what the machine's guests use), and verification then reads back what the device holds.
+   */
   private async writePack(chunks: { id: string; frame: Buffer }[]): Promise<void> {
     const { buffers, entries } = encodePack(chunks);
+    const bytes = buffers.reduce((sum, b) => sum + b.length, 0);
     const pack = `${randomUUID()}.pack`;
     await this.makeDir(this.packsDir());
-    await this.writeAtomically(this.packPath(pack), buffers);
+    await workingMemory.use(alignUp(bytes), async (image) => {
+      let at = 0;
+      for (const b of buffers) at += b.copy(image, at);
+      await this.writeAtomically(this.packPath(pack), image, bytes);
+    });
     await syncDir(this.packsDir());
     this.addPack(pack, entries);
   }
 
   /**
-   * The frames of `entries` read (concurrently) from one pack file, each into its target when given. Frames that
-   * follow each other in the pack and whose targets follow each other too (a batch written together and read back
-   * together) are read with one read.
+   * The frames of `entries`, read from one pack file. Each run of frames that follow each other in the pack is read
+   * with one read (all runs at once), by direct I/O, of the whole blocks around it, into memory from `room` (handed
+   * out before the first read, in the order of `entries`); the frames are views of those blocks.
    */
-  private async readFrames(file: string, entries: PackEntry[], targets?: (Buffer | undefined)[]): Promise<Buffer[]> {
-    const handle = await fs.open(file, 'r');
+  private async readFrames(
+    file: string,
+    entries: PackEntry[],
+    room: (bytes: number) => Buffer = roomIn(),
+  ): Promise<Buffer[]> {
+    const runs = [
+      ...neighbourRuns(entries.length, (k) => entries[k + 1]!.offset === entries[k]!.offset + entries[k]!.length),
+    ].map(([first, last]) => {
+      const start = alignDown(entries[first]!.offset);
+      const end = alignUp(entries[last]!.offset + entries[last]!.length);
+      return { first, last, start, into: room(end - start) };
+    });
+    const handle = await openDirect(file, fs.constants.O_RDONLY);
     try {
       const frames: Buffer[] = [];
-      const runs = neighbourRuns(entries.length, (k) => adjacent(entries, targets, k));
       await Promise.all(
-        [...runs].map(async ([first, last]) => {
-          const start = entries[first]!.offset;
-          const length = entries[last]!.offset + entries[last]!.length - start;
-          const span = targets?.[first] && Buffer.from(targets[first].buffer, targets[first].byteOffset, length);
-          const read = await readAt(handle, start, length, span);
+        runs.map(async ({ first, last, start, into }) => {
+          const read = await readAt(handle, start, into.length, into);
           for (let k = first; k <= last; k++) {
             const at = entries[k]!.offset - start;
             frames[k] = read.subarray(at, Math.min(at + entries[k]!.length, read.length));
@@ -504,16 +525,22 @@ export class LocalRepository implements Repository {
     return path.join(this.root, 'staging', safeName(snapshotId), `${safeName(name)}.refs`);
   }
 
-  private async writeAtomically(target: string, data: Buffer | Buffer[]): Promise<void> {
+  /**
+   * Writes `data` to a temp file, fsyncs it and renames it to `target`. With `bytes`, `data` is a pack laid out in
+   * whole direct I/O blocks, of which the first `bytes` count: it is written by direct I/O and cut to length.
+   */
+  private async writeAtomically(target: string, data: Buffer, bytes?: number): Promise<void> {
     const tmpDir = path.join(this.root, 'tmp');
     await this.makeDir(tmpDir);
     await this.makeDir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
     try {
-      const handle = await fs.open(tmp, 'wx');
+      const { O_WRONLY, O_CREAT, O_TRUNC } = fs.constants;
+      const handle =
+        bytes === undefined ? await fs.open(tmp, 'wx') : await openDirect(tmp, O_WRONLY | O_CREAT | O_TRUNC);
       try {
-        if (Array.isArray(data)) await writeAll(handle, data);
-        else await handle.writeFile(data);
+        await writeExactly(handle, data, 0);
+        if (bytes !== undefined) await handle.truncate(bytes);
         await handle.sync();
       } finally {
         await handle.close();
@@ -526,34 +553,20 @@ export class LocalRepository implements Repository {
   }
 }
 
-/** Whether entry k + 1 follows entry k in the pack, and its target follows entry k's in the same memory. */
-function adjacent(entries: PackEntry[], targets: (Buffer | undefined)[] | undefined, k: number): boolean {
-  const [a, b] = [entries[k]!, entries[k + 1]!];
-  if (b.offset !== a.offset + a.length) return false;
-  const [ta, tb] = [targets?.[k], targets?.[k + 1]];
-  return !!ta && !!tb && ta.buffer === tb.buffer && tb.byteOffset === ta.byteOffset + ta.length;
-}
-
-/** Views of `into` for the frames at `locations`, one after the other, as far as they fit (undefined after). */
-function framesIn(into: Buffer, locations: Location[]): (Buffer | undefined)[] {
-  let end = 0;
-  return locations.map((l) => (end + l.length <= into.length ? into.subarray(end, (end += l.length)) : undefined));
+/**
+ * Room for direct I/O reads of `bytes` (whole blocks): views of `into`, one after the other, while they fit (each
+ * starts on a block boundary when `into` does); then buffers of their own.
+ */
+function roomIn(into?: Buffer): (bytes: number) => Buffer {
+  let used = 0;
+  return (bytes) => {
+    if (!into || used + bytes > into.length) return sharedBuffer(bytes);
+    used += bytes;
+    return into.subarray(used - bytes, used);
+  };
 }
 
 function safeName(name: string): string {
   if (!/^[A-Za-z0-9._-]+$/.test(name) || name.startsWith('.')) throw new Error(`unsafe repository name: ${name}`);
   return name;
-}
-
-/** Writes buffers one after the other (writev), however many calls that takes. */
-async function writeAll(handle: FileHandle, buffers: Buffer[]): Promise<void> {
-  let pending = buffers.filter((b) => b.length > 0);
-  while (pending.length > 0) {
-    let { bytesWritten } = await handle.writev(pending.slice(0, 1024));
-    while (pending.length > 0 && bytesWritten >= pending[0]!.length) {
-      bytesWritten -= pending[0]!.length;
-      pending = pending.slice(1);
-    }
-    if (bytesWritten > 0) pending[0] = pending[0]!.subarray(bytesWritten);
-  }
 }

@@ -21,6 +21,9 @@ fi
 if ! command -v chromium >/dev/null && [[ ! -x /usr/bin/chromium ]]; then
   missing+=(chromium) # the browser tests drive Debian's Chromium with playwright-core (which downloads no browser)
 fi
+if ! command -v fincore >/dev/null; then
+  missing+=(util-linux-extra) # fincore: a test checks that packs bypass the page cache
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${missing[*]}"

@@ -2,7 +2,8 @@ import { blake3 } from '@napi-rs/blake-hash';
 import fs from 'node:fs/promises';
 import { decompress } from 'zstd-napi';
 import { ChunkCorruptError, ChunkPool, DiskChangedError, ZERO_CHUNK } from '../../dataplane';
-import { frameBound, sharedBuffer } from '../../dataplane/pool';
+import { sharedBuffer } from '../../dataplane/memory';
+import { frameBound } from '../../dataplane/pool';
 import { KiB } from './helpers';
 
 const CHUNK = 64 * KiB;

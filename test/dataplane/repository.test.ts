@@ -1,7 +1,12 @@
 import { blake3 } from '@napi-rs/blake-hash';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { ChunkMissingError, LocalRepository, ManifestMissingError, ZERO_CHUNK } from '../../dataplane';
+import { DIRECT_IO_BLOCK } from '../../dataplane/files';
+import { sharedBuffer } from '../../dataplane/memory';
 import { makeTempDir, manifestOf } from './helpers';
 
 let dir: string;
@@ -63,19 +68,45 @@ test('getChunks reads frames from several packs in the order asked, repeats incl
   await expect(repository.getChunks([i.id, chunk('absent').id])).rejects.toThrow(ChunkMissingError);
 });
 
-test('getChunks reads frames one after the other into a given buffer, and those that do not fit into their own', async () => {
+test('getChunks reads frames into a given buffer as far as it has room, and the rest into their own', async () => {
   const [i, j, k] = [chunk('i'), chunk('j'), chunk('k')];
   await repository.putChunks([i, j]);
   await repository.putChunks([k]);
-  const into = Buffer.alloc(k.frame.length + i.frame.length + 1); // room for the first two only
+  // Each pack's frames are read as whole blocks: k's block fits, then i and j (neighbours, one read) do not.
+  const into = sharedBuffer(DIRECT_IO_BLOCK + 100);
   const frames = await repository.getChunks([k.id, i.id, j.id], into);
   expect(frames).toEqual([k.frame, i.frame, j.frame]);
-  expect(frames.map((f) => f.buffer === into.buffer)).toEqual([true, true, false]);
-  expect(frames[1]!.byteOffset - into.byteOffset).toBe(k.frame.length);
-  // Neighbours in one pack (read with one read), and a repeat.
-  const together = Buffer.alloc(1000);
-  expect(await repository.getChunks([i.id, j.id, i.id], together)).toEqual([i.frame, j.frame, i.frame]);
+  expect(frames.map((f) => f.buffer === into.buffer)).toEqual([true, false, false]);
+  // With room for both blocks, every frame is a view of the buffer, repeats included.
+  const roomy = sharedBuffer(3 * DIRECT_IO_BLOCK);
+  const again = await repository.getChunks([k.id, i.id, j.id, i.id], roomy);
+  expect(again).toEqual([k.frame, i.frame, j.frame, i.frame]);
+  expect(again.every((f) => f.buffer === roomy.buffer)).toBe(true);
 });
+
+// tmpfs has no device to bypass the page cache for: its files are page cache.
+const onBlockDevice = execFileSync('stat', ['-f', '-c', '%T', os.tmpdir()]).toString().trim() !== 'tmpfs';
+
+(onBlockDevice ? test : test.skip)(
+  'packs are written and read back by direct I/O, not through the page cache',
+  async () => {
+    const frames = [1, 2, 3].map((n) => ({
+      id: blake3(`big ${n}`).toString('hex'),
+      frame: randomBytes(3_000_000 + n),
+    }));
+    await repository.putChunks(frames);
+    const read = await repository.getChunks(
+      frames.map((f) => f.id),
+      sharedBuffer(10_000_000),
+    );
+    expect(read.map((frame, i) => frame.equals(frames[i]!.frame))).toEqual([true, true, true]);
+    const [pack] = await fs.readdir(path.join(repository.root, 'packs'));
+    const cachedBytes = (file: string) =>
+      Number(execFileSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]).toString());
+    // Nothing of the 9 MB pack is cached (the last block at most: the index is read through the cache on a reload).
+    expect(cachedBytes(path.join(repository.root, 'packs', pack!))).toBeLessThanOrEqual(DIRECT_IO_BLOCK);
+  },
+);
 
 test('an absent chunk is ChunkMissing for getChunk and chunkStoredSize', async () => {
   const { id } = chunk('d');
