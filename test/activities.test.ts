@@ -5,13 +5,14 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { CancelledFailure } from '@temporalio/common';
 import { createActivities } from '../activities';
 import type { Activities } from '../activities';
-import { ChunkPool } from '../dataplane';
+import { ChunkPool, manifestStats } from '../dataplane';
 import type { StageProgress } from '../domain/model';
 import type { EmbeddedPlatform } from '../platform/local';
 import { openEmbeddedPlatform } from '../platform/local';
 import type { DiskView } from '../platform/ports';
 import { seedTestFleet } from './helpers/snapshot-env';
 import type { CaptureCheckpoint, CaptureResult } from '../activities/capture';
+import type { CompressResult } from '../activities/compress';
 
 let dataDir: string;
 let platform: EmbeddedPlatform;
@@ -106,5 +107,31 @@ describe('capture activity', () => {
       .run(activities.captureSnapshot, { snapshotId: 'snap-cancel', region: 'NORWAY-1' as const, disks })
       .catch((e: unknown) => e);
     expect(outcome).toBeInstanceOf(CancelledFailure);
+  });
+});
+
+describe('stage progress', () => {
+  test('compression reports logical bytes and verification raw bytes, up to their totals and ending on them', async () => {
+    const disks = await prepare('snap-progress', 'vm-notebook-01');
+    const input = { snapshotId: 'snap-progress', region: platform.catalog.getVm('vm-notebook-01')!.region };
+    const captured: CaptureResult = await new MockActivityEnvironment().run(activities.captureSnapshot, {
+      ...input,
+      disks,
+    });
+    reports.length = 0;
+    const compressed: CompressResult = await new MockActivityEnvironment().run(activities.compressSnapshot, {
+      ...input,
+      disks,
+      chunkSize: captured.chunkSize,
+    });
+    await new MockActivityEnvironment().run(activities.verifySnapshot, { ...input, addedBytes: compressed.addedBytes });
+    const repository = platform.repositoryFor(input.region);
+    const stats = await manifestStats(await repository.readManifest(input.snapshotId), repository);
+    const totals = { COMPRESSING: stats.logicalBytes, VERIFYING: stats.distinctRawBytes };
+    for (const [stage, total] of Object.entries(totals)) {
+      const seen = reports.filter((r) => r.stage === stage);
+      expect(seen.every((r) => r.bytesTotal === total && r.bytesDone <= total)).toBe(true);
+      expect(seen.at(-1)).toMatchObject({ bytesDone: total, bytesTotal: total });
+    }
   });
 });

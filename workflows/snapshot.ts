@@ -161,10 +161,9 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
 
   // Verified and marked SUCCESS: nothing below may undo that, so it runs outside the compensated block.
   enter('SUCCESS');
-  await CancellationScope.nonCancellable(async () => {
-    await compensations.releaseViews(snapshotId);
-    await compensations.dropStaging(snapshotId, verified.region);
-  });
+  await CancellationScope.nonCancellable(() =>
+    Promise.all([compensations.releaseViews(snapshotId), compensations.dropStaging(snapshotId, verified.region)]),
+  );
   const { record } = verified;
   return {
     snapshotId,
