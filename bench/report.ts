@@ -113,7 +113,10 @@ export function printReport(results: Results, notes: string[], startedAt: number
     `Image: ${formatSize(IMAGE_BYTES)} ext4 from system files; change: ${SCATTERED_WRITES} x ${BLOCK_BYTES / KiB} KiB ` +
       `scattered writes + one ${formatSize(REGION_BYTES)} region. MB/s = 10^6 bytes of disk per second.`,
   );
-  console.log('ratio = ours / reference: of throughputs in (a), of seconds or bytes elsewhere.\n');
+  console.log('ratio = ours / reference: of throughputs in (a), of seconds or bytes elsewhere.');
+  console.log(
+    '(a) and (b): the faster of two runs, for ours and the references alike (each run into a fresh repository).\n',
+  );
   console.log(formatTable(rows));
   console.log(`\n${formatList('Stored sizes (apparent bytes of the repository folders):', storedSizes(results))}`);
   const allNotes = [...timeNotes(results), loadNote(loadAtStart), ...notes];

@@ -28,17 +28,20 @@ export interface TimedSnapshot {
 /** The whole service on one machine: dev server, worker, embedded platform, one VM whose root disk is the image. */
 export interface SnapshotService {
   vm: Vm;
-  /** The region repository the VM's snapshots go to. */
+  /** A second VM with its own copy of the image, in another region: a second full snapshot into a fresh repository. */
+  twin: Vm;
+  /** The region repository `vm`'s snapshots go to. */
   repositoryDir: string;
-  snapshot(name: string): Promise<TimedSnapshot>;
-  /** Writes blocks to the VM's disk through the embedded guest's write path. */
+  snapshot(name: string, vm?: Vm): Promise<TimedSnapshot>;
+  /** Writes blocks to `vm`'s disk through the embedded guest's write path. */
   writeToDisk(writes: BlockWrite[]): Promise<void>;
   close(): Promise<void>;
 }
 
 /**
- * Starts a Temporal dev server (in memory, no UI, free port), an embedded platform under `dataDir` with one ACTIVE VM
- * whose root disk is a copy of `image`, and a snapshot worker with the default settings, warmed up.
+ * Starts a Temporal dev server (in memory, no UI, free port), an embedded platform under `dataDir` with two ACTIVE VMs
+ * in different regions whose root disks are copies of `image`, and a snapshot worker with the default settings, warmed
+ * up.
  */
 export async function startSnapshotService(options: {
   dataDir: string;
@@ -59,7 +62,8 @@ export async function startSnapshotService(options: {
 
     const platform = openEmbeddedPlatform(options.dataDir);
     cleanups.push(async () => platform.catalog.close());
-    const vm = await registerVm(platform, options.image, options.imageBytes);
+    const vm = await registerVm(platform, options.image, options.imageBytes, 'vm-bench-01', 'CANADA-1');
+    const twin = await registerVm(platform, options.image, options.imageBytes, 'vm-bench-02', 'US-1');
 
     const nativeConnection = await NativeConnection.connect({ address: server.address });
     cleanups.push(() => nativeConnection.close());
@@ -90,8 +94,9 @@ export async function startSnapshotService(options: {
     await takeSnapshot(client, snapshots, await registerWarmUpVm(platform, options.image), 'bench-warm-up');
     return {
       vm,
+      twin,
       repositoryDir: path.join(options.dataDir, 'repositories', vm.region),
-      snapshot: (name) => takeSnapshot(client, snapshots, vm, name),
+      snapshot: (name, which = vm) => takeSnapshot(client, snapshots, which, name),
       writeToDisk: (writes) => writeGuestBlocks(platform.hypervisor, vm, 'root', writes),
       close,
     };
@@ -101,16 +106,22 @@ export async function startSnapshotService(options: {
   }
 }
 
-/** Registers the benchmark account and one ACTIVE VM (shaped like the demo fleet's) with a copy of `image`. */
-async function registerVm(platform: EmbeddedPlatform, image: string, sizeBytes: number): Promise<Vm> {
-  const diskPath = path.join(platform.dataDir, 'disks', 'vm-bench-01', 'root.raw');
+/** Registers the benchmark account and an ACTIVE VM (shaped like the demo fleet's) with a copy of `image`. */
+async function registerVm(
+  platform: EmbeddedPlatform,
+  image: string,
+  sizeBytes: number,
+  id: string,
+  region: Vm['region'],
+): Promise<Vm> {
+  const diskPath = path.join(platform.dataDir, 'disks', id, 'root.raw');
   await fs.mkdir(path.dirname(diskPath), { recursive: true });
   await run('cp', ['--sparse=always', image, diskPath]);
   const vm: Vm = {
-    id: 'vm-bench-01',
+    id,
     accountId: ACCOUNT.id,
-    name: 'bench-01',
-    region: 'CANADA-1',
+    name: id.replace(/^vm-/, ''),
+    region,
     flavor: 'H100-SXM5-80GB',
     status: 'ACTIVE',
     config: { flavor: 'H100-SXM5-80GB', gpus: 8, vcpus: 128, ramGiB: 1024, image: 'ubuntu-22.04-cuda-12.4' },
