@@ -55,7 +55,14 @@ export type RestoreProgress = StageProgress & { etaSeconds: number | null; done:
 /** Message shown when a region has no ACTIVE VM (create is refused with the same words). */
 export const NO_ACTIVE_VMS = 'No active VMs available';
 
-const POLL_INTERVAL_MS = 250;
+/**
+ * How often a watcher reads a running workflow's progress. Each reading is a query (it reaches the worker through the
+ * server and costs a few milliseconds of CPU on each), and a snapshot of a large disk runs for many minutes: once a
+ * second keeps a progress bar live without taxing a busy worker.
+ */
+const PROGRESS_POLL_MS = 1000;
+/** How often createSnapshot checks whether validation has accepted the request (it answers once it has). */
+const ACCEPTANCE_POLL_MS = 125;
 
 /**
  * The typed client: what the CLI (and any program) uses to create, inspect and restore snapshots. Requests are
@@ -161,7 +168,7 @@ export class SnapshotClient {
         });
         return;
       }
-      await sleep(POLL_INTERVAL_MS / 2);
+      await sleep(ACCEPTANCE_POLL_MS);
     }
   }
 
@@ -336,7 +343,7 @@ async function pollUntil<T>(
     await tick().catch(() => undefined);
     const outcome = await Promise.race([
       settled,
-      new Promise<null>((r) => setTimeout(() => r(null), POLL_INTERVAL_MS)),
+      new Promise<null>((r) => setTimeout(() => r(null), PROGRESS_POLL_MS)),
     ]);
     if (outcome) return outcome;
   }
