@@ -18,6 +18,11 @@ const PACK_BYTES = 16 * 1024 * 1024;
 /** Stored chunks opened (decompressed and re-hashed) per pool task when verifying or restoring. */
 const CHUNKS_PER_OPEN_TASK = 16;
 
+/** Room to read one open task's frames of chunks up to `chunkSize`, with the whole blocks direct I/O reads. */
+function openTaskBytes(chunkSize: number): number {
+  return CHUNKS_PER_OPEN_TASK * (frameBound(chunkSize) + 2 * DIRECT_IO_BLOCK);
+}
+
 /**
  * Runs `work` on items from `source` with at most `limit` in flight and hands results to `sink` in source order.
  * Items only describe work (what to read), and `work` does the reading too, so reads overlap each other and the
@@ -267,10 +272,8 @@ export async function verifyManifest(o: {
       };
     }
   }
-  // Frames are read into working memory (with room for the whole blocks direct I/O reads), which the pool threads
-  // check in place.
-  const largestChunk = Math.max(1, ...o.manifest.disks.map((disk) => disk.chunkSize));
-  const readBytes = CHUNKS_PER_OPEN_TASK * (frameBound(largestChunk) + 2 * DIRECT_IO_BLOCK);
+  // Frames are read into working memory, which the pool threads check in place.
+  const readBytes = openTaskBytes(Math.max(1, ...o.manifest.disks.map((disk) => disk.chunkSize)));
   await orderedPipeline(
     batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
@@ -332,14 +335,24 @@ async function restoreInto(
   await orderedPipeline(
     batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
-    async (batch) => {
-      const stored = batch.filter((item) => item.ref !== ZERO_CHUNK);
-      const frames = await o.repository.getChunks(stored.map((item) => item.ref));
-      const chunks = await o.pool.openChunks(stored.map((item, i) => ({ id: item.ref, frame: frames[i]! })));
-      return stored.map((item, i) => ({ index: item.index, data: chunks[i]! }));
-    },
-    async (chunks, batch) => {
+    // Frames are read into working memory and decompressed into working memory, which is given back once written.
+    (batch) =>
+      workingMemory.use(openTaskBytes(disk.chunkSize), async (frameRoom) => {
+        const stored = batch.filter((item) => item.ref !== ZERO_CHUNK);
+        const frames = await o.repository.getChunks(
+          stored.map((item) => item.ref),
+          frameRoom,
+        );
+        const output = workingMemory.take(CHUNKS_PER_OPEN_TASK * disk.chunkSize);
+        const chunks = await o.pool.openChunks(
+          stored.map((item, i) => ({ id: item.ref, frame: frames[i]! })),
+          output,
+        );
+        return { output, chunks: stored.map((item, i) => ({ index: item.index, data: chunks[i]! })) };
+      }),
+    async ({ output, chunks }, batch) => {
       for (const { index, data } of chunks) await writeExactly(handle, data, index * disk.chunkSize);
+      workingMemory.give(output);
       for (const item of batch) bytesDone += chunkLength(disk, item.index);
       o.onProgress?.({ bytesDone, bytesTotal: disk.sizeBytes });
     },

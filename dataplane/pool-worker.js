@@ -74,41 +74,51 @@ const dctx = new zstd.DCtx();
 let decompressed = Buffer.alloc(0);
 
 /**
- * Decompresses a stored frame and checks its hash.
- * @param {{ frame: Uint8Array, id: string }} item
- * @returns {{ data: Uint8Array } | { corrupt: string }}
- */
-function openChunk({ frame, id }) {
-  const opened = decompressChecked(frame, id);
-  return 'corrupt' in opened ? opened : { data: Buffer.from(opened.data) };
-}
-
-/**
- * Decompresses a frame into this thread's reused buffer (valid until the next call) and checks its hash.
+ * Decompresses a frame, into `target` or else into this thread's reused buffer (valid until the next call), and checks
+ * its hash.
  * @param {Uint8Array} frame
  * @param {string} id
- * @returns {{ data: Buffer } | { corrupt: string }}
+ * @param {Uint8Array} [target]
+ * @returns {{ data: Uint8Array } | { corrupt: string }}
  */
-function decompressChecked(frame, id) {
+function decompressChecked(frame, id, target) {
+  const corrupt = (/** @type {unknown} */ error) => ({
+    corrupt: `zstd: ${error instanceof Error ? error.message : String(error)}`,
+  });
+  let size;
+  try {
+    size = zstd.getFrameContentSize(frame);
+  } catch (error) {
+    return corrupt(error);
+  }
+  if (size === null || size > MAX_CHUNK_BYTES) return { corrupt: `zstd: frame header claims ${size} bytes` };
+  if (!target && decompressed.length < size) decompressed = Buffer.allocUnsafeSlow(size);
+  const into = target ?? decompressed;
+  if (into.length < size) throw new RangeError(`no room for a chunk of ${size} bytes (${into.length} left)`);
   let data;
   try {
-    const size = zstd.getFrameContentSize(frame);
-    if (size === null || size > MAX_CHUNK_BYTES) return { corrupt: `zstd: frame header claims ${size} bytes` };
-    if (decompressed.length < size) decompressed = Buffer.allocUnsafeSlow(size);
-    data = decompressed.subarray(0, dctx.decompress(decompressed, frame));
+    data = into.subarray(0, dctx.decompress(into, frame));
   } catch (error) {
-    return { corrupt: `zstd: ${error instanceof Error ? error.message : String(error)}` };
+    return corrupt(error);
   }
   const actual = hashOf(data);
   return actual === id ? { data } : { corrupt: `content hashes to ${actual}` };
 }
 
 /**
- * Opens a batch of stored frames.
- * @param {{ items: { frame: Uint8Array, id: string }[] }} task
+ * Opens a batch of stored frames into `into`, one chunk after the other: the raw length of each, or why it is
+ * corrupt.
+ * @param {{ items: { frame: Uint8Array, id: string }[], into: Uint8Array }} task
+ * @returns {({ length: number } | { corrupt: string })[]}
  */
-function openChunks({ items }) {
-  return items.map(openChunk);
+function openChunks({ items, into }) {
+  let end = 0;
+  return items.map(({ frame, id }) => {
+    const opened = decompressChecked(frame, id, into.subarray(end));
+    if ('corrupt' in opened) return opened;
+    end += opened.data.length;
+    return { length: opened.data.length };
+  });
 }
 
 /**

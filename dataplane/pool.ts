@@ -67,28 +67,26 @@ export class ChunkPool {
   }
 
   /**
-   * Decompresses a stored frame and checks BLAKE3 == id; returns the raw bytes. ChunkCorruptError when they differ or
-   * zstd rejects the frame (format or checksum error).
+   * Decompresses stored frames into `into` (shared memory with room for every chunk's raw bytes), one chunk after the
+   * other, and checks BLAKE3 == id for each; returns the raw bytes as views of `into`. ChunkCorruptError for the first
+   * bad one: its hash differs, or zstd rejects the frame (format or checksum error).
    */
-  async openChunk(frame: Buffer, id: string): Promise<Buffer> {
-    const [data] = await this.openChunks([{ frame, id }]);
-    return data!;
-  }
-
-  /** openChunk for many frames in one task; ChunkCorruptError for the first bad one. */
-  async openChunks(items: { frame: Buffer; id: string }[]): Promise<Buffer[]> {
+  async openChunks(items: { frame: Buffer; id: string }[], into: Buffer): Promise<Buffer[]> {
+    if (!(into.buffer instanceof SharedArrayBuffer)) throw new Error('openChunks writes into shared memory only');
     const results = (await this.piscina.run(
-      { items },
+      { items, into },
       { name: 'openChunks', transferList: items.flatMap((item) => transferable(item.frame)) },
-    )) as ({ data: Uint8Array } | { corrupt: string })[];
+    )) as ({ length: number } | { corrupt: string })[];
+    let end = 0;
     return results.map((result, i) => {
       if ('corrupt' in result) throw new ChunkCorruptError(items[i]!.id, result.corrupt);
-      return asBuffer(result.data);
+      end += result.length;
+      return into.subarray(end - result.length, end);
     });
   }
 
   /**
-   * openChunks without sending the bytes back (verification needs only the verdict): the raw length of each chunk;
+   * openChunks that keeps nothing (verification needs only the verdict): the raw length of each chunk;
    * ChunkCorruptError for the first bad one.
    */
   async checkChunks(items: { frame: Buffer; id: string }[]): Promise<number[]> {
@@ -119,9 +117,4 @@ function transferable(data: Buffer): ArrayBuffer[] {
   return buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength
     ? [buffer]
     : [];
-}
-
-/** Results come back from a thread as plain Uint8Arrays; view them as Buffers without copying. */
-function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
 }

@@ -33,14 +33,45 @@ test('hashSegment gives the BLAKE3 of each chunk, zero for all-zero chunks, and 
   expect(await pool.hashSegment(Buffer.alloc(100), CHUNK)).toEqual([ZERO_CHUNK]);
 });
 
-test('compressChunk makes a checksummed zstd frame that openChunk turns back into the same bytes', async () => {
+/** openChunks of one frame, into shared memory of its own. */
+async function openOne(frame: Buffer, id: string): Promise<Buffer> {
+  const [data] = await pool.openChunks([{ frame, id }], sharedBuffer(CHUNK));
+  return data!;
+}
+
+test('compressChunk makes a checksummed zstd frame that openChunks turns back into the same bytes', async () => {
   const data = text.subarray(0, CHUNK);
   const id = hex(data);
   const frame = await pool.compressChunk(Buffer.from(data), id);
   expect(frame.length).toBeLessThan(data.length / 2);
   expect(frame[4]! & 0x04).toBe(0x04); // frame header descriptor: content checksum flag
   expect(hex(decompress(frame))).toBe(id);
-  expect((await pool.openChunk(Buffer.from(frame), id)).equals(data)).toBe(true);
+  expect((await openOne(Buffer.from(frame), id)).equals(data)).toBe(true);
+});
+
+test('openChunks decompresses the frames one after the other into the shared buffer it is given', async () => {
+  const chunks = [text.subarray(0, CHUNK), text.subarray(CHUNK, CHUNK + 1000)];
+  const frames = await pool.compressChunks(
+    chunks.map((data) => ({ data: Buffer.from(data), id: hex(data) })),
+    sharedBuffer(2 * frameBound(CHUNK)),
+  );
+  const into = sharedBuffer(2 * CHUNK);
+  const opened = await pool.openChunks(
+    frames.map((frame, i) => ({ frame: Buffer.from(frame), id: hex(chunks[i]!) })),
+    into,
+  );
+  expect(opened.map((data, i) => data.equals(chunks[i]!))).toEqual([true, true]);
+  expect(opened.map((data) => [data.buffer === into.buffer, data.byteOffset])).toEqual([
+    [true, 0],
+    [true, CHUNK],
+  ]);
+  // No room for the second chunk: a plain error, not a corrupt chunk.
+  await expect(
+    pool.openChunks(
+      frames.map((frame, i) => ({ frame: Buffer.from(frame), id: hex(chunks[i]!) })),
+      sharedBuffer(CHUNK + 10),
+    ),
+  ).rejects.toThrow(/no room/);
 });
 
 test('compressChunks writes the frames one after the other into the shared buffer it is given', async () => {
@@ -71,14 +102,14 @@ test('compressChunk refuses bytes that no longer hash to the id recorded at capt
   expect(error).toMatchObject({ type: 'DiskChanged', expectedId: id });
 });
 
-test('openChunk reports ChunkCorrupt for a frame zstd rejects and for a sound frame of other content', async () => {
+test('openChunks reports ChunkCorrupt for a frame zstd rejects and for a sound frame of other content', async () => {
   const data = text.subarray(0, CHUNK);
   const id = hex(data);
   const frame = await pool.compressChunk(Buffer.from(data), id);
 
   const damaged = Buffer.from(frame);
   damaged[damaged.length - 2] = damaged[damaged.length - 2]! ^ 0x01; // inside the frame's content checksum
-  const rejected = await pool.openChunk(damaged, id).catch((e: unknown) => e);
+  const rejected = await openOne(damaged, id).catch((e: unknown) => e);
   expect(rejected).toBeInstanceOf(ChunkCorruptError);
   expect(rejected).toMatchObject({ type: 'ChunkCorrupt', chunkId: id });
   expect((rejected as ChunkCorruptError).reason).toMatch(/^zstd/);
@@ -88,13 +119,13 @@ test('openChunk reports ChunkCorrupt for a frame zstd rejects and for a sound fr
   const size = Buffer.alloc(8);
   size.writeBigUInt64LE(2n ** 32n);
   const huge = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0xe4]), size, frame.subarray(13)]);
-  await expect(pool.openChunk(huge, id)).rejects.toMatchObject({
+  await expect(openOne(huge, id)).rejects.toMatchObject({
     type: 'ChunkCorrupt',
     reason: 'zstd: frame header claims 4294967296 bytes',
   });
 
   const otherId = hex(text.subarray(CHUNK, 2 * CHUNK));
-  const mismatched = await pool.openChunk(Buffer.from(frame), otherId).catch((e: unknown) => e);
+  const mismatched = await openOne(Buffer.from(frame), otherId).catch((e: unknown) => e);
   expect(mismatched).toMatchObject({ type: 'ChunkCorrupt', chunkId: otherId, reason: `content hashes to ${id}` });
 });
 
