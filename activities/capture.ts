@@ -53,40 +53,51 @@ export function createCaptureActivity(deps: ActivityDeps) {
         const disk = input.disks[d]!;
         const fromChunk = d === from.disk ? from.chunk : 0;
         await repository.truncateJournal(input.snapshotId, disk.name, fromChunk);
-        // Refs are journaled (one fsync) in batches, and the checkpoint heartbeated only once they are durable.
+        // Refs are journaled (one fsync) in batches, behind the scan (one append in flight while reading goes on), and
+        // the checkpoint heartbeated only once they are durable.
         let pending: ChunkRef[] = [];
         let journaled = fromChunk;
         let flushedAt = Date.now();
+        let appending: Promise<void> = Promise.resolve();
         const flush = async () => {
-          await repository.appendJournal(input.snapshotId, disk.name, pending);
-          journaled += pending.length;
+          await appending;
+          const refs = pending;
           pending = [];
           flushedAt = Date.now();
-          reporter.update(bytesBefore(input.disks, d) + Math.min(journaled * chunkSize, disk.sizeBytes), {
-            disk: d,
-            chunk: journaled,
+          appending = repository.appendJournal(input.snapshotId, disk.name, refs).then(() => {
+            journaled += refs.length;
+            reporter.update(bytesBefore(input.disks, d) + Math.min(journaled * chunkSize, disk.sizeBytes), {
+              disk: d,
+              chunk: journaled,
+            });
           });
+          appending.catch(() => undefined); // surfaced by the next await of `appending`
         };
-        await withDiskReader(deps.hypervisor.readView(disk), (reader) =>
-          scanDisk({
-            disk: reader,
-            sizeBytes: disk.sizeBytes,
-            chunkSize,
-            pool: deps.pool,
-            fromChunk,
-            signal: reporter.signal,
-            onChunks: async (startIndex, refs) => {
-              pending.push(...refs);
-              const next = startIndex + refs.length;
-              bytesRead += Math.min(next * chunkSize, disk.sizeBytes) - startIndex * chunkSize;
-              if (pending.length * chunkSize >= JOURNAL_BATCH_BYTES || Date.now() - flushedAt >= JOURNAL_BATCH_MS) {
-                await flush();
-              }
-              await throttle(bytesRead, startedAt, deps.captureMaxBytesPerSecond);
-            },
-          }),
-        );
-        if (pending.length > 0) await flush();
+        try {
+          await withDiskReader(deps.hypervisor.readView(disk), (reader) =>
+            scanDisk({
+              disk: reader,
+              sizeBytes: disk.sizeBytes,
+              chunkSize,
+              pool: deps.pool,
+              fromChunk,
+              signal: reporter.signal,
+              onChunks: async (startIndex, refs) => {
+                pending.push(...refs);
+                const next = startIndex + refs.length;
+                bytesRead += Math.min(next * chunkSize, disk.sizeBytes) - startIndex * chunkSize;
+                if (pending.length * chunkSize >= JOURNAL_BATCH_BYTES || Date.now() - flushedAt >= JOURNAL_BATCH_MS) {
+                  await flush();
+                }
+                await throttle(bytesRead, startedAt, deps.captureMaxBytesPerSecond);
+              },
+            }),
+          );
+          if (pending.length > 0) await flush();
+        } finally {
+          await appending.catch(() => undefined); // never leave an append running behind a failure
+        }
+        await appending;
       }
       reporter.update(bytesTotal, { disk: input.disks.length, chunk: 0 }, true);
       return { chunkSize, bytesTotal, bytesRead, resumedFromBytes };
