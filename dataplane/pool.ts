@@ -4,7 +4,6 @@ import Piscina from 'piscina';
 import { compressBound } from 'zstd-napi/binding';
 import { ChunkCorruptError, DiskChangedError } from './errors';
 import type { ChunkRef } from './manifest';
-import { sharedBuffer } from './memory';
 
 /** Default zstd level: level 1 runs at about 600 MB/s per core and already compresses disk data well. */
 const DEFAULT_COMPRESSION_LEVEL = 1;
@@ -40,17 +39,11 @@ export class ChunkPool {
     >;
   }
 
-  /** Re-hashes (must equal expectedId, else DiskChangedError) and compresses one chunk; returns the zstd frame. */
-  async compressChunk(data: Buffer, expectedId: string): Promise<Buffer> {
-    const [frame] = await this.compressChunks([{ data, id: expectedId }], sharedBuffer(frameBound(data.length)));
-    return frame!;
-  }
-
   /**
-   * compressChunk for many chunks in one task: the threads write the frames one after the other into `into` (shared
-   * memory, at least the frameBound of every chunk together) and the frames come back as views of it, so no memory is
-   * allocated per chunk. `offset` (the chunk's place in its disk) only serves the error: the first chunk that no
-   * longer hashes to its id fails the whole call with DiskChangedError.
+   * Re-hashes chunks (each must still hash to its id) and compresses them, in one task: the threads write the zstd
+   * frames one after the other into `into` (shared memory, at least the frameBound of every chunk together) and the
+   * frames come back as views of it, so no memory is allocated per chunk. `offset` (the chunk's place in its disk)
+   * only serves the error: the first chunk that no longer hashes to its id fails the whole call with DiskChangedError.
    */
   async compressChunks(chunks: { data: Buffer; id: string; offset?: number }[], into: Buffer): Promise<Buffer[]> {
     if (!(into.buffer instanceof SharedArrayBuffer)) throw new Error('compressChunks writes into shared memory only');

@@ -33,16 +33,22 @@ test('hashSegment gives the BLAKE3 of each chunk, zero for all-zero chunks, and 
   expect(await pool.hashSegment(Buffer.alloc(100), CHUNK)).toEqual([ZERO_CHUNK]);
 });
 
+/** compressChunks of one chunk, into shared memory of its own. */
+async function compressOne(data: Buffer, id: string): Promise<Buffer> {
+  const [frame] = await pool.compressChunks([{ data, id }], sharedBuffer(frameBound(data.length)));
+  return frame!;
+}
+
 /** openChunks of one frame, into shared memory of its own. */
 async function openOne(frame: Buffer, id: string): Promise<Buffer> {
   const [data] = await pool.openChunks([{ frame, id }], sharedBuffer(CHUNK));
   return data!;
 }
 
-test('compressChunk makes a checksummed zstd frame that openChunks turns back into the same bytes', async () => {
+test('compressChunks makes a checksummed zstd frame that openChunks turns back into the same bytes', async () => {
   const data = text.subarray(0, CHUNK);
   const id = hex(data);
-  const frame = await pool.compressChunk(Buffer.from(data), id);
+  const frame = await compressOne(Buffer.from(data), id);
   expect(frame.length).toBeLessThan(data.length / 2);
   expect(frame[4]! & 0x04).toBe(0x04); // frame header descriptor: content checksum flag
   expect(hex(decompress(frame))).toBe(id);
@@ -93,11 +99,11 @@ test('compressChunks writes the frames one after the other into the shared buffe
   );
 });
 
-test('compressChunk refuses bytes that no longer hash to the id recorded at capture', async () => {
+test('compressChunks refuses bytes that no longer hash to the id recorded at capture', async () => {
   const id = hex(text.subarray(0, CHUNK));
   const changed = Buffer.from(text.subarray(0, CHUNK));
   changed[100] = changed[100]! ^ 0xff;
-  const error = await pool.compressChunk(changed, id).catch((e: unknown) => e);
+  const error = await compressOne(changed, id).catch((e: unknown) => e);
   expect(error).toBeInstanceOf(DiskChangedError);
   expect(error).toMatchObject({ type: 'DiskChanged', expectedId: id });
 });
@@ -105,7 +111,7 @@ test('compressChunk refuses bytes that no longer hash to the id recorded at capt
 test('openChunks reports ChunkCorrupt for a frame zstd rejects and for a sound frame of other content', async () => {
   const data = text.subarray(0, CHUNK);
   const id = hex(data);
-  const frame = await pool.compressChunk(Buffer.from(data), id);
+  const frame = await compressOne(Buffer.from(data), id);
 
   const damaged = Buffer.from(frame);
   damaged[damaged.length - 2] = damaged[damaged.length - 2]! ^ 0x01; // inside the frame's content checksum
