@@ -1,4 +1,4 @@
-import { DEFAULT_CHUNK_SIZE, scanDisk, withDiskReader } from '../dataplane';
+import { DEFAULT_CHUNK_SIZE, WriteBehind, scanDisk, withDiskReader } from '../dataplane';
 import type { ChunkRef } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { DiskView } from '../platform/ports';
@@ -58,20 +58,19 @@ export function createCaptureActivity(deps: ActivityDeps) {
         let pending: ChunkRef[] = [];
         let journaled = fromChunk;
         let flushedAt = Date.now();
-        let appending: Promise<void> = Promise.resolve();
-        const flush = async () => {
-          await appending;
+        const appends = new WriteBehind();
+        const flush = () => {
           const refs = pending;
           pending = [];
           flushedAt = Date.now();
-          appending = repository.appendJournal(input.snapshotId, disk.name, refs).then(() => {
+          return appends.push(async () => {
+            await repository.appendJournal(input.snapshotId, disk.name, refs);
             journaled += refs.length;
             reporter.update(bytesBefore(input.disks, d) + Math.min(journaled * chunkSize, disk.sizeBytes), {
               disk: d,
               chunk: journaled,
             });
           });
-          appending.catch(() => undefined); // surfaced by the next await of `appending`
         };
         try {
           await withDiskReader(deps.hypervisor.readView(disk), (reader) =>
@@ -95,9 +94,9 @@ export function createCaptureActivity(deps: ActivityDeps) {
           );
           if (pending.length > 0) await flush();
         } finally {
-          await appending.catch(() => undefined); // never leave an append running behind a failure
+          await appends.drain();
         }
-        await appending;
+        await appends.settle();
       }
       reporter.update(bytesTotal, { disk: input.disks.length, chunk: 0 }, true);
       return { chunkSize, bytesTotal, bytesRead, resumedFromBytes };

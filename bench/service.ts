@@ -16,6 +16,7 @@ import { run, timed } from './util';
 
 const ACCOUNT: Account = { ...DEMO_ACCOUNT, id: 'bench', name: 'Benchmark' };
 const TASK_QUEUE = 'bench-snapshots';
+const WARM_UP_DISK_BYTES = 64 * 1024 * 1024;
 
 /** A timed snapshot: wall-clock seconds from the create request to the SUCCESS record, and each stage's share. */
 export interface TimedSnapshot {
@@ -62,8 +63,10 @@ export async function startSnapshotService(options: {
 
     const platform = openEmbeddedPlatform(options.dataDir);
     cleanups.push(async () => platform.catalog.close());
-    const vm = await registerVm(platform, options.image, options.imageBytes, 'vm-bench-01', 'CANADA-1');
-    const twin = await registerVm(platform, options.image, options.imageBytes, 'vm-bench-02', 'US-1');
+    platform.catalog.putAccount(ACCOUNT);
+    const copyImage = (diskPath: string) => run('cp', ['--sparse=always', options.image, diskPath]);
+    const vm = await registerVm(platform, 'vm-bench-01', 'CANADA-1', options.imageBytes, copyImage);
+    const twin = await registerVm(platform, 'vm-bench-02', 'US-1', options.imageBytes, copyImage);
 
     const nativeConnection = await NativeConnection.connect({ address: server.address });
     cleanups.push(() => nativeConnection.close());
@@ -91,7 +94,11 @@ export async function startSnapshotService(options: {
     // the workflow bundle (about 0.3 s), and its first stages fault in the working memory it then keeps. One small
     // snapshot in another region (so it shares no chunk with the timed ones) takes those costs outside the timings.
     options.log('Warming up the worker with a small snapshot');
-    await takeSnapshot(client, snapshots, await registerWarmUpVm(platform, options.image), 'bench-warm-up');
+    // Its 64 MiB disk holds a slice of the image: enough data to use every buffer the pipelines keep in flight.
+    const warmUpVm = await registerVm(platform, 'vm-bench-warm-up', 'NORWAY-1', WARM_UP_DISK_BYTES, (diskPath) =>
+      copySlice(options.image, diskPath, WARM_UP_DISK_BYTES),
+    );
+    await takeSnapshot(client, snapshots, warmUpVm, 'bench-warm-up');
     return {
       vm,
       twin,
@@ -106,17 +113,17 @@ export async function startSnapshotService(options: {
   }
 }
 
-/** Registers the benchmark account and an ACTIVE VM (shaped like the demo fleet's) with a copy of `image`. */
+/** Registers an ACTIVE VM of the benchmark account (shaped like the demo fleet's) whose disk `fillDisk` writes. */
 async function registerVm(
   platform: EmbeddedPlatform,
-  image: string,
-  sizeBytes: number,
   id: string,
   region: Vm['region'],
+  sizeBytes: number,
+  fillDisk: (diskPath: string) => Promise<unknown>,
 ): Promise<Vm> {
   const diskPath = path.join(platform.dataDir, 'disks', id, 'root.raw');
   await fs.mkdir(path.dirname(diskPath), { recursive: true });
-  await run('cp', ['--sparse=always', image, diskPath]);
+  await fillDisk(diskPath);
   const vm: Vm = {
     id,
     accountId: ACCOUNT.id,
@@ -128,40 +135,20 @@ async function registerVm(
     disks: [{ name: 'root', path: diskPath, sizeBytes }],
     labels: [],
   };
-  platform.catalog.putAccount(ACCOUNT);
   platform.catalog.putVm(vm);
   return vm;
 }
 
-/**
- * A second ACTIVE VM, in NORWAY-1, whose 64 MiB disk holds a slice of `image` (enough data to use every buffer the
- * pipelines keep in flight), for warming up the worker.
- */
-async function registerWarmUpVm(platform: EmbeddedPlatform, image: string): Promise<Vm> {
-  const diskPath = path.join(platform.dataDir, 'disks', 'vm-bench-warm-up', 'root.raw');
-  await fs.mkdir(path.dirname(diskPath), { recursive: true });
-  const sizeBytes = 64 * 1024 * 1024;
-  const slice = Buffer.alloc(sizeBytes);
+/** Writes `bytes` of `image`, from a quarter of the way in, to a new file `target`. */
+async function copySlice(image: string, target: string, bytes: number): Promise<void> {
+  const slice = Buffer.alloc(bytes);
   const source = await fs.open(image, 'r');
   try {
-    await source.read(slice, 0, sizeBytes, (await source.stat()).size / 4);
+    await source.read(slice, 0, bytes, (await source.stat()).size / 4);
   } finally {
     await source.close();
   }
-  await fs.writeFile(diskPath, slice);
-  const vm: Vm = {
-    id: 'vm-bench-warm-up',
-    accountId: ACCOUNT.id,
-    name: 'bench-warm-up',
-    region: 'NORWAY-1',
-    flavor: 'H100-SXM5-80GB',
-    status: 'ACTIVE',
-    config: { flavor: 'H100-SXM5-80GB', gpus: 1 },
-    disks: [{ name: 'root', path: diskPath, sizeBytes }],
-    labels: [],
-  };
-  platform.catalog.putVm(vm);
-  return vm;
+  await fs.writeFile(target, slice);
 }
 
 /** createSnapshot + watchProgress, timed end to end; then each activity's run time, from the workflow's history. */

@@ -13,6 +13,7 @@ export { openImageFile, withDiskReader, withImageFile } from './disk-reader';
 export { listDir, readExactly, syncDir } from './files';
 export type { DiskReader } from './disk-reader';
 export { ChunkPool } from './pool';
+export { WriteBehind } from './write-behind';
 export { LocalRepository } from './repository';
 export type { Repository, StoredChunk } from './repository';
 export { manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';

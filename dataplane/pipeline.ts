@@ -8,6 +8,7 @@ import type { ChunkPool } from './pool';
 import { frameBound } from './pool';
 import { workingMemory } from './memory';
 import type { Repository } from './repository';
+import { WriteBehind } from './write-behind';
 
 /** Bytes read per task sent to the pool: large enough to amortise messaging, small enough to bound memory. */
 const SEGMENT_BYTES = 4 * 1024 * 1024;
@@ -187,12 +188,11 @@ export async function storeChunks(o: {
   // what precedes it is durable, because a retry resumes after it.
   const packBytes = PACK_BYTES + outputBytes;
   let pack: PackBuffer | undefined;
-  let writes: Promise<void> = Promise.resolve();
-  const flush = async (end: number) => {
-    await writes;
+  const writes = new WriteBehind();
+  const flush = (end: number) => {
     const full = pack;
     pack = undefined;
-    writes = (async () => {
+    return writes.push(async () => {
       if (full) {
         const written = new Set(await o.repository.putChunks(full.chunks));
         for (const chunk of full.chunks) {
@@ -204,8 +204,7 @@ export async function storeChunks(o: {
         workingMemory.give(full.buffer);
       }
       o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
-    })();
-    writes.catch(() => undefined); // surfaced by the next await of `writes`
+    });
   };
   try {
     await orderedPipeline(
@@ -228,9 +227,9 @@ export async function storeChunks(o: {
     );
     await flush(o.refs.length);
   } finally {
-    await writes.catch(() => undefined); // never leave a write running behind a failure
+    await writes.drain();
   }
-  await writes;
+  await writes.settle();
   return stats;
 }
 

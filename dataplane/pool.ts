@@ -46,17 +46,18 @@ export class ChunkPool {
    * only serves the error: the first chunk that no longer hashes to its id fails the whole call with DiskChangedError.
    */
   async compressChunks(chunks: { data: Buffer; id: string; offset?: number }[], into: Buffer): Promise<Buffer[]> {
-    if (!(into.buffer instanceof SharedArrayBuffer)) throw new Error('compressChunks writes into shared memory only');
+    requireShared(into, 'compressChunks');
     const lengths = (await this.piscina.run(
       { chunks: chunks.map(({ data, id }) => ({ data, id })), level: this.level, into },
       { name: 'compressChunks', transferList: chunks.flatMap((c) => transferable(c.data)) },
     )) as (number | null)[];
-    let end = 0;
-    return lengths.map((length, i) => {
-      if (length === null) throw new DiskChangedError(chunks[i]!.id, chunks[i]!.offset);
-      end += length;
-      return into.subarray(end - length, end);
-    });
+    return consecutiveViews(
+      into,
+      lengths.map((length, i) => {
+        if (length === null) throw new DiskChangedError(chunks[i]!.id, chunks[i]!.offset);
+        return length;
+      }),
+    );
   }
 
   /**
@@ -65,28 +66,28 @@ export class ChunkPool {
    * bad one: its hash differs, or zstd rejects the frame (format or checksum error).
    */
   async openChunks(items: { frame: Buffer; id: string }[], into: Buffer): Promise<Buffer[]> {
-    if (!(into.buffer instanceof SharedArrayBuffer)) throw new Error('openChunks writes into shared memory only');
-    const results = (await this.piscina.run(
-      { items, into },
-      { name: 'openChunks', transferList: items.flatMap((item) => transferable(item.frame)) },
-    )) as ({ length: number } | { corrupt: string })[];
-    let end = 0;
-    return results.map((result, i) => {
-      if ('corrupt' in result) throw new ChunkCorruptError(items[i]!.id, result.corrupt);
-      end += result.length;
-      return into.subarray(end - result.length, end);
-    });
+    requireShared(into, 'openChunks');
+    return consecutiveViews(into, await this.open('openChunks', { items, into }, items));
   }
 
   /**
    * openChunks that keeps nothing (verification needs only the verdict): the raw length of each chunk;
    * ChunkCorruptError for the first bad one.
    */
-  async checkChunks(items: { frame: Buffer; id: string }[]): Promise<number[]> {
-    const results = (await this.piscina.run(
-      { items },
-      { name: 'checkChunks', transferList: items.flatMap((item) => transferable(item.frame)) },
-    )) as ({ length: number } | { corrupt: string })[];
+  checkChunks(items: { frame: Buffer; id: string }[]): Promise<number[]> {
+    return this.open('checkChunks', { items }, items);
+  }
+
+  /** Runs an opening task (`openChunks` or `checkChunks`): the raw length of each chunk, or ChunkCorruptError. */
+  private async open(
+    name: 'openChunks' | 'checkChunks',
+    task: object,
+    items: { frame: Buffer; id: string }[],
+  ): Promise<number[]> {
+    const results = (await this.piscina.run(task, {
+      name,
+      transferList: items.flatMap((item) => transferable(item.frame)),
+    })) as ({ length: number } | { corrupt: string })[];
     return results.map((result, i) => {
       if ('corrupt' in result) throw new ChunkCorruptError(items[i]!.id, result.corrupt);
       return result.length;
@@ -110,4 +111,15 @@ function transferable(data: Buffer): ArrayBuffer[] {
   return buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === buffer.byteLength
     ? [buffer]
     : [];
+}
+
+/** The pool's threads write results in place only into shared memory. */
+function requireShared(into: Buffer, method: string): void {
+  if (!(into.buffer instanceof SharedArrayBuffer)) throw new Error(`${method} writes into shared memory only`);
+}
+
+/** Views of `into` of these lengths, one after the other from its start. */
+function consecutiveViews(into: Buffer, lengths: number[]): Buffer[] {
+  let end = 0;
+  return lengths.map((length) => into.subarray(end, (end += length)));
 }
