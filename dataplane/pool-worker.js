@@ -1,6 +1,7 @@
 // @ts-check
 // Runs in the worker threads of ChunkPool (plain CommonJS: worker threads load it without the TypeScript transform).
 'use strict';
+const { setImmediate } = require('node:timers');
 const { blake3 } = require('@napi-rs/blake-hash');
 // The low-level bindings: one compression and one decompression context per thread, reused for every chunk, and no
 // fresh memory per chunk (frames go into the caller's shared buffer, decompressed bytes into a reused one).
@@ -133,4 +134,30 @@ function checkChunks({ items }) {
   });
 }
 
-module.exports = { hashSegment, compressChunks, openChunks, checkChunks };
+/**
+ * A task's work starts in a macrotask of its own. A thread holds two tasks at once (see ChunkPool), and Piscina starts
+ * both in the same round of microtasks: run at once, the second task's work would come before the first's result is
+ * posted, so the main thread would wait for both and then leave the thread idle until it hands out the next.
+ * @template T, R
+ * @param {(task: T) => R} work
+ * @returns {(task: T) => Promise<R>}
+ */
+function afterPendingResults(work) {
+  return (task) =>
+    new Promise((resolve, reject) =>
+      setImmediate(() => {
+        try {
+          resolve(work(task));
+        } catch (error) {
+          reject(error);
+        }
+      }),
+    );
+}
+
+module.exports = {
+  hashSegment: afterPendingResults(hashSegment),
+  compressChunks: afterPendingResults(compressChunks),
+  openChunks: afterPendingResults(openChunks),
+  checkChunks: afterPendingResults(checkChunks),
+};

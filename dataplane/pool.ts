@@ -7,6 +7,11 @@ import type { ChunkRef } from './manifest';
 
 /** Default zstd level: level 1 runs at about 600 MB/s per core and already compresses disk data well. */
 const DEFAULT_COMPRESSION_LEVEL = 1;
+/**
+ * Tasks handed to a thread at once: the one it works on and the next, queued in the thread itself, so that finishing
+ * a task never leaves the thread waiting for the main thread (busy with reads and pack writes) to hand it another.
+ */
+const TASKS_PER_THREAD = 2;
 
 /**
  * A worker-thread pool (one thread per core by default) for the CPU work: BLAKE3 hashing, zstd compression and
@@ -24,6 +29,7 @@ export class ChunkPool {
       filename: path.join(__dirname, 'pool-worker.js'),
       minThreads: threads,
       maxThreads: threads,
+      concurrentTasksPerWorker: TASKS_PER_THREAD,
     });
   }
 
