@@ -23,6 +23,31 @@ export async function writeExactly(handle: FileHandle, data: Buffer, position: n
 }
 
 /**
+ * Writes all of `buffers`, one after the other, from `position` on, however many writes that takes (with direct I/O,
+ * each buffer must be whole blocks).
+ */
+export async function writevExactly(handle: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+  const rest = buffers.filter((b) => b.length > 0);
+  let at = position;
+  while (rest.length > 0) {
+    let { bytesWritten } = await handle.writev(rest, at);
+    at += bytesWritten;
+    while (rest.length > 0 && bytesWritten >= rest[0]!.length) bytesWritten -= rest.shift()!.length;
+    if (bytesWritten > 0) rest[0] = rest[0]!.subarray(bytesWritten);
+  }
+}
+
+/** Runs `use` on the file `opening` opens, and closes it whatever happens. */
+export async function withHandle<T>(opening: Promise<FileHandle>, use: (handle: FileHandle) => Promise<T>): Promise<T> {
+  const handle = await opening;
+  try {
+    return await use(handle);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
  * Direct I/O: offsets and lengths are multiples of this (4 KiB covers 512-byte and 4 KiB sector devices), and
  * buffers start on one (sharedBuffer memory does).
  */
@@ -55,12 +80,7 @@ export async function openDirect(file: string, flags: number): Promise<FileHandl
 
 /** Makes renames and new files in `dir` durable. */
 export async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  await withHandle(fs.open(dir, 'r'), (handle) => handle.sync());
 }
 
 /** The names in `dir`; none when it does not exist. */

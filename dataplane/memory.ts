@@ -20,6 +20,14 @@ export function sharedBuffer(size: number): Buffer {
   return Buffer.from(sharedMemory(Math.ceil(size / WASM_PAGE_BYTES) * WASM_PAGE_BYTES)).subarray(0, size);
 }
 
+/**
+ * Whether `buffer` starts on a multiple of `alignment` (a power of two up to 64 KiB) in memory: shared memory at a
+ * multiple of it from its start does, since all shared memory of the process comes from here.
+ */
+export function startsAligned(buffer: Buffer, alignment: number): boolean {
+  return buffer.buffer instanceof SharedArrayBuffer && buffer.byteOffset % alignment === 0;
+}
+
 function sharedMemory(bytes: number): SharedArrayBuffer {
   const pages = Math.max(1, bytes / WASM_PAGE_BYTES);
   return new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true }).buffer;

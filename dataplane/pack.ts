@@ -3,8 +3,9 @@ import { z } from 'zod';
 
 /**
  * A pack holds many compressed chunks in one object, so storing a snapshot costs one write per pack instead of one
- * per chunk (as restic and borg do). Layout: the zstd frames back to back, then a JSON index of them, then an 8-byte
- * trailer: the index length (uint32, big-endian) and the magic "SPK1". Packs are written whole and never changed.
+ * per chunk (as restic and borg do). Layout: the zstd frames in runs, each run starting on a multiple of the pack's
+ * alignment (zeros fill the gap before it), then a JSON index of every frame's place, then an 8-byte trailer: the index
+ * length (uint32, big-endian) and the magic "SPK1". Packs are written whole and never changed.
  */
 const MAGIC = Buffer.from('SPK1');
 const TRAILER_BYTES = 8;
@@ -24,13 +25,33 @@ const PackIndexSchema = z.object({
   chunks: z.array(z.tuple([z.string(), z.number().int().nonnegative(), z.number().int().positive()])),
 });
 
-/** The bytes of a pack holding `chunks` (in order), as buffers to write one after the other, and its index. */
-export function encodePack(chunks: { id: string; frame: Buffer }[]): { buffers: Buffer[]; entries: PackEntry[] } {
+/** A pack laid out for writing: `runs` go at their offsets, `tail` (index and trailer) at `tailOffset`, the end. */
+export interface PackLayout {
+  runs: { offset: number; bytes: Buffer }[];
+  tail: Buffer;
+  tailOffset: number;
+  entries: PackEntry[];
+}
+
+/**
+ * Lays out a pack holding `chunks` in order. Frames that lie one after the other in memory form one run, written
+ * from where they are; each run, and the tail, starts on a multiple of `alignment`.
+ */
+export function layOutPack(chunks: { id: string; frame: Buffer }[], alignment: number): PackLayout {
+  const align = (n: number) => Math.ceil(n / alignment) * alignment;
+  const runs: PackLayout['runs'] = [];
   const entries: PackEntry[] = [];
-  let offset = 0;
+  let end = 0;
   for (const { id, frame } of chunks) {
-    entries.push({ id, offset, length: frame.length });
-    offset += frame.length;
+    const run = runs.at(-1);
+    if (run && follows(run.bytes, frame)) {
+      run.bytes = Buffer.from(run.bytes.buffer, run.bytes.byteOffset, run.bytes.length + frame.length);
+    } else {
+      end = align(end);
+      runs.push({ offset: end, bytes: frame });
+    }
+    entries.push({ id, offset: end, length: frame.length });
+    end += frame.length;
   }
   const index = Buffer.from(
     JSON.stringify({ version: 1, chunks: entries.map((e) => [e.id, e.offset, e.length]) } satisfies z.infer<
@@ -40,7 +61,12 @@ export function encodePack(chunks: { id: string; frame: Buffer }[]): { buffers: 
   const trailer = Buffer.alloc(TRAILER_BYTES);
   trailer.writeUInt32BE(index.length, 0);
   MAGIC.copy(trailer, 4);
-  return { buffers: [...chunks.map((c) => c.frame), index, trailer], entries };
+  return { runs, tail: Buffer.concat([index, trailer]), tailOffset: align(end), entries };
+}
+
+/** Whether `next` starts where `bytes` ends, in the same memory. */
+function follows(bytes: Buffer, next: Buffer): boolean {
+  return next.buffer === bytes.buffer && next.byteOffset === bytes.byteOffset + bytes.length;
 }
 
 /** Reads the index at the end of an open pack of `size` bytes; throws if the pack is not one (or is damaged). */

@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import type { ChunkRef, Manifest } from './manifest';
 import { ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
 import type { DiskReader } from './disk-reader';
-import { DIRECT_IO_BLOCK, neighbourRuns, writeExactly } from './files';
+import { DIRECT_IO_BLOCK, neighbourRuns, withHandle, writeExactly } from './files';
 import type { ChunkPool } from './pool';
 import { frameBound } from './pool';
 import { workingMemory } from './memory';
@@ -60,28 +60,11 @@ interface CompressedChunk {
   frame: Buffer;
 }
 
-/** The frames of one pack, copied one after the other into a buffer of the pack's own. */
-class PackBuffer {
-  readonly chunks: CompressedChunk[] = [];
-  bytes = 0;
-
-  constructor(readonly buffer: Buffer) {}
-
-  add(chunk: CompressedChunk): void {
-    const frame = this.buffer.subarray(this.bytes, this.bytes + chunk.frame.length);
-    chunk.frame.copy(frame);
-    this.chunks.push({ ...chunk, frame });
-    this.bytes += frame.length;
-  }
-}
-
-async function withFile<T>(file: string, flags: string, use: (handle: FileHandle) => Promise<T>): Promise<T> {
-  const handle = await fs.open(file, flags);
-  try {
-    return await use(handle);
-  } finally {
-    await handle.close();
-  }
+/** The compressed chunks gathered for one pack, and the working memory their frames are in (given back once written). */
+interface PendingPack {
+  chunks: CompressedChunk[];
+  bytes: number;
+  memory: Buffer[];
 }
 
 /**
@@ -179,15 +162,13 @@ export async function storeChunks(o: {
     );
     return missing;
   };
-  // Chunks are read into shared memory, and the pool threads compress them into shared memory too; the frames are
-  // then copied into the pack being filled, so both buffers are reused at once.
+  // Chunks are read into shared memory, and the pool threads compress them into shared memory too, from which the
+  // pack is written (no frame is copied).
   const inputBytes = chunksPerBatch * o.chunkSize;
   const outputBytes = chunksPerBatch * frameBound(o.chunkSize);
-  // A pack is written once it holds PACK_BYTES, so it never holds more than that plus one batch's frames. It is
-  // written behind compression (one write in flight while the next pack fills). Progress is reported only once
-  // what precedes it is durable, because a retry resumes after it.
-  const packBytes = PACK_BYTES + outputBytes;
-  let pack: PackBuffer | undefined;
+  // A pack is written once it holds PACK_BYTES, behind compression (one write in flight while the next pack fills).
+  // Progress is reported only once what precedes it is durable, because a retry resumes after it.
+  let pack: PendingPack | undefined;
   const writes = new WriteBehind();
   const flush = (end: number) => {
     const full = pack;
@@ -201,7 +182,7 @@ export async function storeChunks(o: {
           stats.bytesWritten += chunkLength(geometry, chunk.index);
           stats.storedBytesWritten += chunk.frame.length;
         }
-        workingMemory.give(full.buffer);
+        for (const memory of full.memory) workingMemory.give(memory);
       }
       o.onProgress?.({ index: end, bytesDone: Math.min(end * o.chunkSize, o.sizeBytes) });
     });
@@ -213,15 +194,19 @@ export async function storeChunks(o: {
       (batch) =>
         workingMemory.use(inputBytes, async (input) => {
           const chunks = await readMissing(batch.candidates, input);
-          if (chunks.length === 0) return { compressed: [] };
+          if (chunks.length === 0) return undefined;
           const output = workingMemory.take(outputBytes);
           const frames = await o.pool.compressChunks(chunks, output);
           const compressed = chunks.map((chunk, i) => ({ index: chunk.index, id: chunk.id, frame: frames[i]! }));
           return { compressed, output };
         }),
-      async ({ compressed, output }: { compressed: CompressedChunk[]; output?: Buffer }, batch) => {
-        for (const chunk of compressed) (pack ??= new PackBuffer(workingMemory.take(packBytes))).add(chunk);
-        if (output) workingMemory.give(output);
+      async (result, batch) => {
+        if (result) {
+          pack ??= { chunks: [], bytes: 0, memory: [] };
+          pack.chunks.push(...result.compressed);
+          pack.bytes += result.compressed.reduce((sum, chunk) => sum + chunk.frame.length, 0);
+          pack.memory.push(result.output);
+        }
         if (!pack || pack.bytes >= PACK_BYTES) await flush(batch.end);
       },
     );
@@ -308,7 +293,7 @@ export async function restoreDisk(o: {
   if (!disk) throw new Error(`manifest of ${o.manifest.snapshotId} has no disk ${o.diskName}`);
   const partial = `${o.target}.partial`;
   try {
-    await withFile(partial, 'w', (handle) => restoreInto(handle, disk, o));
+    await withHandle(fs.open(partial, 'w'), (handle) => restoreInto(handle, disk, o));
   } catch (error) {
     await fs.rm(partial, { force: true });
     throw error;

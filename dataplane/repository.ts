@@ -2,12 +2,24 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ChunkMissingError, ManifestMissingError } from './errors';
-import { alignDown, alignUp, isNotFound, listDir, neighbourRuns, openDirect, syncDir, writeExactly } from './files';
+import {
+  DIRECT_IO_BLOCK,
+  alignDown,
+  alignUp,
+  isNotFound,
+  listDir,
+  neighbourRuns,
+  openDirect,
+  syncDir,
+  withHandle,
+  writeExactly,
+  writevExactly,
+} from './files';
 import type { ChunkRef, Manifest } from './manifest';
 import { ManifestSchema, ZERO_CHUNK } from './manifest';
-import { sharedBuffer, workingMemory } from './memory';
+import { sharedBuffer, startsAligned, workingMemory } from './memory';
 import type { PackEntry } from './pack';
-import { PackDamagedError, encodePack, readAt, readPackIndex } from './pack';
+import { PackDamagedError, layOutPack, readAt, readPackIndex } from './pack';
 
 /**
  * A region's content-addressed store of compressed chunks, snapshot manifests and capture journals. The embedded
@@ -260,7 +272,12 @@ export class LocalRepository implements Repository {
   async writeManifest(manifest: Manifest): Promise<void> {
     const valid = ManifestSchema.parse(manifest);
     const target = this.manifestPath(valid.snapshotId);
-    await this.writeAtomically(target, Buffer.from(JSON.stringify(valid)));
+    await this.writeAtomically(target, (tmp) =>
+      withHandle(fs.open(tmp, 'wx'), async (handle) => {
+        await writeExactly(handle, Buffer.from(JSON.stringify(valid)), 0);
+        await handle.sync();
+      }),
+    );
     await syncDir(path.dirname(target));
   }
 
@@ -451,27 +468,48 @@ export class LocalRepository implements Repository {
 
   /**
    * Writes a new pack atomically (temp file, fsync, rename, fsync of `packs/`) and adds it to the index. The pack is
-   * laid out in working memory and written with direct I/O: storing a fleet's snapshots does not fill the page cache
-   * (evicting what the machine's guests use), and verification then reads back what the device holds.
+   * written with direct I/O: storing a fleet's snapshots does not fill the page cache (evicting what the machine's
+   * guests use), and verification then reads back what the device holds. Runs of frames in working memory are written
+   * from where they are, in whole blocks; only the last, partial block of each run (zero-padded) and runs elsewhere in
+   * memory are copied.
    */
   private async writePack(chunks: { id: string; frame: Buffer }[]): Promise<void> {
-    const { buffers, entries } = encodePack(chunks);
-    const bytes = buffers.reduce((sum, b) => sum + b.length, 0);
+    const layout = layOutPack(chunks, DIRECT_IO_BLOCK);
+    const pieces = [...layout.runs.map((run) => run.bytes), layout.tail].map((bytes) => {
+      const inPlace = startsAligned(bytes, DIRECT_IO_BLOCK) ? alignDown(bytes.length) : 0;
+      return { inPlace: bytes.subarray(0, inPlace), copied: bytes.subarray(inPlace) };
+    });
     const pack = `${randomUUID()}.pack`;
     await this.makeDir(this.packsDir());
-    await workingMemory.use(alignUp(bytes), async (image) => {
-      let at = 0;
-      for (const b of buffers) at += b.copy(image, at);
-      await this.writeAtomically(this.packPath(pack), image, bytes);
+    const copyBytes = pieces.reduce((sum, piece) => sum + alignUp(piece.copied.length), 0);
+    await workingMemory.use(copyBytes, async (room) => {
+      room.fill(0);
+      const blocks: Buffer[] = [];
+      let used = 0;
+      for (const { inPlace, copied } of pieces) {
+        if (inPlace.length > 0) blocks.push(inPlace);
+        if (copied.length === 0) continue;
+        copied.copy(room, used);
+        blocks.push(room.subarray(used, (used += alignUp(copied.length))));
+      }
+      await this.writeAtomically(this.packPath(pack), async (tmp) => {
+        const { O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
+        await withHandle(openDirect(tmp, O_WRONLY | O_CREAT | O_EXCL), async (handle) => {
+          await writevExactly(handle, blocks, 0);
+          await handle.truncate(layout.tailOffset + layout.tail.length);
+          await handle.sync();
+        });
+      });
     });
     await syncDir(this.packsDir());
-    this.addPack(pack, entries);
+    this.addPack(pack, layout.entries);
   }
 
   /**
-   * The frames of `entries`, read from one pack file. Each run of frames that follow each other in the pack is read
-   * with one read (all runs at once), by direct I/O, of the whole blocks around it, into memory from `room` (handed
-   * out before the first read, in the order of `entries`); the frames are views of those blocks.
+   * The frames of `entries`, read from one pack file. Each run of frames that follow each other in the pack (across
+   * the padding before an aligned run too) is read with one read (all runs at once), by direct I/O, of the whole
+   * blocks around it, into memory from `room` (handed out before the first read, in the order of `entries`); the
+   * frames are views of those blocks.
    */
   private async readFrames(
     file: string,
@@ -479,14 +517,16 @@ export class LocalRepository implements Repository {
     room: (bytes: number) => Buffer = roomIn(),
   ): Promise<Buffer[]> {
     const runs = [
-      ...neighbourRuns(entries.length, (k) => entries[k + 1]!.offset === entries[k]!.offset + entries[k]!.length),
+      ...neighbourRuns(entries.length, (k) => {
+        const gap = entries[k + 1]!.offset - (entries[k]!.offset + entries[k]!.length);
+        return gap >= 0 && gap < DIRECT_IO_BLOCK;
+      }),
     ].map(([first, last]) => {
       const start = alignDown(entries[first]!.offset);
       const end = alignUp(entries[last]!.offset + entries[last]!.length);
       return { first, last, start, into: room(end - start) };
     });
-    const handle = await openDirect(file, fs.constants.O_RDONLY);
-    try {
+    return withHandle(openDirect(file, fs.constants.O_RDONLY), async (handle) => {
       const frames: Buffer[] = [];
       await Promise.all(
         runs.map(async ({ first, last, start, into }) => {
@@ -498,9 +538,7 @@ export class LocalRepository implements Repository {
         }),
       );
       return frames;
-    } finally {
-      await handle.close();
-    }
+    });
   }
 
   private packsDir(): string {
@@ -525,26 +563,14 @@ export class LocalRepository implements Repository {
     return path.join(this.root, 'staging', safeName(snapshotId), `${safeName(name)}.refs`);
   }
 
-  /**
-   * Writes `data` to a temp file, fsyncs it and renames it to `target`. With `bytes`, `data` is a pack laid out in
-   * whole direct I/O blocks, of which the first `bytes` count: it is written by direct I/O and cut to length.
-   */
-  private async writeAtomically(target: string, data: Buffer, bytes?: number): Promise<void> {
+  /** Has `write` create and fill a temp file (durably), then renames it to `target`; the temp file goes on failure. */
+  private async writeAtomically(target: string, write: (tmp: string) => Promise<void>): Promise<void> {
     const tmpDir = path.join(this.root, 'tmp');
     await this.makeDir(tmpDir);
     await this.makeDir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
     try {
-      const { O_WRONLY, O_CREAT, O_TRUNC } = fs.constants;
-      const handle =
-        bytes === undefined ? await fs.open(tmp, 'wx') : await openDirect(tmp, O_WRONLY | O_CREAT | O_TRUNC);
-      try {
-        await writeExactly(handle, data, 0);
-        if (bytes !== undefined) await handle.truncate(bytes);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      await write(tmp);
       await fs.rename(tmp, target);
     } catch (error) {
       await fs.rm(tmp, { force: true });

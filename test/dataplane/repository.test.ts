@@ -72,16 +72,41 @@ test('getChunks reads frames into a given buffer as far as it has room, and the 
   const [i, j, k] = [chunk('i'), chunk('j'), chunk('k')];
   await repository.putChunks([i, j]);
   await repository.putChunks([k]);
-  // Each pack's frames are read as whole blocks: k's block fits, then i and j (neighbours, one read) do not.
+  // Frames are read as whole blocks: k's block fits, then i and j (neighbours, one read of two blocks) do not.
   const into = sharedBuffer(DIRECT_IO_BLOCK + 100);
   const frames = await repository.getChunks([k.id, i.id, j.id], into);
   expect(frames).toEqual([k.frame, i.frame, j.frame]);
   expect(frames.map((f) => f.buffer === into.buffer)).toEqual([true, false, false]);
-  // With room for both blocks, every frame is a view of the buffer, repeats included.
-  const roomy = sharedBuffer(3 * DIRECT_IO_BLOCK);
+  // With room for every block (k's, i and j's, i's again), every frame is a view of the buffer, repeats included.
+  const roomy = sharedBuffer(4 * DIRECT_IO_BLOCK);
   const again = await repository.getChunks([k.id, i.id, j.id, i.id], roomy);
   expect(again).toEqual([k.frame, i.frame, j.frame, i.frame]);
   expect(again.every((f) => f.buffer === roomy.buffer)).toBe(true);
+});
+
+test('frames that lie one after the other in working memory form one run of a pack; each run starts on a block', async () => {
+  const memory = sharedBuffer(2 * DIRECT_IO_BLOCK);
+  memory.fill(0xee); // stale bytes beyond the frames must not reach the pack
+  const [x, y] = [randomBytes(5000), randomBytes(300)];
+  x.copy(memory, 0);
+  y.copy(memory, x.length);
+  const inMemory = [
+    { id: blake3('x').toString('hex'), frame: memory.subarray(0, x.length) },
+    { id: blake3('y').toString('hex'), frame: memory.subarray(x.length, x.length + y.length) },
+  ];
+  const elsewhere = chunk('z');
+  await repository.putChunks([...inMemory, elsewhere]);
+  const [atX, atY, atZ] = await Promise.all(
+    [...inMemory, elsewhere].map(async ({ id }) => (await repository.chunkLocation(id))!),
+  );
+  expect([atX!.offset, atY!.offset, atZ!.offset]).toEqual([0, x.length, 2 * DIRECT_IO_BLOCK]);
+  const pack = await fs.readFile(atX!.file);
+  expect(pack.subarray(x.length + y.length, 2 * DIRECT_IO_BLOCK).every((byte) => byte === 0)).toBe(true);
+  expect(await repository.getChunks([elsewhere.id, inMemory[1]!.id, inMemory[0]!.id])).toEqual([
+    elsewhere.frame,
+    y,
+    x,
+  ]);
 });
 
 // tmpfs has no device to bypass the page cache for: its files are page cache.
