@@ -102,11 +102,7 @@ test('frames that lie one after the other in working memory form one run of a pa
   expect([atX!.offset, atY!.offset, atZ!.offset]).toEqual([0, x.length, 2 * DIRECT_IO_BLOCK]);
   const pack = await fs.readFile(atX!.file);
   expect(pack.subarray(x.length + y.length, 2 * DIRECT_IO_BLOCK).every((byte) => byte === 0)).toBe(true);
-  expect(await repository.getChunks([elsewhere.id, inMemory[1]!.id, inMemory[0]!.id])).toEqual([
-    elsewhere.frame,
-    y,
-    x,
-  ]);
+  expect(await repository.getChunks([elsewhere.id, inMemory[1]!.id, inMemory[0]!.id])).toEqual([elsewhere.frame, y, x]);
 });
 
 // tmpfs has no device to bypass the page cache for: its files are page cache.
