@@ -1,10 +1,11 @@
 import type { FileHandle } from 'node:fs/promises';
 import { z } from 'zod';
+import { alignUp } from './files';
 
 /**
  * A pack holds many compressed chunks in one object, so storing a snapshot costs one write per pack instead of one
- * per chunk (as restic and borg do). Layout: the zstd frames in runs, each run starting on a multiple of the pack's
- * alignment (zeros fill the gap before it), then a JSON index of every frame's place, then an 8-byte trailer: the index
+ * per chunk (as restic and borg do). Layout: the zstd frames in runs, each run starting on a direct I/O block (zeros
+ * fill the gap before it), then a JSON index of every frame's place, then an 8-byte trailer: the index
  * length (uint32, big-endian) and the magic "SPK1". Packs are written whole and never changed.
  */
 const MAGIC = Buffer.from('SPK1');
@@ -35,10 +36,9 @@ export interface PackLayout {
 
 /**
  * Lays out a pack holding `chunks` in order. Frames that lie one after the other in memory form one run, written
- * from where they are; each run, and the tail, starts on a multiple of `alignment`.
+ * from where they are; each run, and the tail, starts on a direct I/O block.
  */
-export function layOutPack(chunks: { id: string; frame: Buffer }[], alignment: number): PackLayout {
-  const align = (n: number) => Math.ceil(n / alignment) * alignment;
+export function layOutPack(chunks: { id: string; frame: Buffer }[]): PackLayout {
   const runs: PackLayout['runs'] = [];
   const entries: PackEntry[] = [];
   let end = 0;
@@ -47,7 +47,7 @@ export function layOutPack(chunks: { id: string; frame: Buffer }[], alignment: n
     if (run && follows(run.bytes, frame)) {
       run.bytes = Buffer.from(run.bytes.buffer, run.bytes.byteOffset, run.bytes.length + frame.length);
     } else {
-      end = align(end);
+      end = alignUp(end);
       runs.push({ offset: end, bytes: frame });
     }
     entries.push({ id, offset: end, length: frame.length });
@@ -61,7 +61,7 @@ export function layOutPack(chunks: { id: string; frame: Buffer }[], alignment: n
   const trailer = Buffer.alloc(TRAILER_BYTES);
   trailer.writeUInt32BE(index.length, 0);
   MAGIC.copy(trailer, 4);
-  return { runs, tail: Buffer.concat([index, trailer]), tailOffset: align(end), entries };
+  return { runs, tail: Buffer.concat([index, trailer]), tailOffset: alignUp(end), entries };
 }
 
 /** Whether `next` starts where `bytes` ends, in the same memory. */

@@ -474,7 +474,7 @@ export class LocalRepository implements Repository {
    * memory are copied.
    */
   private async writePack(chunks: { id: string; frame: Buffer }[]): Promise<void> {
-    const layout = layOutPack(chunks, DIRECT_IO_BLOCK);
+    const layout = layOutPack(chunks);
     const pieces = [...layout.runs.map((run) => run.bytes), layout.tail].map((bytes) => {
       const inPlace = startsAligned(bytes, DIRECT_IO_BLOCK) ? alignDown(bytes.length) : 0;
       return { inPlace: bytes.subarray(0, inPlace), copied: bytes.subarray(inPlace) };
