@@ -16,5 +16,7 @@ export { ChunkPool } from './pool';
 export { WriteBehind } from './write-behind';
 export { LocalRepository } from './repository';
 export type { Repository, StoredChunk } from './repository';
-export { manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';
+export { dataActivityWorkingSet, manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';
+export { workingMemory } from './memory';
+export type { WorkingMemoryStats } from './memory';
 export type { ManifestStats } from './pipeline';

@@ -10,6 +10,15 @@ import { alignUp } from './files';
  */
 const MAGIC = Buffer.from('SPK1');
 const TRAILER_BYTES = 8;
+/** The index's JSON around its entries: `{"version":1,"chunks":[]}`. */
+const INDEX_FRAME_BYTES = 25;
+/** The most one index entry takes: `["<64 hex>",<offset>,<length>],` with numbers of up to 16 digits. */
+const INDEX_ENTRY_MAX_BYTES = 103;
+
+/** The most bytes the tail (index and trailer) of a pack of `chunks` chunks takes. */
+export function packTailBound(chunks: number): number {
+  return INDEX_FRAME_BYTES + chunks * INDEX_ENTRY_MAX_BYTES + TRAILER_BYTES;
+}
 
 /** A pack whose trailer or index cannot be read. */
 export class PackDamagedError extends Error {}

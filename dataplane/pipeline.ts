@@ -1,12 +1,13 @@
 import fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { ChunkRef, Manifest } from './manifest';
-import { ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
+import { DEFAULT_CHUNK_SIZE, ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
 import type { DiskReader } from './disk-reader';
-import { DIRECT_IO_BLOCK, neighbourRuns, withHandle, writeExactly } from './files';
+import { DIRECT_IO_BLOCK, alignUp, neighbourRuns, withHandle, writeExactly } from './files';
 import type { ChunkPool } from './pool';
 import { frameBound } from './pool';
 import { workingMemory } from './memory';
+import { packTailBound } from './pack';
 import type { Repository } from './repository';
 import { WriteBehind } from './write-behind';
 
@@ -16,12 +17,48 @@ const SEGMENT_BYTES = 4 * 1024 * 1024;
 const IN_FLIGHT_PER_THREAD = 4;
 /** Compressed bytes gathered into one pack before it is written. */
 const PACK_BYTES = 16 * 1024 * 1024;
+/**
+ * A pack is written at the latest once it holds the frames of this many batches, so that the working memory the
+ * pack holds (each batch's frames are in a buffer of their own) is bounded whatever the compression ratio. Eight
+ * batches of SEGMENT_BYTES still fill PACK_BYTES at 2:1; the benchmark image (2.9:1) makes packs of about 11 MiB.
+ */
+const PACK_BATCHES = 8;
 /** Stored chunks opened (decompressed and re-hashed) per pool task when verifying or restoring. */
 const CHUNKS_PER_OPEN_TASK = 16;
 
 /** Room to read one open task's frames of chunks up to `chunkSize`, with the whole blocks direct I/O reads. */
 function openTaskBytes(chunkSize: number): number {
   return CHUNKS_PER_OPEN_TASK * (frameBound(chunkSize) + 2 * DIRECT_IO_BLOCK);
+}
+
+/** Chunks per segment (capture) and per batch (compression). */
+function chunksPerSegment(chunkSize: number): number {
+  return Math.max(1, Math.floor(SEGMENT_BYTES / chunkSize));
+}
+
+/**
+ * The most working memory (bytes of reach, see BufferPool) one data activity holds at once, with a pool of `threads`
+ * threads and chunks of `chunkSize`: the largest need of the stages, each derived from its in-flight limit
+ * L = threads × IN_FLIGHT_PER_THREAD tasks (orderedPipeline never has more):
+ * - capture: L segments being read or hashed;
+ * - compression: L batches' chunks as read, L batches' frames, the frames of the pack being filled and of the one
+ *   being written (PACK_BATCHES batches each; the next write waits for the last), and the room writing a pack copies
+ *   into (each batch's run ends in a partial block, then the pack's tail);
+ * - verification and re-verification: L open tasks' frames;
+ * - restore: L open tasks' frames and decompressed chunks.
+ * Garbage collection keeps one pack's frames at a time (read outside working memory, then copied into a new pack):
+ * less than compression. With 2 threads and 256 KiB chunks, L = 8 and compression needs the most: about 128 MiB.
+ */
+export function dataActivityWorkingSet(threads: number, chunkSize: number = DEFAULT_CHUNK_SIZE): number {
+  const inFlight = threads * IN_FLIGHT_PER_THREAD;
+  const segment = chunksPerSegment(chunkSize) * chunkSize;
+  const frames = chunksPerSegment(chunkSize) * frameBound(chunkSize);
+  const packCopy = PACK_BATCHES * DIRECT_IO_BLOCK + alignUp(packTailBound(PACK_BATCHES * chunksPerSegment(chunkSize)));
+  const capture = inFlight * segment;
+  const compression = inFlight * segment + (inFlight + 2 * PACK_BATCHES) * frames + packCopy;
+  const verification = inFlight * openTaskBytes(chunkSize);
+  const restore = inFlight * (openTaskBytes(chunkSize) + CHUNKS_PER_OPEN_TASK * chunkSize);
+  return Math.max(capture, compression, verification, restore);
 }
 
 /**
@@ -80,20 +117,20 @@ export async function scanDisk(o: {
   signal?: AbortSignal;
   onChunks: (startIndex: number, refs: ChunkRef[]) => Promise<void> | void;
 }): Promise<void> {
-  const chunksPerSegment = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
+  const perSegment = chunksPerSegment(o.chunkSize);
   const totalChunks = Math.ceil(o.sizeBytes / o.chunkSize);
   function* segments() {
-    for (let index = o.fromChunk ?? 0; index < totalChunks; index += chunksPerSegment) {
+    for (let index = o.fromChunk ?? 0; index < totalChunks; index += perSegment) {
       o.signal?.throwIfAborted();
       const start = index * o.chunkSize;
-      yield { index, start, length: Math.min(chunksPerSegment * o.chunkSize, o.sizeBytes - start) };
+      yield { index, start, length: Math.min(perSegment * o.chunkSize, o.sizeBytes - start) };
     }
   }
   await orderedPipeline(
     segments(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     (segment) =>
-      workingMemory.use(chunksPerSegment * o.chunkSize, async (buffer) => {
+      workingMemory.use(perSegment * o.chunkSize, async (buffer) => {
         const data = buffer.subarray(0, segment.length);
         await o.disk.read(data, segment.start);
         return o.pool.hashSegment(data, o.chunkSize);
@@ -120,7 +157,7 @@ export async function storeChunks(o: {
   onProgress?: (p: { index: number; bytesDone: number }) => void;
 }): Promise<{ chunksWritten: number; bytesWritten: number; storedBytesWritten: number }> {
   const geometry = { sizeBytes: o.sizeBytes, chunkSize: o.chunkSize };
-  const chunksPerBatch = Math.max(1, Math.floor(SEGMENT_BYTES / o.chunkSize));
+  const chunksPerBatch = chunksPerSegment(o.chunkSize);
   const stats = { chunksWritten: 0, bytesWritten: 0, storedBytesWritten: 0 };
   const seen = new Set<string>();
   /** Batches of the chunks to consider (each distinct id once); `end` is the ref index covered (for progress). */
@@ -166,7 +203,7 @@ export async function storeChunks(o: {
   // pack is written (no frame is copied).
   const inputBytes = chunksPerBatch * o.chunkSize;
   const outputBytes = chunksPerBatch * frameBound(o.chunkSize);
-  // A pack is written once it holds PACK_BYTES, behind compression (one write in flight while the next pack fills).
+  // A pack is written once it holds PACK_BYTES or PACK_BATCHES batches, behind compression (one write in flight while the next pack fills).
   // Progress is reported only once what precedes it is durable, because a retry resumes after it.
   let pack: PendingPack | undefined;
   const writes = new WriteBehind();
@@ -207,7 +244,7 @@ export async function storeChunks(o: {
           pack.bytes += result.compressed.reduce((sum, chunk) => sum + chunk.frame.length, 0);
           pack.memory.push(result.output);
         }
-        if (!pack || pack.bytes >= PACK_BYTES) await flush(batch.end);
+        if (!pack || pack.bytes >= PACK_BYTES || pack.memory.length >= PACK_BATCHES) await flush(batch.end);
       },
     );
     await flush(o.refs.length);

@@ -20,11 +20,16 @@ async function main(): Promise<void> {
     taskQueue: config.SNAP_TASK_QUEUE,
     platform,
     captureMaxBytesPerSecond: config.SNAP_CAPTURE_MAX_MBPS * 1e6,
+    dataMemoryMiB: config.SNAP_DATA_MEMORY_MIB,
   });
   // The hourly metering Schedule and the daily garbage collection and re-verification Schedules (created once).
   await new BillingClient({ client, catalog: platform.catalog, taskQueue: config.SNAP_TASK_QUEUE }).ensureSchedule();
   await new MaintenanceClient({ client, taskQueue: config.SNAP_TASK_QUEUE }).ensureSchedules();
-  console.log(`worker polling task queue "${config.SNAP_TASK_QUEUE}" on ${config.TEMPORAL_ADDRESS}`);
+  const { budgetBytes, workingSetBytes, maxDataActivities } = worker.memory;
+  console.log(
+    `worker polling task queue "${config.SNAP_TASK_QUEUE}" on ${config.TEMPORAL_ADDRESS}; data stages: ` +
+      `${maxDataActivities} at once in ${mib(budgetBytes)} MiB (${mib(workingSetBytes)} MiB each)`,
+  );
   try {
     await worker.run();
   } finally {
@@ -33,6 +38,10 @@ async function main(): Promise<void> {
     await connection.close();
     platform.catalog.close();
   }
+}
+
+function mib(bytes: number): number {
+  return Math.round(bytes / (1024 * 1024));
 }
 
 main().catch((error: unknown) => {

@@ -2,11 +2,17 @@ import type { Duration } from '@temporalio/common';
 import type { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import { Worker } from '@temporalio/worker';
+import type { State } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import type { ProgressSink } from '../activities';
-import { ChunkPool } from '../dataplane';
+import { ChunkPool, dataActivityWorkingSet, workingMemory } from '../dataplane';
 import type { EmbeddedPlatform } from '../platform/local';
 import { stageProgressSignal } from '../workflows/messages';
+import { DATA_ACTIVITY_TYPES, dataTaskQueue } from '../workflows/profiles';
+
+const MiB = 1024 * 1024;
+/** Data activities the default budget has room for: two overlap a snapshot's stages with another's on 2 cores. */
+const DEFAULT_DATA_ACTIVITIES = 2;
 
 export interface SnapshotWorkerOptions {
   connection: NativeConnection;
@@ -20,12 +26,87 @@ export interface SnapshotWorkerOptions {
   workflowBundle?: { codePath: string };
   /** How long running activities may finish on shutdown before they are cancelled (their checkpoints survive). */
   shutdownGraceTime?: Duration;
+  /** The data stages' memory budget (SNAP_DATA_MEMORY_MIB); by default, room for DEFAULT_DATA_ACTIVITIES. */
+  dataMemoryMiB?: number;
 }
 
-/** A worker that runs the snapshot and restore workflows and their activities against the given platform. */
+/**
+ * The data stages' memory budget and what it allows: `budgetBytes` of working memory for the data activities, of
+ * which one needs `workingSetBytes` (dataActivityWorkingSet), so `maxDataActivities` = budget / working set run at
+ * once. A budget below one working set is refused: the worker could not keep it.
+ */
+export function dataMemoryPlan(
+  poolThreads: number,
+  budgetMiB?: number,
+): { budgetBytes: number; workingSetBytes: number; maxDataActivities: number } {
+  const workingSetBytes = dataActivityWorkingSet(poolThreads);
+  const budgetBytes = budgetMiB !== undefined ? budgetMiB * MiB : DEFAULT_DATA_ACTIVITIES * workingSetBytes;
+  const maxDataActivities = Math.floor(budgetBytes / workingSetBytes);
+  if (maxDataActivities < 1) {
+    throw new Error(
+      `SNAP_DATA_MEMORY_MIB=${budgetMiB} is below the working memory of one data activity with ${poolThreads} pool ` +
+        `threads: set it to at least ${Math.ceil(workingSetBytes / MiB)}`,
+    );
+  }
+  return { budgetBytes, workingSetBytes, maxDataActivities };
+}
+
+/**
+ * The two Temporal workers of a snapshot worker process, run and shut down together: `main` runs the workflows and
+ * the short activities on the task queue; `data` runs the data activities (DATA_ACTIVITY_TYPES) on its data task
+ * queue, at most `maxDataActivities` at once, so that waiting data stages stay queued on the server (Scheduled, in
+ * the Web UI) instead of holding memory.
+ */
+export class SnapshotWorker {
+  constructor(
+    readonly main: Worker,
+    readonly data: Worker,
+    readonly memory: ReturnType<typeof dataMemoryPlan>,
+  ) {}
+
+  /** RUNNING while both run; otherwise the state of the one that does not. */
+  getState(): State {
+    return this.main.getState() === 'RUNNING' ? this.data.getState() : this.main.getState();
+  }
+
+  /** Runs both until shutdown() or until one fails (then the other is shut down too). */
+  run(): Promise<void> {
+    return this.together((worker) => worker.run()).then(() => undefined);
+  }
+
+  /** Runs both until `until` settles (resolves with its value), shutdown() is called or one fails. */
+  async runUntil<T>(until: Promise<T>): Promise<T> {
+    return (await this.together((worker) => worker.runUntil(until)))[0]!;
+  }
+
+  /** Starts a graceful shutdown of both (running activities get the shutdown grace time). */
+  shutdown(): void {
+    for (const worker of [this.main, this.data]) if (worker.getState() === 'RUNNING') worker.shutdown();
+  }
+
+  /** Runs `run` on both; when one fails the other is shut down, and the failure is rethrown once both ended. */
+  private async together<T>(run: (worker: Worker) => Promise<T>): Promise<T[]> {
+    const results = await Promise.allSettled(
+      [this.main, this.data].map((worker) =>
+        run(worker).catch((error: unknown) => {
+          this.shutdown();
+          throw error;
+        }),
+      ),
+    );
+    const failure = results.find((result) => result.status === 'rejected');
+    if (failure) throw failure.reason;
+    return results.map((result) => (result as PromiseFulfilledResult<T>).value);
+  }
+}
+
+/**
+ * A snapshot worker: runs the snapshot, restore and maintenance workflows and their activities against the given
+ * platform, the data activities within the data stages' memory budget (see SnapshotWorker).
+ */
 export async function createSnapshotWorker(
   options: SnapshotWorkerOptions,
-): Promise<{ worker: Worker; pool: ChunkPool }> {
+): Promise<{ worker: SnapshotWorker; pool: ChunkPool }> {
   const pool = new ChunkPool();
   const progress: ProgressSink = {
     report: (workflowId, update) => options.client.workflow.getHandle(workflowId).signal(stageProgressSignal, update),
@@ -38,18 +119,37 @@ export async function createSnapshotWorker(
     progress,
     captureMaxBytesPerSecond: options.captureMaxBytesPerSecond ?? 0,
   });
-  const worker = await Worker.create({
-    connection: options.connection,
-    namespace: options.namespace,
-    taskQueue: options.taskQueue,
-    activities,
-    ...(options.workflowBundle
-      ? { workflowBundle: options.workflowBundle }
-      : { workflowsPath: require.resolve('../workflows') }),
-    shutdownGraceTime: options.shutdownGraceTime ?? '5 seconds',
-    // Send heartbeats (and so resume checkpoints) to the server at least every second, not every 24 s (80 % of the
-    // heartbeat timeout): a retry after a crash then re-reads at most about a second of work.
-    maxHeartbeatThrottleInterval: '1 second',
-  });
-  return { worker, pool };
+  try {
+    const memory = dataMemoryPlan(pool.threads, options.dataMemoryMiB);
+    workingMemory.setBudget(memory.budgetBytes);
+    const dataTypes = new Set<string>(DATA_ACTIVITY_TYPES);
+    const pick = (data: boolean) =>
+      Object.fromEntries(Object.entries(activities).filter(([type]) => dataTypes.has(type) === data));
+    const common = {
+      connection: options.connection,
+      namespace: options.namespace,
+      shutdownGraceTime: options.shutdownGraceTime ?? '5 seconds',
+      // Send heartbeats (and so resume checkpoints) to the server at least every second, not every 24 s (80 % of the
+      // heartbeat timeout): a retry after a crash then re-reads at most about a second of work.
+      maxHeartbeatThrottleInterval: '1 second',
+    } as const;
+    const main = await Worker.create({
+      ...common,
+      taskQueue: options.taskQueue,
+      activities: pick(false),
+      ...(options.workflowBundle
+        ? { workflowBundle: options.workflowBundle }
+        : { workflowsPath: require.resolve('../workflows') }),
+    });
+    const data = await Worker.create({
+      ...common,
+      taskQueue: dataTaskQueue(options.taskQueue),
+      activities: pick(true),
+      maxConcurrentActivityTaskExecutions: memory.maxDataActivities,
+    });
+    return { worker: new SnapshotWorker(main, data, memory), pool };
+  } catch (error) {
+    await pool.destroy();
+    throw error;
+  }
 }

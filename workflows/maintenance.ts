@@ -3,9 +3,11 @@ import type { Activities } from '../activities';
 import type { ReverifyOutcome } from '../activities/maintenance';
 import type { GcResult } from '../dataplane';
 import type { Region } from '../domain/model';
+import { dataActivities } from './profiles';
 
 // Both walk a whole repository: long timeouts, heartbeats so a dead worker is noticed, safe to retry from scratch.
-const maintenance = proxyActivities<Activities>({
+// On the data task queue, within the memory budget.
+const maintenance = dataActivities({
   startToCloseTimeout: '6 hours',
   heartbeatTimeout: '1 minute',
   retry: { initialInterval: '5s', maximumInterval: '5 minutes', maximumAttempts: 10 },

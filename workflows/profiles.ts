@@ -1,6 +1,14 @@
 import type { ActivityOptions } from '@temporalio/common';
 import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
-import { ActivityCancellationType, ApplicationFailure, isCancellation, workflowInfo } from '@temporalio/workflow';
+import type { ActivityInterfaceFor } from '@temporalio/workflow';
+import {
+  ActivityCancellationType,
+  ApplicationFailure,
+  isCancellation,
+  proxyActivities,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
 
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
@@ -31,6 +39,41 @@ export const DATA_ACTIVITY: ActivityOptions = {
     nonRetryableErrorTypes,
   },
 };
+
+/**
+ * The activities whose working memory counts against the worker's data memory budget: they run on the data task
+ * queue, whose worker runs only as many at once as the budget holds (see worker/worker.ts); the rest of a worker's
+ * activities (catalog, initiation, cleanup) run on the main task queue.
+ */
+export const DATA_ACTIVITY_TYPES = [
+  'captureSnapshot',
+  'compressSnapshot',
+  'verifySnapshot',
+  'restoreSnapshotDisk',
+  'restoreVmDisk',
+  'collectRegionGarbage',
+  'reverifySnapshot',
+] as const satisfies readonly (keyof Activities)[];
+
+export type DataActivities = Pick<Activities, (typeof DATA_ACTIVITY_TYPES)[number]>;
+
+/** The task queue of the data activities of workflows on `taskQueue` (served by the same workers). */
+export function dataTaskQueue(taskQueue: string): string {
+  return `${taskQueue}-data`;
+}
+
+/**
+ * The data activities with `options`, scheduled on the data task queue of the calling workflow's task queue. Safe to
+ * call at module load: the options (which need workflowInfo()) are made when an activity is called, in the workflow.
+ */
+export function dataActivities(options: ActivityOptions = DATA_ACTIVITY): ActivityInterfaceFor<DataActivities> {
+  return new Proxy({} as ActivityInterfaceFor<DataActivities>, {
+    get: (_, type) =>
+      proxyActivities<DataActivities>({ ...options, taskQueue: dataTaskQueue(workflowInfo().taskQueue) })[
+        type as keyof DataActivities
+      ],
+  });
+}
 
 /** Set by Temporal on every workflow a Schedule starts: the time the run stands for (a trigger's or backfill's too). */
 const TemporalScheduledStartTime = defineSearchAttributeKey('TemporalScheduledStartTime', SearchAttributeType.DATETIME);

@@ -3,11 +3,12 @@ import type { Activities } from '../activities';
 import type { StageProgress } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { restoreProgressQuery, stageProgressSignal } from './messages';
-import { CATALOG_ACTIVITY, DATA_ACTIVITY } from './profiles';
+import { CATALOG_ACTIVITY, dataActivities } from './profiles';
 
 // Restores scale with disk size and heartbeat like the data stages; a permanent error (not SUCCESS, unknown disk,
-// corrupt chunk) ends the restore at once, and cleanup never starts while a disk is still being written.
-const { restoreSnapshotDisk, restoreVmDisk } = proxyActivities<Activities>(DATA_ACTIVITY);
+// corrupt chunk) ends the restore at once, and cleanup never starts while a disk is still being written. On the data
+// task queue, within the memory budget.
+const restores = dataActivities();
 const restoreCatalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
 
 /** Restores one disk of a snapshot to a raw image file, with live progress. */
@@ -24,7 +25,7 @@ export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<
       progress.throughput > 0 ? Math.ceil((progress.bytesTotal - progress.bytesDone) / progress.throughput) : null,
   }));
   setCurrentDetails(`Restoring disk \`${request.diskName}\` of ${request.snapshotId} to \`${request.targetPath}\``);
-  const result = await restoreSnapshotDisk(request);
+  const result = await restores.restoreSnapshotDisk(request);
   done = true;
   return result;
 }
@@ -53,7 +54,7 @@ export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vm
   progress = { ...progress, bytesTotal: created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0) };
   try {
     for (const disk of created.disks) {
-      await restoreVmDisk({ source: created.source, diskName: disk.name, targetPath: disk.path });
+      await restores.restoreVmDisk({ source: created.source, diskName: disk.name, targetPath: disk.path });
       finishedBytes += disk.sizeBytes;
     }
     await restoreCatalog.activateRestoredVm(vmId);

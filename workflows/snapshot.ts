@@ -14,7 +14,7 @@ import type { Region, SnapshotProgress, SnapshotRecord, SnapshotStage, StageProg
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
 import { snapshotProgressQuery, stageProgressSignal } from './messages';
-import { CATALOG_ACTIVITY, DATA_ACTIVITY, typedFailure } from './profiles';
+import { CATALOG_ACTIVITY, dataActivities, typedFailure } from './profiles';
 
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 
@@ -31,8 +31,8 @@ const initiation = proxyActivities<Activities>({
   retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes },
 });
 
-// Capture, compression and verification scale with disk size.
-const dataStages = proxyActivities<Activities>(DATA_ACTIVITY);
+// Capture, compression and verification scale with disk size: on the data task queue, within the memory budget.
+const dataStages = dataActivities();
 
 // Compensations must eventually succeed: many attempts, all idempotent.
 const compensations = proxyActivities<Activities>({

@@ -5,7 +5,6 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Client } from '@temporalio/client';
-import type { Worker } from '@temporalio/worker';
 import { BillingClient } from '../../client/billing-client';
 import { MaintenanceClient } from '../../client/maintenance-client';
 import { PolicyClient } from '../../client/policy-client';
@@ -17,6 +16,7 @@ import type { Region, SnapshotRecord, Vm } from '../../domain/model';
 import type { EmbeddedPlatform } from '../../platform/local';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../../platform/local';
 import { createSnapshotWorker } from '../../worker/worker';
+import type { SnapshotWorker } from '../../worker/worker';
 import { connectTestClient, testWorkflowBundle, uniqueId } from '../support/temporal';
 
 const MiB = 1024 * 1024;
@@ -40,17 +40,21 @@ export interface SnapshotEnv {
   billing: BillingClient;
   client: Client;
   taskQueue: string;
-  /** Starts a worker on the env's task queue; `repositoryFor` lets a test wrap a repository (fault injection). */
+  /**
+   * Starts a worker (its main and data workers) on the env's task queue; `repositoryFor` lets a test wrap a
+   * repository (fault injection).
+   */
   startWorker(options?: {
     captureMaxBytesPerSecond?: number;
     shutdownGraceTime?: Duration;
+    dataMemoryMiB?: number;
     repositoryFor?: (region: Region) => Repository;
   }): Promise<RunningWorker>;
   close(): Promise<void>;
 }
 
 export interface RunningWorker {
-  worker: Worker;
+  worker: SnapshotWorker;
   pool: ChunkPool;
   stop(): Promise<void>;
 }
@@ -80,6 +84,7 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
         platform: { ...platform, repositoryFor: options.repositoryFor ?? platform.repositoryFor },
         captureMaxBytesPerSecond: options.captureMaxBytesPerSecond,
         shutdownGraceTime: options.shutdownGraceTime,
+        dataMemoryMiB: options.dataMemoryMiB,
         workflowBundle: testWorkflowBundle(),
       });
       const running = worker.run();
@@ -87,7 +92,7 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
         worker,
         pool,
         async stop() {
-          if (worker.getState() === 'RUNNING') worker.shutdown();
+          worker.shutdown();
           await running;
           await pool.destroy();
         },
