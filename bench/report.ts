@@ -4,6 +4,7 @@ import type { ChildReport } from './capture-child';
 import type { CaptureResult, GrowthResult } from './capture';
 import type { BlockWrite } from './images';
 import { BLOCK_BYTES, IMAGE_BYTES, REGION_BYTES, SCATTERED_WRITES } from './images';
+import type { ConcurrencyRun } from './concurrency';
 import type { TimedSnapshot } from './service';
 import { KiB, MiB, formatMBps, formatMiB, formatSeconds, formatSize } from './util';
 
@@ -17,6 +18,8 @@ export const TARGETS = {
   growthVsRestic: 1.0,
   /** Peak RSS of a capture, whatever the disk size. */
   peakRssBytes: 400 * MiB,
+  /** Peak RSS of the worker with 10 snapshots at once / with 1. */
+  concurrentRssRatio: 1.5,
 };
 
 export interface Images {
@@ -56,6 +59,7 @@ export interface Results {
   workflow?: WorkflowResult;
   chunkSizes?: GrowthResult[];
   memory?: MemoryResult;
+  concurrency?: { one: ConcurrencyRun; many: ConcurrencyRun };
 }
 
 /** One line of the results table. */
@@ -106,6 +110,7 @@ export function printReport(results: Results, notes: string[], startedAt: number
     ...workflowRows(results.workflow, results.dataPlane?.zstd),
     ...chunkSizeRows(results.chunkSizes, results.workflow?.restic?.incremental.growthBytes),
     ...memoryRows(results.memory),
+    ...concurrencyRows(results.concurrency),
   ];
   const totalSeconds = (performance.now() - startedAt) / 1000;
   console.log(`\nBenchmark on ${os.cpus().length} cores, ${formatSize(os.totalmem())} RAM, Node ${process.version}`);
@@ -205,6 +210,21 @@ function memoryRows(result: MemoryResult | undefined): Row[] {
   return [row('1 GiB image', result.image), row('10 GiB sparse disk', result.sparse)];
 }
 
+function concurrencyRows(result: Results['concurrency']): Row[] {
+  if (!result) return [];
+  const ratio = result.many.peakRssBytes / result.one.peakRssBytes;
+  return [
+    {
+      measurement: `(e) peak RSS of the worker, ${result.many.snapshots} snapshots at once`,
+      ours: formatMiB(result.many.peakRssBytes),
+      reference: `1 snapshot: ${formatMiB(result.one.peakRssBytes)}`,
+      ratio,
+      target: `<= ${TARGETS.concurrentRssRatio.toFixed(2)}x`,
+      met: ratio <= TARGETS.concurrentRssRatio,
+    },
+  ];
+}
+
 function storedSizes(results: Results): [string, string][] {
   const items: [string, string][] = [];
   const { images, dataPlane, workflow, chunkSizes, memory } = results;
@@ -274,6 +294,14 @@ function timeNotes(results: Results): string[] {
   };
   if (results.workflow) {
     notes.push(line('full', results.workflow.full), line('incremental', results.workflow.incremental));
+  }
+  const concurrency = results.concurrency;
+  if (concurrency) {
+    notes.push(
+      `(e) each on a fresh worker process after a warm-up snapshot, 128 MiB disks: 1 snapshot in ` +
+        `${formatSeconds(concurrency.one.seconds)}, ${concurrency.many.snapshots} at once in ` +
+        `${formatSeconds(concurrency.many.seconds)} (the default memory budget runs 2 data stages at once)`,
+    );
   }
   const restic = results.workflow?.restic;
   const zstd = results.dataPlane?.zstd;

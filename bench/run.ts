@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ChunkPool, DEFAULT_CHUNK_SIZE, LocalRepository } from '../dataplane';
 import { captureDisk, measureGrowth } from './capture';
+import { benchConcurrency } from './concurrency';
 import type { GrowthResult } from './capture';
 import type { ChildReport } from './capture-child';
 import {
@@ -78,6 +79,9 @@ async function main(): Promise<number> {
       await pool.destroy();
     }
     results.memory = await section('(d) peak memory of a capture', () => benchMemory(context));
+    results.concurrency = await section('(e) peak memory of the worker, 1 and 10 snapshots at once', () =>
+      benchConcurrency({ workDir, image: images.base, log }),
+    );
   } catch (error) {
     errors.push(errorText(error));
   } finally {

@@ -14,7 +14,7 @@ import { createSnapshotWorker } from '../worker/worker';
 import type { BlockWrite } from './images';
 import { run, timed } from './util';
 
-const ACCOUNT: Account = { ...DEMO_ACCOUNT, id: 'bench', name: 'Benchmark' };
+export const ACCOUNT: Account = { ...DEMO_ACCOUNT, id: 'bench', name: 'Benchmark' };
 const TASK_QUEUE = 'bench-snapshots';
 const WARM_UP_DISK_BYTES = 64 * 1024 * 1024;
 
@@ -114,7 +114,7 @@ export async function startSnapshotService(options: {
 }
 
 /** Registers an ACTIVE VM of the benchmark account (shaped like the demo fleet's) whose disk `fillDisk` writes. */
-async function registerVm(
+export async function registerVm(
   platform: EmbeddedPlatform,
   id: string,
   region: Vm['region'],
@@ -139,12 +139,12 @@ async function registerVm(
   return vm;
 }
 
-/** Writes `bytes` of `image`, from a quarter of the way in, to a new file `target`. */
-async function copySlice(image: string, target: string, bytes: number): Promise<void> {
+/** Writes `bytes` of `image`, from `offset` (by default a quarter of the way in) on, to a new file `target`. */
+export async function copySlice(image: string, target: string, bytes: number, offset?: number): Promise<void> {
   const slice = Buffer.alloc(bytes);
   const source = await fs.open(image, 'r');
   try {
-    await source.read(slice, 0, bytes, (await source.stat()).size / 4);
+    await source.read(slice, 0, bytes, offset ?? (await source.stat()).size / 4);
   } finally {
     await source.close();
   }
