@@ -11,7 +11,11 @@ import { stageProgressSignal } from '../workflows/messages';
 import { DATA_ACTIVITY_TYPES, dataTaskQueue } from '../workflows/profiles';
 
 const MiB = 1024 * 1024;
-/** Data activities the default budget has room for: two overlap a snapshot's stages with another's on 2 cores. */
+/**
+ * Data activities the default budget has room for. Two, so that one's disk and repository I/O overlaps the other's
+ * computing on the pool: in the benchmark's measurement (e), 10 snapshots at once finished about 5 % sooner than
+ * with one, for about 60 MiB more peak RSS (1.36x of one snapshot against 1.23x).
+ */
 const DEFAULT_DATA_ACTIVITIES = 2;
 
 export interface SnapshotWorkerOptions {
@@ -26,7 +30,10 @@ export interface SnapshotWorkerOptions {
   workflowBundle?: { codePath: string };
   /** How long running activities may finish on shutdown before they are cancelled (their checkpoints survive). */
   shutdownGraceTime?: Duration;
-  /** The data stages' memory budget (SNAP_DATA_MEMORY_MIB); by default, room for DEFAULT_DATA_ACTIVITIES. */
+  /**
+   * The data stages' memory budget (SNAP_DATA_MEMORY_MIB); by default, room for DEFAULT_DATA_ACTIVITIES. It is the
+   * process's (the working memory is one per process): run one snapshot worker per process.
+   */
   dataMemoryMiB?: number;
 }
 
