@@ -5,7 +5,7 @@ import { SnapshotClient } from '../client/snapshot-client';
 import { loadConfig } from '../domain/config';
 import { openEmbeddedPlatform } from '../platform/local';
 import { demoApiKeysFile } from '../platform/local/seed';
-import { createApiServer } from './server';
+import { apiLimits, createApiServer } from './server';
 
 /**
  * `npm run api`: the HTTP API and the Snapshots page on SNAP_HTTP_HOST:SNAP_HTTP_PORT, against the configured Temporal
@@ -22,6 +22,7 @@ async function main(): Promise<void> {
     policies: new PolicyClient(options),
     billing: new BillingClient(options),
     catalog: platform.catalog,
+    limits: apiLimits(config),
     logger: true,
   });
   const address = await app.listen({ host: config.SNAP_HTTP_HOST, port: config.SNAP_HTTP_PORT });

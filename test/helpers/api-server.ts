@@ -1,11 +1,14 @@
 import type { AddressInfo } from 'node:net';
 import type { ApiError } from '../../api/schemas';
-import { createApiServer } from '../../api/server';
+import { apiLimits, createApiServer } from '../../api/server';
+import type { ApiLimits } from '../../api/server';
+import { loadConfig } from '../../domain/config';
 import { seedDemoApiKeys } from '../../platform/local/seed';
 import type { SnapshotEnv } from './snapshot-env';
 
 export interface RunningApi {
   baseUrl: string;
+  port: number;
   /** The demo accounts' API keys (acme, fjord, newco), as seeding wrote them. */
   keys: Record<string, string>;
   /**
@@ -21,8 +24,8 @@ export interface RunningApi {
   close(): Promise<void>;
 }
 
-/** The HTTP API of a test env on a free port of 127.0.0.1. */
-export async function startApiServer(env: SnapshotEnv): Promise<RunningApi> {
+/** The HTTP API of a test env on a free port of 127.0.0.1, with the default limits unless told otherwise. */
+export async function startApiServer(env: SnapshotEnv, limits: Partial<ApiLimits> = {}): Promise<RunningApi> {
   // Seeding the env already created the keys; this returns them without changing anything.
   const keys = await seedDemoApiKeys(env.platform.catalog, env.platform.dataDir);
   const app = createApiServer({
@@ -30,11 +33,14 @@ export async function startApiServer(env: SnapshotEnv): Promise<RunningApi> {
     policies: env.policies,
     billing: env.billing,
     catalog: env.platform.catalog,
+    limits: { ...apiLimits(loadConfig({})), ...limits },
   });
   await app.listen({ port: 0, host: '127.0.0.1' });
-  const baseUrl = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  const { port } = app.server.address() as AddressInfo;
+  const baseUrl = `http://127.0.0.1:${port}`;
   return {
     baseUrl,
+    port,
     keys,
     async call<T>(account: string | null, method: string, path: string, body?: unknown) {
       const headers: Record<string, string> = {};
