@@ -17,6 +17,7 @@ import { SnapshotError } from '../domain/errors';
 import { isInFlight } from '../domain/model';
 import { SnapshotNameSchema } from '../domain/requests';
 import type { Catalog } from '../platform/ports';
+import type { ApiMetrics } from './metrics';
 import { RateLimitedError, UnauthorizedError, clientErrorAnswer, toApiError } from './errors';
 import type { ApiErrorAnswer } from './errors';
 import { hashApiKey } from '../platform/api-keys';
@@ -82,6 +83,8 @@ export interface ApiServerOptions {
   billing: BillingClient;
   catalog: Catalog;
   limits: ApiLimits;
+  /** Where answered requests are counted (served by the separate metrics endpoint, api/metrics.ts). */
+  metrics?: ApiMetrics;
   /** Fastify's request log (pino, JSON lines on stdout); off by default. */
   logger?: boolean;
 }
@@ -167,6 +170,12 @@ export function createApiServer(options: ApiServerOptions) {
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(sendError);
+  const { metrics } = options;
+  if (metrics) {
+    app.addHook('onResponse', async (request, reply) => {
+      metrics.countRequest(request.method, request.routeOptions.url, reply.statusCode);
+    });
+  }
   app.addHook('onSend', async (_request, reply) => {
     for (const [name, value] of Object.entries(SECURITY_HEADERS)) {
       if (!reply.raw.hasHeader(name)) reply.header(name, value);

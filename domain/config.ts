@@ -33,6 +33,14 @@ export const ConfigSchema = z.object({
   SNAP_HTTP_RATE_WINDOW_MS: z.coerce.number().int().positive().default(60_000),
   SNAP_HTTP_RATE_PER_KEY: z.coerce.number().int().positive().default(600),
   SNAP_HTTP_RATE_PER_ADDRESS: z.coerce.number().int().positive().default(1_200),
+  /**
+   * Prometheus endpoints (`GET /metrics`) of the worker (the SDK's runtime metrics and the service's) and of the API
+   * (requests, snapshots by status, task queue backlog). Operator endpoints without authentication, so on their own
+   * ports, bound to loopback by default: expose them to the monitoring network only, never beside the tenant API.
+   */
+  SNAP_METRICS_HOST: z.string().default('127.0.0.1'),
+  SNAP_WORKER_METRICS_PORT: z.coerce.number().int().min(1).max(65535).default(9464),
+  SNAP_API_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9465),
 });
 export type Config = z.infer<typeof ConfigSchema>;
 

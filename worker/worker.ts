@@ -7,6 +7,7 @@ import type { ProgressSink } from '../activities';
 import { ChunkPool } from '../dataplane';
 import type { EmbeddedPlatform } from '../platform/local';
 import { stageProgressSignal } from '../workflows/messages';
+import { WorkerMetrics } from './metrics';
 
 export interface SnapshotWorkerOptions {
   connection: NativeConnection;
@@ -30,9 +31,10 @@ export async function createSnapshotWorker(
   const progress: ProgressSink = {
     report: (workflowId, update) => options.client.workflow.getHandle(workflowId).signal(stageProgressSignal, update),
   };
+  const metrics = new WorkerMetrics(options.taskQueue);
   const activities = createActivities({
     catalog: options.platform.catalog,
-    hypervisor: options.platform.hypervisor,
+    hypervisor: metrics.timeFreezes(options.platform.hypervisor),
     repositoryFor: (region) => options.platform.repositoryFor(region),
     pool,
     progress,
@@ -43,6 +45,7 @@ export async function createSnapshotWorker(
     namespace: options.namespace,
     taskQueue: options.taskQueue,
     activities,
+    interceptors: { activity: [metrics.activityInterceptor] },
     ...(options.workflowBundle
       ? { workflowBundle: options.workflowBundle }
       : { workflowsPath: require.resolve('../workflows') }),

@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net';
 import type { ApiError } from '../../api/schemas';
+import { ApiMetrics, createMetricsServer } from '../../api/metrics';
 import { apiLimits, createApiServer } from '../../api/server';
 import type { ApiLimits } from '../../api/server';
 import { loadConfig } from '../../domain/config';
@@ -21,6 +22,8 @@ export interface RunningApi {
     path: string,
     body?: unknown,
   ): Promise<{ status: number; body: T; headers: Headers }>;
+  /** The text of the API's metrics endpoint (`GET /metrics` on its own port). */
+  scrapeMetrics(): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -28,12 +31,16 @@ export interface RunningApi {
 export async function startApiServer(env: SnapshotEnv, limits: Partial<ApiLimits> = {}): Promise<RunningApi> {
   // Seeding the env already created the keys; this returns them without changing anything.
   const keys = await seedDemoApiKeys(env.platform.catalog, env.platform.dataDir);
+  const metrics = new ApiMetrics({ catalog: env.platform.catalog, client: env.client, taskQueue: env.taskQueue });
+  const metricsServer = createMetricsServer(metrics);
+  const metricsAddress = await metricsServer.listen({ port: 0, host: '127.0.0.1' });
   const app = createApiServer({
     snapshots: env.snapshots,
     policies: env.policies,
     billing: env.billing,
     catalog: env.platform.catalog,
     limits: { ...apiLimits(loadConfig({})), ...limits },
+    metrics,
   });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const { port } = app.server.address() as AddressInfo;
@@ -54,8 +61,12 @@ export async function startApiServer(env: SnapshotEnv, limits: Partial<ApiLimits
       const text = await response.text();
       return { status: response.status, body: (text ? JSON.parse(text) : null) as T, headers: response.headers };
     },
+    async scrapeMetrics() {
+      return (await fetch(`${metricsAddress}/metrics`)).text();
+    },
     async close() {
       await app.close();
+      await metricsServer.close();
     },
   };
 }
