@@ -23,7 +23,7 @@ const QUEUE_TYPES = {
  *
  * - `snap_api_requests_total{method, route, status}`: answered requests, by route template (`/api/snapshots/:id`, so
  *   ids never become labels; `unmatched` for paths without a route);
- * - `snap_snapshots{status}`: snapshots in the catalog by status, read at scrape time;
+ * - `snap_catalog_snapshots{status}`: snapshots in the catalog by status, read at scrape time;
  * - `snap_task_queue_backlog{task_queue, type}`: tasks waiting on the task queue (Temporal's approximate backlog
  *   count, DescribeTaskQueue with reportStats), read at scrape time;
  * - Node's process metrics (`process_*`, `nodejs_*`).
@@ -41,7 +41,7 @@ export class ApiMetrics {
     const { catalog, client, taskQueue } = sources;
     collectDefaultMetrics({ register: this.registry });
     new Gauge({
-      name: 'snap_snapshots',
+      name: 'snap_catalog_snapshots',
       help: 'Snapshots in the catalog, by status',
       labelNames: ['status'] as const,
       registers: [this.registry],

@@ -87,8 +87,10 @@ test('the worker and the API expose Prometheus metrics of a real snapshot and a 
   const workerScrape = await (await fetch(workerMetricsUrl)).text();
   const fromWorker = parseScrape(workerScrape);
   const queue = { task_queue: env.taskQueue };
-  expect(valueOf(fromWorker, 'snap_snapshots', { ...queue, outcome: 'success', failure_type: 'none' })).toBe(1);
-  expect(valueOf(fromWorker, 'snap_snapshots', { ...queue, outcome: 'failed', failure_type: 'Cancelled' })).toBe(1);
+  expect(valueOf(fromWorker, 'snap_snapshots_ended', { ...queue, outcome: 'success', failure_type: 'none' })).toBe(1);
+  expect(valueOf(fromWorker, 'snap_snapshots_ended', { ...queue, outcome: 'failed', failure_type: 'Cancelled' })).toBe(
+    1,
+  );
   expect(valueOf(fromWorker, 'snap_stage_bytes', { stage: 'captureSnapshot', direction: 'read' })).toBe(diskBytes);
   expect(valueOf(fromWorker, 'snap_stage_bytes', { stage: 'compressSnapshot', direction: 'stored' })).toBe(
     record.addedBytes,
@@ -105,6 +107,6 @@ test('the worker and the API expose Prometheus metrics of a real snapshot and a 
   const deleted = { method: 'DELETE', route: '/api/snapshots/:id', status: '204' };
   expect(valueOf(fromApi, 'snap_api_requests_total', deleted)).toBe(1);
   const successes = env.platform.catalog.listSnapshots({ status: 'SUCCESS' }).length;
-  expect(valueOf(fromApi, 'snap_snapshots', { status: 'SUCCESS' })).toBe(successes);
+  expect(valueOf(fromApi, 'snap_catalog_snapshots', { status: 'SUCCESS' })).toBe(successes);
   expect(valueOf(fromApi, 'snap_task_queue_backlog', { ...queue, type: 'activity' })).toBe(0);
 });

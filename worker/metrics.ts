@@ -31,11 +31,12 @@ const BYTES_OF: Record<string, (result: unknown) => { direction: 'read' | 'store
 };
 
 /**
- * The service's metrics, on the SDK's metric meter (so on the worker's Prometheus endpoint beside the SDK's own):
+ * The service's metrics, on the SDK's metric meter (so on the worker's Prometheus endpoint beside the SDK's own, and
+ * named like them: counters without a `_total` suffix), each tagged with the task queue:
  *
- * - `snap_snapshots_total{outcome, failure_type}`: snapshots that ended, by outcome (`success`, `failed`) and
+ * - `snap_snapshots_ended{outcome, failure_type}`: snapshots that ended, by outcome (`success`, `failed`) and
  *   failure type (`none` on success);
- * - `snap_stage_bytes_total{stage, direction}`: bytes read by capture, stored (compressed, new to the repository) by
+ * - `snap_stage_bytes{stage, direction}`: bytes read by capture, stored (compressed, new to the repository) by
  *   compression and written by restore;
  * - `snap_stage_duration{stage, outcome}` (ms): how long each activity attempt ran, by activity and `completed` or
  *   `failed`;
@@ -55,7 +56,11 @@ export class WorkerMetrics {
   /** `taskQueue` tags every series, as the SDK tags its own. */
   constructor(taskQueue: string, runtimeMeter: MetricMeter = Runtime.instance().metricMeter) {
     const meter = runtimeMeter.withTags({ task_queue: taskQueue });
-    this.snapshots = meter.createCounter('snap_snapshots', '', 'Snapshots that ended, by outcome and failure type');
+    this.snapshots = meter.createCounter(
+      'snap_snapshots_ended',
+      '',
+      'Snapshots that ended, by outcome and failure type',
+    );
     this.stageBytes = meter.createCounter('snap_stage_bytes', 'bytes', 'Bytes read, stored or restored per stage');
     this.stageDuration = meter.createHistogram('snap_stage_duration', 'int', 'ms', 'Activity attempt durations');
     this.freezeDuration = meter.createHistogram('snap_freeze_duration', 'int', 'ms', 'Guest freeze durations');
