@@ -69,6 +69,9 @@ export interface ApiErrorAnswer {
   headers?: Record<string, string>;
 }
 
+/** Fastify's error for a path that is not valid percent-encoding. */
+const BAD_URL_CODE = 'FST_ERR_BAD_URL';
+
 /** The answer to an error; `undefined` for an unexpected error (a bug: 500). */
 export function toApiError(error: unknown): ApiErrorAnswer | undefined {
   if (error instanceof UnauthorizedError) {
@@ -92,10 +95,12 @@ export function toApiError(error: unknown): ApiErrorAnswer | undefined {
     return { status: 400, body: validationError(error.validation[0]!, error.validationContext ?? 'request') };
   }
   // Fastify's own client errors: malformed JSON, wrong content type, body too large, a path that is not valid
-  // percent-encoding (FST_ERR_BAD_URL), a path parameter longer than the router takes (FST_ERR_MAX_PARAM_LENGTH).
-  const status = error instanceof Error ? (error as Partial<FastifyError>).statusCode : undefined;
+  // percent-encoding.
+  const { statusCode: status, code } = error instanceof Error ? (error as Partial<FastifyError>) : {};
   if (error instanceof Error && status !== undefined && status >= 400 && status < 500) {
-    return { status, body: { type: 'InvalidRequest', message: error.message } };
+    const hint =
+      code === BAD_URL_CODE ? ': a "%" in a path starts a two-hex-digit escape; send "%" itself as "%25"' : '';
+    return { status, body: { type: 'InvalidRequest', message: `${error.message}${hint}` } };
   }
   return undefined;
 }

@@ -157,7 +157,7 @@ export function createApiServer(options: ApiServerOptions) {
     // No path parameter is too long for the router (Fastify's default is 100 characters): any that fits in a request
     // line (Node's maxHeaderSize) reaches the route's schema and its typed refusal.
     routerOptions: { maxParamLength: maxHeaderSize },
-    // Paths the router cannot decode or match (bad percent-escapes, over-long parameters) get the same error shape.
+    // A path the router cannot decode (a bad percent-escape) gets the same error shape.
     frameworkErrors: (error, request, reply) => void sendError(error, request, reply),
     // Bytes Node's parser refuses (malformed request lines, oversized headers) and requests not received in time.
     clientErrorHandler: (error, socket) => {

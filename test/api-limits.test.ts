@@ -104,6 +104,7 @@ describe('HTTP API under abuse', () => {
     expect(answer.status).toBe(400);
     isTypedError(answer.body, 'InvalidRequest');
     expect(answer.body.message).toContain('/api/snapshots/%zz');
+    expect(answer.body.message).toContain('send "%" itself as "%25"');
   });
 
   test('ids up to the schema maximum of 200 characters reach the route; longer ones are typed refusals', async () => {
