@@ -64,8 +64,14 @@ export interface ApiLimits {
   ratePerAddress: number;
 }
 
-/** The API's limits as configured. */
+/** The API's limits as configured; the headers must be due no later than the whole request (Node refuses otherwise). */
 export function apiLimits(config: Config): ApiLimits {
+  if (config.SNAP_HTTP_HEADERS_TIMEOUT_MS > config.SNAP_HTTP_REQUEST_TIMEOUT_MS) {
+    throw new Error(
+      `Invalid configuration: SNAP_HTTP_HEADERS_TIMEOUT_MS (${config.SNAP_HTTP_HEADERS_TIMEOUT_MS}) exceeds ` +
+        `SNAP_HTTP_REQUEST_TIMEOUT_MS (${config.SNAP_HTTP_REQUEST_TIMEOUT_MS}); set it to at most the request timeout.`,
+    );
+  }
   return {
     headersTimeoutMs: config.SNAP_HTTP_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: config.SNAP_HTTP_REQUEST_TIMEOUT_MS,
@@ -154,6 +160,8 @@ export function createApiServer(options: ApiServerOptions) {
     },
     requestTimeout: limits.requestTimeoutMs,
     keepAliveTimeout: limits.keepAliveTimeoutMs,
+    // No idle-socket timeout (Fastify's connectionTimeout): a restore is answered only once its VM is ACTIVE, so a
+    // connection may rightly be silent for minutes; the timeouts above already bound what a client must send.
     // No path parameter is too long for the router (Fastify's default is 100 characters): any that fits in a request
     // line (Node's maxHeaderSize) reaches the route's schema and its typed refusal.
     routerOptions: { maxParamLength: maxHeaderSize },

@@ -1,6 +1,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import type { ApiError } from '../api/schemas';
+import { apiLimits } from '../api/server';
+import { loadConfig } from '../domain/config';
 import { startApiServer } from './helpers/api-server';
 import type { RunningApi } from './helpers/api-server';
 import { createSnapshotEnv } from './helpers/snapshot-env';
@@ -169,6 +171,13 @@ describe('HTTP API under abuse', () => {
     expect(raw?.headers['cache-control']).toBe('no-store');
     expect(raw?.headers['x-content-type-options']).toBe('nosniff');
   });
+});
+
+test('a headers timeout longer than the request timeout is a configuration error that names both settings', () => {
+  const config = loadConfig({ SNAP_HTTP_HEADERS_TIMEOUT_MS: '40000', SNAP_HTTP_REQUEST_TIMEOUT_MS: '30000' });
+  expect(() => apiLimits(config)).toThrow(
+    'Invalid configuration: SNAP_HTTP_HEADERS_TIMEOUT_MS (40000) exceeds SNAP_HTTP_REQUEST_TIMEOUT_MS (30000)',
+  );
 });
 
 describe('HTTP API rate limits and connection cap', () => {
