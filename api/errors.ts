@@ -51,10 +51,42 @@ export class UnauthorizedError extends Error {
   override readonly name = 'UnauthorizedError';
 }
 
-/** The status and JSON body an error is answered with; `undefined` for an unexpected error (a bug: 500). */
-export function toApiError(error: unknown): { status: number; body: ApiError } | undefined {
+/** A client over its request rate (429); it may try again after `retryAfterSeconds` (sent as `Retry-After`). */
+export class RateLimitedError extends Error {
+  override readonly name = 'RateLimitedError';
+  constructor(
+    message: string,
+    readonly retryAfterSeconds: number,
+  ) {
+    super(message);
+  }
+}
+
+/** How an error is answered: status, JSON body and the headers that go with it. */
+export interface ApiErrorAnswer {
+  status: number;
+  body: ApiError;
+  headers?: Record<string, string>;
+}
+
+/** Fastify's error for a path that is not valid percent-encoding. */
+const BAD_URL_CODE = 'FST_ERR_BAD_URL';
+
+/** The answer to an error; `undefined` for an unexpected error (a bug: 500). */
+export function toApiError(error: unknown): ApiErrorAnswer | undefined {
   if (error instanceof UnauthorizedError) {
-    return { status: 401, body: { type: 'Unauthorized', message: error.message } };
+    return {
+      status: 401,
+      body: { type: 'Unauthorized', message: error.message },
+      headers: { 'WWW-Authenticate': 'Bearer' },
+    };
+  }
+  if (error instanceof RateLimitedError) {
+    return {
+      status: 429,
+      body: { type: 'RateLimited', message: error.message },
+      headers: { 'Retry-After': String(error.retryAfterSeconds) },
+    };
   }
   if (error instanceof SnapshotError) {
     return { status: HTTP_STATUS[error.type], body: { type: error.type, message: error.message } };
@@ -62,10 +94,13 @@ export function toApiError(error: unknown): { status: number; body: ApiError } |
   if (hasZodFastifySchemaValidationErrors(error)) {
     return { status: 400, body: validationError(error.validation[0]!, error.validationContext ?? 'request') };
   }
-  // Fastify's own client errors: malformed JSON, wrong content type, body too large.
-  const status = error instanceof Error ? (error as Partial<FastifyError>).statusCode : undefined;
+  // Fastify's own client errors: malformed JSON, wrong content type, body too large, a path that is not valid
+  // percent-encoding.
+  const { statusCode: status, code } = error instanceof Error ? (error as Partial<FastifyError>) : {};
   if (error instanceof Error && status !== undefined && status >= 400 && status < 500) {
-    return { status, body: { type: 'InvalidRequest', message: error.message } };
+    const hint =
+      code === BAD_URL_CODE ? ': a "%" in a path starts a two-hex-digit escape; send "%" itself as "%25"' : '';
+    return { status, body: { type: 'InvalidRequest', message: `${error.message}${hint}` } };
   }
   return undefined;
 }
@@ -74,4 +109,45 @@ function validationError(issue: ZodFastifySchemaValidationError, context: string
   const field = issue.instancePath.slice(1).replaceAll('/', '.');
   const type = (context === 'body' && FIELD_ERROR_TYPES[field]) || 'InvalidRequest';
   return { type, message: `Invalid ${field || context}: ${issue.message}` };
+}
+
+/** Node's error for a request that did not arrive in full within the server's headers or request timeout. */
+const REQUEST_TIMEOUT_CODE = 'ERR_HTTP_REQUEST_TIMEOUT';
+/** llhttp's error for request headers (request line included) over Node's `maxHeaderSize`. */
+const HEADER_OVERFLOW_CODE = 'HPE_HEADER_OVERFLOW';
+
+/**
+ * The answer to a request Node's HTTP parser refused before any route saw it (the server's 'clientError'): a request
+ * not received in time (408), headers too large (431), or bytes that are not an HTTP/1.1 request (400).
+ */
+export function clientErrorAnswer(
+  error: Error & { code?: string; reason?: string },
+  limits: { maxHeaderBytes: number },
+): ApiErrorAnswer {
+  if (error.code === REQUEST_TIMEOUT_CODE) {
+    return {
+      status: 408,
+      body: {
+        type: 'RequestTimeout',
+        message: 'The request was not received in full in time: send the whole request at once.',
+      },
+    };
+  }
+  if (error.code === HEADER_OVERFLOW_CODE) {
+    return {
+      status: 431,
+      body: {
+        type: 'InvalidRequest',
+        message: `The request line and headers exceed ${limits.maxHeaderBytes} bytes: send smaller headers.`,
+      },
+    };
+  }
+  const reason = error.reason ?? error.message;
+  return {
+    status: 400,
+    body: {
+      type: 'InvalidRequest',
+      message: `Not a valid HTTP/1.1 request (${reason}): send "<METHOD> <path> HTTP/1.1", then headers.`,
+    },
+  };
 }

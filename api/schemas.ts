@@ -12,7 +12,7 @@ import { RetentionSchema } from '../domain/retention';
  */
 
 /** Error types of the HTTP layer, beside the domain's closed set. */
-export const HTTP_ERROR_TYPES = ['Unauthorized', 'NotFound', 'InternalError'] as const;
+export const HTTP_ERROR_TYPES = ['Unauthorized', 'NotFound', 'RateLimited', 'RequestTimeout', 'InternalError'] as const;
 
 export const ApiErrorSchema = z.object({
   type: z.enum([...Object.values(SnapshotErrorType), ...HTTP_ERROR_TYPES]).describe('Stable error type'),

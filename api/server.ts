@@ -1,20 +1,25 @@
+import { STATUS_CODES, maxHeaderSize } from 'node:http';
 import path from 'node:path';
+import fastifyRateLimit from '@fastify/rate-limit';
 import fastifyStatic from '@fastify/static';
 import fastifySwagger from '@fastify/swagger';
 import Fastify from 'fastify';
 import { z } from 'zod';
-import type { FastifyRequest } from 'fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import type { BillingClient } from '../client/billing-client';
 import type { PolicyClient } from '../client/policy-client';
 import type { SnapshotClient } from '../client/snapshot-client';
 import { NO_ACTIVE_VMS } from '../client/snapshot-client';
+import type { Config } from '../domain/config';
 import { SnapshotError } from '../domain/errors';
 import { isInFlight } from '../domain/model';
 import { SnapshotNameSchema } from '../domain/requests';
 import type { Catalog } from '../platform/ports';
-import { UnauthorizedError, toApiError } from './errors';
+import type { ApiMetrics } from './metrics';
+import { RateLimitedError, UnauthorizedError, clientErrorAnswer, toApiError } from './errors';
+import type { ApiErrorAnswer } from './errors';
 import { hashApiKey } from '../platform/api-keys';
 import {
   ApiErrorSchema,
@@ -48,11 +53,44 @@ declare module 'fastify' {
   }
 }
 
+/** Timeouts, the connection cap and the rate limits of the API (from the SNAP_HTTP_* settings of domain/config.ts). */
+export interface ApiLimits {
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+  rateWindowMs: number;
+  ratePerKey: number;
+  ratePerAddress: number;
+}
+
+/** The API's limits as configured; the headers must be due no later than the whole request (Node refuses otherwise). */
+export function apiLimits(config: Config): ApiLimits {
+  if (config.SNAP_HTTP_HEADERS_TIMEOUT_MS > config.SNAP_HTTP_REQUEST_TIMEOUT_MS) {
+    throw new Error(
+      `Invalid configuration: SNAP_HTTP_HEADERS_TIMEOUT_MS (${config.SNAP_HTTP_HEADERS_TIMEOUT_MS}) exceeds ` +
+        `SNAP_HTTP_REQUEST_TIMEOUT_MS (${config.SNAP_HTTP_REQUEST_TIMEOUT_MS}); set it to at most the request timeout.`,
+    );
+  }
+  return {
+    headersTimeoutMs: config.SNAP_HTTP_HEADERS_TIMEOUT_MS,
+    requestTimeoutMs: config.SNAP_HTTP_REQUEST_TIMEOUT_MS,
+    keepAliveTimeoutMs: config.SNAP_HTTP_KEEP_ALIVE_TIMEOUT_MS,
+    maxConnections: config.SNAP_HTTP_MAX_CONNECTIONS,
+    rateWindowMs: config.SNAP_HTTP_RATE_WINDOW_MS,
+    ratePerKey: config.SNAP_HTTP_RATE_PER_KEY,
+    ratePerAddress: config.SNAP_HTTP_RATE_PER_ADDRESS,
+  };
+}
+
 export interface ApiServerOptions {
   snapshots: SnapshotClient;
   policies: PolicyClient;
   billing: BillingClient;
   catalog: Catalog;
+  limits: ApiLimits;
+  /** Where answered requests are counted (served by the separate metrics endpoint, api/metrics.ts). */
+  metrics?: ApiMetrics;
   /** Fastify's request log (pino, JSON lines on stdout); off by default. */
   logger?: boolean;
 }
@@ -60,9 +98,49 @@ export interface ApiServerOptions {
 const OPENAPI_PATH = '/api/openapi.json';
 const WEB_ROOT = path.resolve(__dirname, '..', 'web');
 
+/**
+ * Sent with every answer, the raw ones of the 'clientError' handler included: API answers hold account data that no
+ * cache may keep (the page's static files set their own Cache-Control), and a browser must not sniff a JSON body
+ * into something it would run.
+ */
+const SECURITY_HEADERS: Record<string, string> = { 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff' };
+
 /** Error responses a route documents, all with the `{ type, message }` body. */
 function errorResponses(...statuses: number[]) {
-  return Object.fromEntries([401, ...statuses].map((status) => [status, ApiErrorSchema]));
+  return Object.fromEntries([401, 429, ...statuses].map((status) => [status, ApiErrorSchema]));
+}
+
+/** A complete HTTP/1.1 error response for a socket no request object exists for, closing the connection. */
+function rawErrorResponse({ status, body }: ApiErrorAnswer): string {
+  const json = JSON.stringify(body);
+  const headers = {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': String(Buffer.byteLength(json)),
+    ...SECURITY_HEADERS,
+    Connection: 'close',
+  };
+  const lines = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${lines.join('')}\r\n${json}`;
+}
+
+/**
+ * Answers an error with its `{ type, message }` body; an unexpected one is logged and answered 500. Sets the security
+ * headers itself: a framework error (a path the router cannot decode) is answered without the onSend hooks.
+ */
+function sendError(error: unknown, request: FastifyRequest, reply: FastifyReply) {
+  const answer = toApiError(error);
+  reply.headers(SECURITY_HEADERS);
+  if (!answer) {
+    request.log.error(error);
+    return reply.code(500).send({
+      type: 'InternalError',
+      message: `Internal error (request ${request.id}); the server log has the details.`,
+    });
+  }
+  return reply
+    .code(answer.status)
+    .headers(answer.headers ?? {})
+    .send(answer.body);
 }
 
 /**
@@ -70,23 +148,70 @@ function errorResponses(...statuses: number[]) {
  * page (`/`, static files from `web/`). Returns the Fastify instance, not yet listening.
  */
 export function createApiServer(options: ApiServerOptions) {
-  const { snapshots, policies, billing, catalog } = options;
-  const app = Fastify({ logger: options.logger ?? false }).withTypeProvider<ZodTypeProvider>();
+  const { snapshots, policies, billing, catalog, limits } = options;
+  const app = Fastify({
+    logger: options.logger ?? false,
+    http: {
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: limits.requestTimeoutMs,
+      // Node looks for requests past their timeout every 30 s by default, which would let a half-sent request live
+      // up to 30 s longer than its timeout; ten looks per headers timeout keep it within a tenth of it.
+      connectionsCheckingInterval: Math.ceil(limits.headersTimeoutMs / 10),
+    },
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    // No idle-socket timeout (Fastify's connectionTimeout): a restore is answered only once its VM is ACTIVE, so a
+    // connection may rightly be silent for minutes; the timeouts above already bound what a client must send.
+    // No path parameter is too long for the router (Fastify's default is 100 characters): any that fits in a request
+    // line (Node's maxHeaderSize) reaches the route's schema and its typed refusal.
+    routerOptions: { maxParamLength: maxHeaderSize },
+    // A path the router cannot decode (a bad percent-escape) gets the same error shape.
+    frameworkErrors: (error, request, reply) => void sendError(error, request, reply),
+    // Bytes Node's parser refuses (malformed request lines, oversized headers) and requests not received in time.
+    clientErrorHandler: (error, socket) => {
+      if (error.code === 'ECONNRESET' || socket.destroyed) return;
+      if (!socket.writable) return void socket.destroy();
+      socket.end(rawErrorResponse(clientErrorAnswer(error, { maxHeaderBytes: maxHeaderSize })), () => socket.destroy());
+    },
+  }).withTypeProvider<ZodTypeProvider>();
+  app.server.maxConnections = limits.maxConnections;
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
-
-  app.setErrorHandler((error, request, reply) => {
-    const answer = toApiError(error);
-    if (!answer) {
-      request.log.error(error);
-      return reply.code(500).send({
-        type: 'InternalError',
-        message: `Internal error (request ${request.id}); the server log has the details.`,
-      });
+  app.setErrorHandler(sendError);
+  const { metrics } = options;
+  if (metrics) {
+    app.addHook('onResponse', async (request, reply) => {
+      metrics.countRequest(request.method, request.routeOptions.url, reply.statusCode);
+    });
+  }
+  app.addHook('onSend', async (_request, reply) => {
+    for (const [name, value] of Object.entries(SECURITY_HEADERS)) {
+      if (!reply.raw.hasHeader(name)) reply.header(name, value);
     }
-    if (answer.status === 401) reply.header('WWW-Authenticate', 'Bearer');
-    return reply.code(answer.status).send(answer.body);
   });
+
+  // Rate limits: each client address, then each API key, may send so many requests per window. Checked in hooks
+  // (the address one first, on every request; the key one once the key is known) that throw RateLimitedError, so a
+  // refusal has the same shape as every other one.
+  void app.register(fastifyRateLimit, { global: false });
+  const rateLimit = (max: number, keyGenerator?: (request: FastifyRequest) => string) => {
+    // Made on first use: the plugin's createRateLimit exists once the server has loaded its plugins.
+    let check: ReturnType<typeof app.createRateLimit> | undefined;
+    return async (request: FastifyRequest, what: string) => {
+      check ??= app.createRateLimit({ max, timeWindow: limits.rateWindowMs, ...(keyGenerator && { keyGenerator }) });
+      const limit = await check(request);
+      if (!limit.isAllowed && limit.isExceeded) {
+        throw new RateLimitedError(
+          `More than ${max} requests in ${limits.rateWindowMs / 1000} s from ${what}: ` +
+            `retry after ${limit.ttlInSeconds} s.`,
+          limit.ttlInSeconds,
+        );
+      }
+    };
+  };
+  const perAddress = rateLimit(limits.ratePerAddress);
+  const perKey = rateLimit(limits.ratePerKey, (request) => `key:${request.caller.keyId}`);
+  app.addHook('onRequest', async (request) => perAddress(request, 'this address'));
   app.setNotFoundHandler((request, reply) =>
     reply.code(404).send({
       type: 'NotFound',
@@ -150,7 +275,9 @@ export function createApiServer(options: ApiServerOptions) {
     (api, _options, done) => {
       api.decorateRequest('caller', null as unknown as Caller);
       api.addHook('onRequest', async (request) => {
-        if (request.routeOptions.url !== OPENAPI_PATH) request.caller = authenticate(request);
+        if (request.routeOptions.url === OPENAPI_PATH) return;
+        request.caller = authenticate(request);
+        await perKey(request, 'this API key');
       });
       const routes = api.withTypeProvider<ZodTypeProvider>();
 

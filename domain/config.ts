@@ -21,6 +21,32 @@ export const ConfigSchema = z.object({
   /** The HTTP API and the Snapshots page (`npm run api`, `npm run demo`). */
   SNAP_HTTP_HOST: z.string().default('127.0.0.1'),
   SNAP_HTTP_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  /**
+   * Time a client has to send a request's headers, and its whole request (headers and body), before it is answered
+   * 408 and disconnected: a request of this API is at most a few KiB, so seconds are plenty, and a half-sent request
+   * holds a connection no longer than that.
+   */
+  SNAP_HTTP_HEADERS_TIMEOUT_MS: z.coerce.number().int().positive().default(10_000),
+  SNAP_HTTP_REQUEST_TIMEOUT_MS: z.coerce.number().int().positive().default(30_000),
+  /** How long an idle keep-alive connection stays open after its last answer (Node's own default). */
+  SNAP_HTTP_KEEP_ALIVE_TIMEOUT_MS: z.coerce.number().int().positive().default(5_000),
+  /** Open connections the API accepts at once; more are closed on arrival. */
+  SNAP_HTTP_MAX_CONNECTIONS: z.coerce.number().int().positive().default(1_000),
+  /**
+   * Requests allowed per rate-limit window, per API key and per client address (the address limit also covers
+   * requests without a valid key). 600 a minute is 10 a second, above what the Snapshots page sends while it polls.
+   */
+  SNAP_HTTP_RATE_WINDOW_MS: z.coerce.number().int().positive().default(60_000),
+  SNAP_HTTP_RATE_PER_KEY: z.coerce.number().int().positive().default(600),
+  SNAP_HTTP_RATE_PER_ADDRESS: z.coerce.number().int().positive().default(1_200),
+  /**
+   * Prometheus endpoints (`GET /metrics`) of the worker (the SDK's runtime metrics and the service's) and of the API
+   * (requests, snapshots by status, task queue backlog). Operator endpoints without authentication, so on their own
+   * ports, bound to loopback by default: expose them to the monitoring network only, never beside the tenant API.
+   */
+  SNAP_METRICS_HOST: z.string().default('127.0.0.1'),
+  SNAP_WORKER_METRICS_PORT: z.coerce.number().int().min(1).max(65535).default(9464),
+  SNAP_API_METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9465),
 });
 export type Config = z.infer<typeof ConfigSchema>;
 

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
-import { createApiServer } from '../api/server';
+import { apiLimits, createApiServer } from '../api/server';
 import { snapshotDetails } from '../client/format';
 import { BillingClient } from '../client/billing-client';
 import { MaintenanceClient } from '../client/maintenance-client';
@@ -69,7 +69,7 @@ async function main(): Promise<void> {
 
   // The HTTP API and the Snapshots page, up before the snapshots start so the page shows them running.
   const keys = await seedDemoApiKeys(platform.catalog, config.SNAP_DATA_DIR);
-  const api = createApiServer({ snapshots, policies, billing, catalog: platform.catalog });
+  const api = createApiServer({ snapshots, policies, billing, catalog: platform.catalog, limits: apiLimits(config) });
   const apiAddress = await api
     .listen({ host: config.SNAP_HTTP_HOST, port: config.SNAP_HTTP_PORT })
     .catch((error: unknown) => {

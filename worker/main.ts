@@ -4,11 +4,13 @@ import { BillingClient } from '../client/billing-client';
 import { MaintenanceClient } from '../client/maintenance-client';
 import { loadConfig } from '../domain/config';
 import { openEmbeddedPlatform } from '../platform/local';
+import { installPrometheusRuntime } from './metrics';
 import { createSnapshotWorker } from './worker';
 
 /** Worker entry point: `npm run worker`. Configuration comes from the environment (see domain/config.ts). */
 async function main(): Promise<void> {
   const config = loadConfig();
+  installPrometheusRuntime(`${config.SNAP_METRICS_HOST}:${config.SNAP_WORKER_METRICS_PORT}`);
   const platform = openEmbeddedPlatform(config.SNAP_DATA_DIR);
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
   const clientConnection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
@@ -30,6 +32,7 @@ async function main(): Promise<void> {
     `worker polling task queue "${config.SNAP_TASK_QUEUE}" on ${config.TEMPORAL_ADDRESS}; data stages: ` +
       `${maxDataActivities} at once in ${mib(budgetBytes)} MiB (${mib(workingSetBytes)} MiB each)`,
   );
+  console.log(`worker metrics: http://${config.SNAP_METRICS_HOST}:${config.SNAP_WORKER_METRICS_PORT}/metrics`);
   try {
     await worker.run();
   } finally {

@@ -8,6 +8,7 @@ import type { ProgressSink } from '../activities';
 import { ChunkPool, dataActivityWorkingSet, workingMemory } from '../dataplane';
 import type { EmbeddedPlatform } from '../platform/local';
 import { stageProgressSignal } from '../workflows/messages';
+import { WorkerMetrics } from './metrics';
 import { DATA_ACTIVITY_TYPES, dataTaskQueue } from '../workflows/profiles';
 
 const MiB = 1024 * 1024;
@@ -118,9 +119,10 @@ export async function createSnapshotWorker(
   const progress: ProgressSink = {
     report: (workflowId, update) => options.client.workflow.getHandle(workflowId).signal(stageProgressSignal, update),
   };
+  const metrics = new WorkerMetrics(options.taskQueue);
   const activities = createActivities({
     catalog: options.platform.catalog,
-    hypervisor: options.platform.hypervisor,
+    hypervisor: metrics.timeFreezes(options.platform.hypervisor),
     repositoryFor: (region) => options.platform.repositoryFor(region),
     pool,
     progress,
@@ -132,7 +134,9 @@ export async function createSnapshotWorker(
     const dataTypes = new Set<string>(DATA_ACTIVITY_TYPES);
     const pick = (data: boolean) =>
       Object.fromEntries(Object.entries(activities).filter(([type]) => dataTypes.has(type) === data));
+    const interceptors = { activity: [metrics.activityInterceptor] };
     const common = {
+      interceptors,
       connection: options.connection,
       namespace: options.namespace,
       shutdownGraceTime: options.shutdownGraceTime ?? '5 seconds',
