@@ -2,9 +2,11 @@ import { distinctChunks } from '../dataplane';
 import { RATE_PER_TB_HOUR } from '../domain/billing';
 import { HOUR_MS, hourStart } from '../domain/metering';
 import type { Account } from '../domain/model';
-import { writeGuestBlocks } from '../platform/local';
+import { openEmbeddedPlatform, writeGuestBlocks } from '../platform/local';
+import { createSnapshotWorker } from '../worker/worker';
 import { createSnapshotEnv, takeSnapshot, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
+import { connectTestClient, testWorkflowBundle } from './support/temporal';
 
 let env: SnapshotEnv;
 let worker: RunningWorker;
@@ -48,6 +50,7 @@ async function distinctStoredBytes(accountId: string): Promise<number> {
 }
 
 const account = (id: string): Account => env.platform.catalog.getAccount(id)!;
+const nextHourOf = (hour: Date): string => new Date(hour.getTime() + HOUR_MS).toISOString();
 
 describe('storage billing, exactly once per hour', () => {
   test('charges are the rate times the distinct stored bytes, in USD, EUR and INR, and debit the balance', async () => {
@@ -170,5 +173,39 @@ describe('storage billing, exactly once per hour', () => {
     const exact = (preview.totalBytes / 1e12) * RATE_PER_TB_HOUR.USD * 1e6;
     expect(Math.abs(preview.hourlyMicros - exact)).toBeLessThanOrEqual(0.5);
     expect(preview.monthlyMicros).toBe(preview.hourlyMicros * 730);
+  });
+  test('an hour with real charges metered twice at once, on two workers, is charged exactly once', async () => {
+    // Two hours on, which no other test meters: the snapshots are billable then as in the hour after this one (last
+    // metered, after bill-full was deleted).
+    const hour = new Date(thisHour.getTime() + 2 * HOUR_MS);
+    const expected = env.platform.catalog.listCharges('acme').find((c) => c.hour === nextHourOf(thisHour))!;
+    expect(expected.amountMicros).toBeGreaterThan(0);
+    const balance = account('acme').creditMicros;
+    // A second worker on the same task queue with its own catalog connection, as another worker process has.
+    const second = openEmbeddedPlatform(env.platform.dataDir);
+    const temporal = await connectTestClient();
+    const other = await createSnapshotWorker({
+      connection: temporal.nativeConnection,
+      client: temporal.client,
+      namespace: temporal.client.options.namespace,
+      taskQueue: env.taskQueue,
+      platform: second,
+      workflowBundle: testWorkflowBundle(),
+    });
+    try {
+      const results = await other.worker.runUntil(
+        Promise.all([env.billing.meterHour(hour), env.billing.meterHour(hour)]),
+      );
+      const acmeResults = results.map((r) => r.accounts.find((a) => a.accountId === 'acme')!);
+      expect(acmeResults.map((a) => a.charged).sort()).toEqual([false, true]);
+      expect(acmeResults.map((a) => a.amountMicros)).toEqual([expected.amountMicros, expected.amountMicros]);
+    } finally {
+      await other.pool.destroy();
+      second.catalog.close();
+      await temporal.close();
+    }
+    const ledger = env.platform.catalog.listCharges('acme').filter((c) => c.hour === hour.toISOString());
+    expect(ledger.map((c) => [c.amountMicros, c.storedBytes])).toEqual([[expected.amountMicros, expected.storedBytes]]);
+    expect(account('acme').creditMicros).toBe(balance - expected.amountMicros);
   });
 });
