@@ -1,4 +1,6 @@
 import { distinctChunks } from '../dataplane';
+import { ScheduleNotFoundError } from '@temporalio/client';
+import { METERING_SCHEDULE_ID } from '../client/billing-client';
 import { RATE_PER_TB_HOUR } from '../domain/billing';
 import { HOUR_MS, hourStart } from '../domain/metering';
 import type { Account } from '../domain/model';
@@ -97,30 +99,42 @@ describe('storage billing, exactly once per hour', () => {
   });
 
   test('a backfill of three missed hours charges each exactly once, on the hourly Schedule', async () => {
-    await env.billing.ensureSchedule();
-    const described = await env.client.schedule.getHandle('billing/hourly').describe();
-    expect(described.policies.overlap).toBe('BUFFER_ALL');
-    // Fires at 3 h, 2 h and 1 h before this hour bill the 3 hours before those.
-    const from = new Date(thisHour.getTime() - 3 * HOUR_MS - 60_000);
-    const to = new Date(thisHour.getTime() - HOUR_MS + 60_000);
-    const missed = [4, 3, 2].map((h) => new Date(thisHour.getTime() - h * HOUR_MS).toISOString());
-    const balance = account('acme').creditMicros;
-    await env.billing.backfill(from, to);
-    await env.billing.backfill(from, to); // a repeated backfill must not charge again
-    await waitFor(async () => {
-      const info = (await env.client.schedule.getHandle('billing/hourly').describe()).info;
-      return info.numActionsTaken >= 6 && info.runningActions.length === 0;
+    // The Schedule's id is namespace-wide: one left on the test server by an earlier run is replaced, so that its task
+    // queue is this test's and its action count starts at zero; it is deleted at the end.
+    const schedule = env.client.schedule.getHandle(METERING_SCHEDULE_ID);
+    await schedule.delete().catch((error: unknown) => {
+      if (!(error instanceof ScheduleNotFoundError)) throw error;
     });
-    const hours = env.platform.catalog.listCharges('acme').map((c) => c.hour);
-    for (const hour of missed) expect(hours.filter((h) => h === hour)).toHaveLength(1);
-    // Those hours ended before the snapshots were made: nothing was stored then, nothing is charged.
-    expect(
-      env.platform.catalog
-        .listCharges('acme')
-        .filter((c) => missed.includes(c.hour))
-        .map((c) => c.amountMicros),
-    ).toEqual([0, 0, 0]);
-    expect(account('acme').creditMicros).toBe(balance);
+    await env.billing.ensureSchedule();
+    try {
+      const described = await schedule.describe();
+      expect(described.policies.overlap).toBe('BUFFER_ALL');
+      expect(described.action).toMatchObject({ workflowType: 'meteringWorkflow', taskQueue: env.taskQueue });
+      // Fires at 3 h, 2 h and 1 h before this hour bill the 3 hours before those.
+      const from = new Date(thisHour.getTime() - 3 * HOUR_MS - 60_000);
+      const to = new Date(thisHour.getTime() - HOUR_MS + 60_000);
+      const missed = [4, 3, 2].map((h) => new Date(thisHour.getTime() - h * HOUR_MS).toISOString());
+      const balance = account('acme').creditMicros;
+      await env.billing.backfill(from, to);
+      await env.billing.backfill(from, to); // a repeated backfill must not charge again
+      await waitFor(async () => {
+        const info = (await schedule.describe()).info;
+        return info.numActionsTaken >= 6 && info.runningActions.length === 0;
+      });
+      const hours = env.platform.catalog.listCharges('acme').map((c) => c.hour);
+      for (const hour of missed) expect(hours.filter((h) => h === hour)).toHaveLength(1);
+      // Those hours ended before the snapshots were made: nothing was stored then, nothing is charged (charging an
+      // hour with real charges exactly once is the concurrent-metering test below).
+      expect(
+        env.platform.catalog
+          .listCharges('acme')
+          .filter((c) => missed.includes(c.hour))
+          .map((c) => c.amountMicros),
+      ).toEqual([0, 0, 0]);
+      expect(account('acme').creditMicros).toBe(balance);
+    } finally {
+      await schedule.delete();
+    }
   });
 
   test('deleting a snapshot stops its charge from the next hour', async () => {
