@@ -59,7 +59,7 @@ async function createAndFail(
 }
 
 describe('retry and timeout policies', () => {
-  test('data stages are scheduled with the documented timeouts and retry policy', async () => {
+  test('data and catalog stages are scheduled with the documented timeouts and retry policies', async () => {
     const worker = await env.startWorker();
     try {
       const record = await takeSnapshot(env, vmNamed('vm-trainer-01'), 'policies');
@@ -76,6 +76,13 @@ describe('retry and timeout policies', () => {
         );
         expect(started.attempt).toBe(1);
       }
+      // Catalog stages (validation here): a minute each, five attempts, the same non-retryable types.
+      const { scheduled } = onlyActivity(history, 'validateSnapshot');
+      expect(Number(scheduled.startToCloseTimeout?.seconds)).toBe(60);
+      expect(scheduled.retryPolicy?.maximumAttempts).toBe(5);
+      expect([...(scheduled.retryPolicy?.nonRetryableErrorTypes ?? [])].sort()).toEqual(
+        [...PERMANENT_ERROR_TYPES].sort(),
+      );
     } finally {
       await worker.stop();
     }
