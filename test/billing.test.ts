@@ -1,10 +1,14 @@
 import { distinctChunks } from '../dataplane';
+import { ScheduleNotFoundError } from '@temporalio/client';
+import { METERING_SCHEDULE_ID } from '../client/billing-client';
 import { RATE_PER_TB_HOUR } from '../domain/billing';
 import { HOUR_MS, hourStart } from '../domain/metering';
 import type { Account } from '../domain/model';
-import { writeGuestBlocks } from '../platform/local';
+import { openEmbeddedPlatform, writeGuestBlocks } from '../platform/local';
+import { createSnapshotWorker } from '../worker/worker';
 import { createSnapshotEnv, takeSnapshot, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
+import { connectTestClient, testWorkflowBundle } from './support/temporal';
 
 let env: SnapshotEnv;
 let worker: RunningWorker;
@@ -48,6 +52,7 @@ async function distinctStoredBytes(accountId: string): Promise<number> {
 }
 
 const account = (id: string): Account => env.platform.catalog.getAccount(id)!;
+const nextHourOf = (hour: Date): string => new Date(hour.getTime() + HOUR_MS).toISOString();
 
 describe('storage billing, exactly once per hour', () => {
   test('charges are the rate times the distinct stored bytes, in USD, EUR and INR, and debit the balance', async () => {
@@ -94,30 +99,42 @@ describe('storage billing, exactly once per hour', () => {
   });
 
   test('a backfill of three missed hours charges each exactly once, on the hourly Schedule', async () => {
-    await env.billing.ensureSchedule();
-    const described = await env.client.schedule.getHandle('billing/hourly').describe();
-    expect(described.policies.overlap).toBe('BUFFER_ALL');
-    // Fires at 3 h, 2 h and 1 h before this hour bill the 3 hours before those.
-    const from = new Date(thisHour.getTime() - 3 * HOUR_MS - 60_000);
-    const to = new Date(thisHour.getTime() - HOUR_MS + 60_000);
-    const missed = [4, 3, 2].map((h) => new Date(thisHour.getTime() - h * HOUR_MS).toISOString());
-    const balance = account('acme').creditMicros;
-    await env.billing.backfill(from, to);
-    await env.billing.backfill(from, to); // a repeated backfill must not charge again
-    await waitFor(async () => {
-      const info = (await env.client.schedule.getHandle('billing/hourly').describe()).info;
-      return info.numActionsTaken >= 6 && info.runningActions.length === 0;
+    // The Schedule's id is namespace-wide: one left on the test server by an earlier run is replaced, so that its task
+    // queue is this test's and its action count starts at zero; it is deleted at the end.
+    const schedule = env.client.schedule.getHandle(METERING_SCHEDULE_ID);
+    await schedule.delete().catch((error: unknown) => {
+      if (!(error instanceof ScheduleNotFoundError)) throw error;
     });
-    const hours = env.platform.catalog.listCharges('acme').map((c) => c.hour);
-    for (const hour of missed) expect(hours.filter((h) => h === hour)).toHaveLength(1);
-    // Those hours ended before the snapshots were made: nothing was stored then, nothing is charged.
-    expect(
-      env.platform.catalog
-        .listCharges('acme')
-        .filter((c) => missed.includes(c.hour))
-        .map((c) => c.amountMicros),
-    ).toEqual([0, 0, 0]);
-    expect(account('acme').creditMicros).toBe(balance);
+    await env.billing.ensureSchedule();
+    try {
+      const described = await schedule.describe();
+      expect(described.policies.overlap).toBe('BUFFER_ALL');
+      expect(described.action).toMatchObject({ workflowType: 'meteringWorkflow', taskQueue: env.taskQueue });
+      // Fires at 3 h, 2 h and 1 h before this hour bill the 3 hours before those.
+      const from = new Date(thisHour.getTime() - 3 * HOUR_MS - 60_000);
+      const to = new Date(thisHour.getTime() - HOUR_MS + 60_000);
+      const missed = [4, 3, 2].map((h) => new Date(thisHour.getTime() - h * HOUR_MS).toISOString());
+      const balance = account('acme').creditMicros;
+      await env.billing.backfill(from, to);
+      await env.billing.backfill(from, to); // a repeated backfill must not charge again
+      await waitFor(async () => {
+        const info = (await schedule.describe()).info;
+        return info.numActionsTaken >= 6 && info.runningActions.length === 0;
+      });
+      const hours = env.platform.catalog.listCharges('acme').map((c) => c.hour);
+      for (const hour of missed) expect(hours.filter((h) => h === hour)).toHaveLength(1);
+      // Those hours ended before the snapshots were made: nothing was stored then, nothing is charged (charging an
+      // hour with real charges exactly once is the concurrent-metering test below).
+      expect(
+        env.platform.catalog
+          .listCharges('acme')
+          .filter((c) => missed.includes(c.hour))
+          .map((c) => c.amountMicros),
+      ).toEqual([0, 0, 0]);
+      expect(account('acme').creditMicros).toBe(balance);
+    } finally {
+      await schedule.delete();
+    }
   });
 
   test('deleting a snapshot stops its charge from the next hour', async () => {
@@ -170,5 +187,39 @@ describe('storage billing, exactly once per hour', () => {
     const exact = (preview.totalBytes / 1e12) * RATE_PER_TB_HOUR.USD * 1e6;
     expect(Math.abs(preview.hourlyMicros - exact)).toBeLessThanOrEqual(0.5);
     expect(preview.monthlyMicros).toBe(preview.hourlyMicros * 730);
+  });
+  test('an hour with real charges metered twice at once, on two workers, is charged exactly once', async () => {
+    // Two hours on, which no other test meters: the snapshots are billable then as in the hour after this one (last
+    // metered, after bill-full was deleted).
+    const hour = new Date(thisHour.getTime() + 2 * HOUR_MS);
+    const expected = env.platform.catalog.listCharges('acme').find((c) => c.hour === nextHourOf(thisHour))!;
+    expect(expected.amountMicros).toBeGreaterThan(0);
+    const balance = account('acme').creditMicros;
+    // A second worker on the same task queue with its own catalog connection, as another worker process has.
+    const second = openEmbeddedPlatform(env.platform.dataDir);
+    const temporal = await connectTestClient();
+    const other = await createSnapshotWorker({
+      connection: temporal.nativeConnection,
+      client: temporal.client,
+      namespace: temporal.client.options.namespace,
+      taskQueue: env.taskQueue,
+      platform: second,
+      workflowBundle: testWorkflowBundle(),
+    });
+    try {
+      const results = await other.worker.runUntil(
+        Promise.all([env.billing.meterHour(hour), env.billing.meterHour(hour)]),
+      );
+      const acmeResults = results.map((r) => r.accounts.find((a) => a.accountId === 'acme')!);
+      expect(acmeResults.map((a) => a.charged).sort()).toEqual([false, true]);
+      expect(acmeResults.map((a) => a.amountMicros)).toEqual([expected.amountMicros, expected.amountMicros]);
+    } finally {
+      await other.pool.destroy();
+      second.catalog.close();
+      await temporal.close();
+    }
+    const ledger = env.platform.catalog.listCharges('acme').filter((c) => c.hour === hour.toISOString());
+    expect(ledger.map((c) => [c.amountMicros, c.storedBytes])).toEqual([[expected.amountMicros, expected.storedBytes]]);
+    expect(account('acme').creditMicros).toBe(balance - expected.amountMicros);
   });
 });

@@ -92,10 +92,14 @@ describe('restore, images and deletion', () => {
       );
       expect(error.type).toBe('ChunkCorrupt');
       expect(env.snapshots.findVm('acme', 'half-restored')).toBeUndefined();
-      const disksDir = path.join(env.platform.dataDir, 'disks');
-      for (const vmDir of await fs.readdir(disksDir)) {
-        expect(env.platform.catalog.getVm(vmDir)).toBeDefined();
-      }
+      // No disk left behind: the disk folders are exactly those of the catalog's VMs.
+      const vmDirs = await fs.readdir(path.join(env.platform.dataDir, 'disks'));
+      expect(vmDirs.sort()).toEqual(
+        env.platform.catalog
+          .listVms({})
+          .map((v) => v.id)
+          .sort(),
+      );
     } finally {
       await repair();
     }

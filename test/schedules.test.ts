@@ -3,6 +3,8 @@ import { policyScheduleId, SnapshotPolicySchema } from '../domain/policies';
 import { policyScheduleSpec } from '../client/policy-client';
 import { nextWindowOpening, windowContaining } from '../domain/windows';
 import type { scheduledSnapshotWorkflow } from '../workflows';
+import { scheduledRunQuery } from '../workflows/messages';
+import { activityRecords } from './helpers/history';
 import { createSnapshotEnv, refusal, waitFor } from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 import { uniqueId } from './support/temporal';
@@ -113,10 +115,13 @@ describe('snapshot policies on Temporal Schedules', () => {
   test('on daylight-saving change days the Schedule fires inside the window, as the window arithmetic says', async () => {
     const input = policyInput({ window: { start: '02:00', end: '05:00', timeZone: 'Europe/Oslo' }, jitterSeconds: 0 });
     const policy = SnapshotPolicySchema.parse(input);
+    // The policy's own spec as computed just before each change, 2027-03-28 (02:00 is skipped) and 2027-10-31
+    // (repeated), starting then: a fixed `now`, so the spring-forward openings it lists do not depend on today's date.
+    const springStart = new Date('2027-03-27T12:00:00Z');
+    const autumnStart = new Date('2027-10-30T12:00:00Z');
     const handle = await env.client.schedule.create({
       scheduleId: uniqueId('dst-check'),
-      // The policy's own spec, starting just before each change: 2027-03-28 (02:00 is skipped), 2027-10-31 (repeated).
-      spec: { ...policyScheduleSpec(policy), startAt: new Date('2027-03-27T12:00:00Z') },
+      spec: { ...policyScheduleSpec(policy, springStart), startAt: springStart },
       action: {
         type: 'startWorkflow',
         workflowType: 'scheduledSnapshotWorkflow',
@@ -128,15 +133,21 @@ describe('snapshot policies on Temporal Schedules', () => {
     const spring = (await handle.describe()).info.nextActionTimes.slice(0, 3);
     await handle.update((previous) => ({
       ...previous,
-      spec: { ...policyScheduleSpec(policy), startAt: new Date('2027-10-30T12:00:00Z') },
+      spec: { ...policyScheduleSpec(policy, autumnStart), startAt: autumnStart },
     }));
     const autumn = (await handle.describe()).info.nextActionTimes.slice(0, 3);
     await handle.delete();
 
-    for (const fire of [...spring, ...autumn]) {
-      const window = windowContaining(policy.window, fire);
-      expect(window).toBeDefined();
-    }
+    // Each fire lies in the window it opens (or, for the repeated 02:00, in the one that opened an hour before).
+    const openedAt = [...spring, ...autumn].map((fire) => windowContaining(policy.window, fire)?.opensAt.toISOString());
+    expect(openedAt).toEqual([
+      '2027-03-28T01:00:00.000Z',
+      '2027-03-29T00:00:00.000Z',
+      '2027-03-30T00:00:00.000Z',
+      '2027-10-31T00:00:00.000Z',
+      '2027-11-01T01:00:00.000Z',
+      '2027-11-02T01:00:00.000Z',
+    ]);
     expect(spring.map((t) => t.toISOString())).toEqual([
       '2027-03-28T01:00:00.000Z', // 02:00 CET (UTC+1) does not exist that day: 03:00 CEST, when the window opens
       '2027-03-29T00:00:00.000Z',
@@ -234,11 +245,13 @@ describe('snapshot policies on Temporal Schedules', () => {
     await env.platform.hypervisor.setLoad('vm-trainer-02', { cpuPercent: 95, diskIoPercent: 10 });
     const run = await env.policies.triggerPolicy('acme', input.name);
     const handle = env.client.workflow.getHandle<typeof scheduledSnapshotWorkflow>(run.workflowId, run.runId);
+    // Three load readings, each found busy, with a 1 s timer (loadCheckSeconds) between them: the run has waited.
     await waitFor(async () => {
-      const state = await handle.query('scheduledRun').catch(() => undefined);
-      return (state as { decisions: string[] } | undefined)?.decisions.some((d) => d.includes('is busy'));
+      const history = await handle.fetchHistory();
+      return activityRecords(history, 'readVmLoad').filter((r) => r.completed).length >= 3;
     });
-    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    const state = await handle.query(scheduledRunQuery);
+    expect(state.decisions.filter((d) => d.includes('is busy'))).toHaveLength(1);
     expect(env.platform.catalog.listSnapshots({ vmId: 'vm-trainer-02' })).toHaveLength(0);
 
     await env.platform.hypervisor.setLoad('vm-trainer-02', { cpuPercent: 20, diskIoPercent: 10 });
@@ -258,10 +271,16 @@ describe('snapshot policies on Temporal Schedules', () => {
       retention: { keepLast: 2 },
     });
     await env.policies.createPolicy(input);
-    const now = Date.now();
     const hour = 60 * 60 * 1000;
-    // Three hourly fire times lie in the last three hours (xx:00 each).
-    await env.policies.backfillPolicy('acme', input.name, new Date(now - 3 * hour), new Date(now - 1000));
+    const thisHour = Math.floor(Date.now() / hour) * hour;
+    // From half an hour before the hour three hours ago to half an hour before this one: exactly three hourly fire
+    // times (xx:00), all in the past, whatever the minute the test runs at.
+    await env.policies.backfillPolicy(
+      'acme',
+      input.name,
+      new Date(thisHour - 3.5 * hour),
+      new Date(thisHour - 0.5 * hour),
+    );
     const policyId = policyScheduleId('acme', input.name);
     const runs = await waitFor(async () => {
       const view = await env.policies.describePolicy('acme', input.name);
