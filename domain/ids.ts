@@ -7,18 +7,13 @@
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
 
 /** Id shapes by kind; matched case-insensitively, so `SNAP-<UUID>` counts as id-shaped too. */
-export const ID_SHAPES = {
+const ID_SHAPES = {
   snapshot: new RegExp(`^snap-${UUID}$`, 'i'),
   image: new RegExp(`^img-${UUID}$`, 'i'),
   vm: /^vm-/i,
 } as const;
 
 export type IdKind = keyof typeof ID_SHAPES;
-
-/** `snap-<uuid>`: the id of a new snapshot, from a random UUID. */
-export const snapshotIdFrom = (uuid: string): string => `snap-${uuid}`;
-/** `img-<uuid>`: the id of a new image, from a random UUID. */
-export const imageIdFrom = (uuid: string): string => `img-${uuid}`;
 
 /** Whether `ref` has the shape of an id of `kind`: a reference of that shape is looked up as an id, never as a name. */
 export function isIdOf(kind: IdKind, ref: string): boolean {
