@@ -3,10 +3,12 @@ import { temporal } from '@temporalio/proto';
 import { SnapshotError } from '../domain/errors';
 
 /**
- * A poller seen this recently counts as a live worker. Workers long-poll each task queue continuously (a poll lasts
- * at most about a minute before it is renewed), so a worker that is up was seen within the last minute.
+ * A poller seen this recently counts as a live worker. The server records a poller when its poll arrives, and an
+ * idle worker's long poll is held for up to a minute before the worker polls again: 90 s covers one such wait with
+ * room for a slow renewal, while a worker that died is reported a minute and a half later at most (the server itself
+ * keeps pollers listed for five).
  */
-const LIVE_POLLER_MS = 60_000;
+const LIVE_POLLER_MS = 90_000;
 
 const TASK_TYPES = [
   ['workflow', temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW],
@@ -15,7 +17,7 @@ const TASK_TYPES = [
 
 /**
  * The task queues (`name (workflow tasks)`, `name (activity tasks)`) of `taskQueues` that no worker has polled within
- * the last minute, as the server's description of each queue's pollers says.
+ * the last 90 s, as the server's description of each queue's pollers says.
  */
 export async function queuesWithoutWorkers(
   client: Client,
