@@ -31,8 +31,9 @@ export const CreateSnapshotBodySchema = CreateSnapshotRequestSchema.omit({
   policyId: true,
 }).extend({
   name: SnapshotNameSchema.describe(
-    '1–50 characters of letters, digits, spaces, ".", "_" and "-"; starts with a letter or digit, no trailing space; ' +
-      'unique in the account across regions, ignoring case',
+    '1–50 characters (NFC) of letters with their combining marks, digits, spaces, ".", "_" and "-" in one script; ' +
+      'starts with a letter or digit, no trailing space, not shaped like an id; unique in the account across ' +
+      'regions, ignoring case, width and look-alike characters',
   ),
 });
 

@@ -4,17 +4,19 @@ import { Command, Option } from 'commander';
 import { formatMoney } from '../domain/billing';
 import { loadConfig } from '../domain/config';
 import { SnapshotError } from '../domain/errors';
+import { isIdOf } from '../domain/ids';
 import { REGIONS, VmLoadSchema } from '../domain/model';
 import type { Region, SnapshotRecord } from '../domain/model';
 import { formatLoad } from '../domain/policies';
 import type { Cadence, PolicyTarget, SnapshotPolicy, SnapshotPolicyInput } from '../domain/policies';
+import { snapshotNameKey } from '../domain/requests';
 import type { Weekday } from '../domain/windows';
 import type { scheduledSnapshotWorkflow } from '../workflows';
 import { scheduledRunQuery } from '../workflows/messages';
 import type { ScheduledRunState } from '../workflows/messages';
 import { connectSnapshotClient } from './connect';
 import type { ConnectedClients } from './connect';
-import { formatBytes, formatDetails, snapshotDetails, snapshotRows } from './format';
+import { escapeControls, formatBytes, formatDetails, snapshotDetails, snapshotRows } from './format';
 import { DEFAULT_GC_GRACE_MINUTES, DEFAULT_REVERIFY_DAYS } from './maintenance-client';
 import { summarizeRun } from './policy-client';
 import type { PolicyPatch } from './policy-client';
@@ -30,26 +32,50 @@ const program = new Command('snap')
 
 const regionOption = () => new Option('--region <region>', 'region').choices(REGIONS);
 
-/** Runs a command with connected clients and turns typed errors into a one-line message and exit code 2. */
-function action<A extends unknown[]>(fn: (clients: ConnectedClients, account: string, ...args: A) => Promise<void>) {
+/** Prints a line of output; the user text in it has its terminal controls escaped. */
+function print(text: string): void {
+  console.log(escapeControls(text));
+}
+
+/**
+ * Runs a command with connected clients and turns typed errors into a one-line message and exit code 2. A command
+ * that starts workflows and waits for them (`needsWorker`) first checks that a worker polls their task queues.
+ */
+function action<A extends unknown[]>(
+  fn: (clients: ConnectedClients, account: string, ...args: A) => Promise<void>,
+  { needsWorker = false } = {},
+) {
   return async (...args: A) => {
-    const connected = await connectSnapshotClient(config);
+    let connected: ConnectedClients | undefined;
     try {
+      connected = await connectSnapshotClient(config);
+      if (needsWorker) await connected.requireWorkers();
       await fn(connected, program.opts<{ account: string }>().account, ...args);
     } catch (error) {
       if (!(error instanceof SnapshotError)) throw error;
-      console.error(`error ${error.type}: ${error.message}`);
+      console.error(`error ${error.type}: ${escapeControls(error.message, false)}`);
       process.exitCode = 2;
     } finally {
-      await connected.close();
+      await connected?.close();
     }
   };
 }
 
+/**
+ * The snapshot `ref` names: a ref shaped like a snapshot id is looked up by id only, any other by its name key only
+ * (so `NIGHTLY` finds `nightly`). Of several with the name, the live one, else the newest failed one.
+ */
 function findSnapshot(snapshots: SnapshotClient, account: string, ref: string): SnapshotRecord {
-  const found = snapshots.listSnapshots(account).filter((s) => s.id === ref || s.name === ref);
+  const byId = isIdOf('snapshot', ref);
+  const key = byId ? ref.toLowerCase() : snapshotNameKey(ref);
+  const found = snapshots.listSnapshots(account).filter((s) => (byId ? s.id === key : snapshotNameKey(s.name) === key));
   const snapshot = found.find((s) => s.status !== 'FAILED') ?? found[found.length - 1];
-  if (!snapshot) throw new SnapshotError('SnapshotNotFound', `No snapshot "${ref}" in account ${account}.`);
+  if (!snapshot) {
+    throw new SnapshotError(
+      'SnapshotNotFound',
+      `No snapshot ${byId ? 'with id' : 'named'} "${ref}" in account ${account}.`,
+    );
+  }
   return snapshot;
 }
 
@@ -63,7 +89,7 @@ program
       const lines = vms.map(
         (v) => `${v.label}  [${v.vm.id}]  credit hold ${snapshots.creditHold(account, v.vm.id).text}`,
       );
-      console.log(vms.length === 0 ? NO_ACTIVE_VMS : lines.join('\n'));
+      print(vms.length === 0 ? NO_ACTIVE_VMS : lines.join('\n'));
     }),
   );
 
@@ -94,17 +120,18 @@ program
           requestedBy: `cli:${process.env.USER ?? 'unknown'}`,
         });
         const hold = snapshots.creditHold(account, vm?.id ?? options.vm).text;
-        console.log(`snapshot ${started.snapshotId} accepted (workflow ${started.workflowId}); credit hold ${hold}`);
+        print(`snapshot ${started.snapshotId} accepted (workflow ${started.workflowId}); credit hold ${hold}`);
         if (!options.wait) return;
         const bar = stageProgressBar();
         try {
           const record = await snapshots.watchProgress(started, (p) => bar.update({ ...p, stage: p.status }));
           bar.stop();
-          console.log(snapshotDetails(record));
+          print(snapshotDetails(record));
         } finally {
           bar.stop();
         }
       },
+      { needsWorker: true },
     ),
   );
 
@@ -115,7 +142,7 @@ program
   .action(
     action(async ({ snapshots }, account, options: { region?: Region }) => {
       const list = snapshots.listSnapshots(account, options.region ? { region: options.region } : {});
-      console.log(list.length === 0 ? 'No snapshots' : snapshotRows(list));
+      print(list.length === 0 ? 'No snapshots' : snapshotRows(list));
     }),
   );
 
@@ -125,12 +152,10 @@ program
   .action(
     action(async ({ snapshots }, account, ref: string) => {
       const snapshot = await snapshots.getSnapshot(account, findSnapshot(snapshots, account, ref).id);
-      console.log(snapshotDetails(snapshot));
+      print(snapshotDetails(snapshot));
       if (snapshot.progress) {
         const p = snapshot.progress;
-        console.log(
-          `Progress:            ${p.status} ${p.bytesDone}/${p.bytesTotal} bytes, ETA ${p.etaSeconds ?? '-'} s`,
-        );
+        print(`Progress:            ${p.status} ${p.bytesDone}/${p.bytesTotal} bytes, ETA ${p.etaSeconds ?? '-'} s`);
       }
     }),
   );
@@ -141,20 +166,28 @@ program
   .requiredOption('--disk <name>', 'disk name, e.g. root')
   .requiredOption('--to <file>', 'target raw image file')
   .action(
-    action(async ({ snapshots }, account, ref: string, options: { disk: string; to: string }) => {
-      const snapshot = findSnapshot(snapshots, account, ref);
-      const bar = stageProgressBar();
-      try {
-        const result = await snapshots.restoreDisk(
-          { accountId: account, snapshotId: snapshot.id, diskName: options.disk, targetPath: path.resolve(options.to) },
-          (p) => bar.update(p),
-        );
-        bar.stop();
-        console.log(`restored ${result.bytesRestored} bytes to ${path.resolve(options.to)}`);
-      } finally {
-        bar.stop();
-      }
-    }),
+    action(
+      async ({ snapshots }, account, ref: string, options: { disk: string; to: string }) => {
+        const snapshot = findSnapshot(snapshots, account, ref);
+        const bar = stageProgressBar();
+        try {
+          const result = await snapshots.restoreDisk(
+            {
+              accountId: account,
+              snapshotId: snapshot.id,
+              diskName: options.disk,
+              targetPath: path.resolve(options.to),
+            },
+            (p) => bar.update(p),
+          );
+          bar.stop();
+          print(`restored ${result.bytesRestored} bytes to ${path.resolve(options.to)}`);
+        } finally {
+          bar.stop();
+        }
+      },
+      { needsWorker: true },
+    ),
   );
 
 program
@@ -182,11 +215,12 @@ program
           const request = { accountId: account, source, vmName: options.name, region: options.region };
           const { vm } = await snapshots.restoreVm(request, (p) => bar.update(p));
           bar.stop();
-          console.log(`VM ${vm.name} (${vm.id}) is ${vm.status} in ${vm.region}: ${vm.flavor}`);
+          print(`VM ${vm.name} (${vm.id}) is ${vm.status} in ${vm.region}: ${vm.flavor}`);
         } finally {
           bar.stop();
         }
       },
+      { needsWorker: true },
     ),
   );
 
@@ -194,11 +228,14 @@ program
   .command('delete <snapshot>')
   .description('delete a snapshot (a running one is cancelled); its data is freed by garbage collection')
   .action(
-    action(async ({ snapshots }, account, ref: string) => {
-      const snapshot = findSnapshot(snapshots, account, ref);
-      await snapshots.deleteSnapshot(account, snapshot.id);
-      console.log(`deleted ${snapshot.name} (${snapshot.id})`);
-    }),
+    action(
+      async ({ snapshots }, account, ref: string) => {
+        const snapshot = findSnapshot(snapshots, account, ref);
+        await snapshots.deleteSnapshot(account, snapshot.id);
+        print(`deleted ${snapshot.name} (${snapshot.id})`);
+      },
+      { needsWorker: true },
+    ),
   );
 
 program
@@ -208,7 +245,7 @@ program
   .action(
     action(async ({ snapshots }, account, options: { region?: Region }) => {
       const images = snapshots.listImages(account, options.region);
-      console.log(
+      print(
         images.length === 0
           ? 'No images'
           : images
@@ -227,19 +264,25 @@ imageCommand
   .description('register a SUCCESS snapshot as a boot image ("Create as Image" after the fact)')
   .option('--name <name>', "image name (default: the snapshot's)")
   .action(
-    action(async ({ snapshots }, account, ref: string, options: { name?: string }) => {
-      const image = await snapshots.createImage(account, findSnapshot(snapshots, account, ref).id, options.name);
-      console.log(`image ${image.name} (${image.id})`);
-    }),
+    action(
+      async ({ snapshots }, account, ref: string, options: { name?: string }) => {
+        const image = await snapshots.createImage(account, findSnapshot(snapshots, account, ref).id, options.name);
+        print(`image ${image.name} (${image.id})`);
+      },
+      { needsWorker: true },
+    ),
   );
 imageCommand
   .command('delete <image-id>')
   .description('delete a boot image')
   .action(
-    action(async ({ snapshots }, account, imageId: string) => {
-      await snapshots.deleteImage(account, imageId);
-      console.log(`deleted image ${imageId}`);
-    }),
+    action(
+      async ({ snapshots }, account, imageId: string) => {
+        await snapshots.deleteImage(account, imageId);
+        print(`deleted image ${imageId}`);
+      },
+      { needsWorker: true },
+    ),
   );
 
 program
@@ -248,13 +291,16 @@ program
   .addOption(regionOption().makeOptionMandatory())
   .option('--grace-minutes <n>', 'keep unreferenced chunks younger than this', String(DEFAULT_GC_GRACE_MINUTES))
   .action(
-    action(async ({ maintenance }, _account, options: { region: Region; graceMinutes: string }) => {
-      const result = await maintenance.collectGarbage(options.region, Number(options.graceMinutes));
-      console.log(
-        `${options.region}: freed ${formatBytes(result.bytesFreed)} (${result.chunksRemoved} chunks); ` +
-          `${result.chunksReferenced} referenced, ${result.chunksKeptByGrace} kept by the grace period`,
-      );
-    }),
+    action(
+      async ({ maintenance }, _account, options: { region: Region; graceMinutes: string }) => {
+        const result = await maintenance.collectGarbage(options.region, Number(options.graceMinutes));
+        print(
+          `${options.region}: freed ${formatBytes(result.bytesFreed)} (${result.chunksRemoved} chunks); ` +
+            `${result.chunksReferenced} referenced, ${result.chunksKeptByGrace} kept by the grace period`,
+        );
+      },
+      { needsWorker: true },
+    ),
   );
 
 program
@@ -263,12 +309,15 @@ program
   .addOption(regionOption().makeOptionMandatory())
   .option('--older-than-days <n>', 'only snapshots not verified within this many days', String(DEFAULT_REVERIFY_DAYS))
   .action(
-    action(async ({ maintenance }, _account, options: { region: Region; olderThanDays: string }) => {
-      const report = await maintenance.reverify(options.region, Number(options.olderThanDays));
-      console.log(`${options.region}: ${report.checked} snapshots re-verified, ${report.damaged.length} damaged`);
-      for (const d of report.damaged)
-        console.log(`  DAMAGED ${d.name} (${d.snapshotId}): ${d.failureType}: ${d.failureReason}`);
-    }),
+    action(
+      async ({ maintenance }, _account, options: { region: Region; olderThanDays: string }) => {
+        const report = await maintenance.reverify(options.region, Number(options.olderThanDays));
+        print(`${options.region}: ${report.checked} snapshots re-verified, ${report.damaged.length} damaged`);
+        for (const d of report.damaged)
+          print(`  DAMAGED ${d.name} (${d.snapshotId}): ${d.failureType}: ${d.failureReason}`);
+      },
+      { needsWorker: true },
+    ),
   );
 
 program
@@ -278,7 +327,7 @@ program
     action(async ({ billing }, account) => {
       const bill = billing.accountBilling(account);
       const money = (micros: number) => formatMoney(micros, bill.currency);
-      console.log(
+      print(
         formatDetails([
           ['Balance', money(bill.balanceMicros)],
           ['Held', `${money(bill.heldMicros)} (credit holds of snapshots in progress)`],
@@ -289,9 +338,9 @@ program
           ['Covers', bill.hoursLeft === null ? '-' : `${bill.hoursLeft} h of storage`],
         ]),
       );
-      if (bill.low) console.log('WARNING: the balance is low; new snapshots will be refused. Stored data is kept.');
+      if (bill.low) print('WARNING: the balance is low; new snapshots will be refused. Stored data is kept.');
       for (const item of bill.items) {
-        console.log(
+        print(
           `  ${item.kind.padEnd(8)} ${item.name.padEnd(40)} exclusive ${formatBytes(item.exclusiveBytes).padStart(10)}` +
             `  shared ${formatBytes(item.sharedBytes).padStart(10)}  ${money(item.hourlyMicros)}/h  ${money(item.monthToDateMicros)} this month`,
         );
@@ -317,7 +366,7 @@ program
         throw new SnapshotError('InvalidRequest', `Invalid ${issue?.path.join('.')}: ${issue?.message}`);
       }
       await hypervisor.setLoad(vm.id, load.data);
-      console.log(`${vm.name} (${vm.id}): ${formatLoad(await hypervisor.readLoad(vm))}`);
+      print(`${vm.name} (${vm.id}): ${formatLoad(await hypervisor.readLoad(vm))}`);
     }),
   );
 
@@ -476,7 +525,7 @@ addPolicyOptions(
     const target = parseTarget(options, snapshots, account);
     if (!target) throw invalidPolicy(`Invalid target: ${TARGET_USAGE}`);
     const input = { accountId: account, name: options.name, ...policyFields(options, target) };
-    console.log(policyDetails(await policies.createPolicy(input as SnapshotPolicyInput)));
+    print(policyDetails(await policies.createPolicy(input as SnapshotPolicyInput)));
   }),
 );
 
@@ -489,7 +538,7 @@ addPolicyOptions(
   action(async ({ snapshots, policies }, account, name: string, options: PolicyOptions) => {
     const { policy } = await policies.describePolicy(account, name);
     const patch = policyFields(options, parseTarget(options, snapshots, account), policy);
-    console.log(policyDetails(await policies.updatePolicy(account, name, patch)));
+    print(policyDetails(await policies.updatePolicy(account, name, patch)));
   }),
 );
 
@@ -500,7 +549,7 @@ policyCommand
   .action(
     action(async ({ policies }, account, name: string, options: { note?: string }) => {
       await policies.pausePolicy(account, name, options.note);
-      console.log(`policy ${name} paused`);
+      print(`policy ${name} paused`);
     }),
   );
 
@@ -511,7 +560,7 @@ policyCommand
   .action(
     action(async ({ policies }, account, name: string, options: { note?: string }) => {
       await policies.resumePolicy(account, name, options.note);
-      console.log(`policy ${name} resumed`);
+      print(`policy ${name} resumed`);
     }),
   );
 
@@ -522,12 +571,12 @@ policyCommand
   .action(
     action(async ({ policies, client }, account, name: string, options: { wait: boolean }) => {
       const run = await policies.triggerPolicy(account, name);
-      console.log(`policy ${name} started run ${run.workflowId}`);
+      print(`policy ${name} started run ${run.workflowId}`);
       if (!options.wait) return;
       const state = await followRun(
         client.workflow.getHandle<typeof scheduledSnapshotWorkflow>(run.workflowId, run.runId),
       );
-      console.log(summarizeRun(state));
+      print(summarizeRun(state));
     }),
   );
 
@@ -536,8 +585,8 @@ const FOLLOW_INTERVAL_MS = 500;
 /** Prints each decision of a scheduled run as it appears (polling its query) until the run ends; returns its result. */
 async function followRun(handle: WorkflowHandle<typeof scheduledSnapshotWorkflow>): Promise<ScheduledRunState> {
   let printed = 0;
-  const print = (decisions: string[]) => {
-    for (const line of decisions.slice(printed)) console.log(line);
+  const printNew = (decisions: string[]) => {
+    for (const line of decisions.slice(printed)) print(line);
     printed = Math.max(printed, decisions.length);
   };
   const result = handle.result();
@@ -549,12 +598,12 @@ async function followRun(handle: WorkflowHandle<typeof scheduledSnapshotWorkflow
   while (!(await Promise.race([ended, tick()]))) {
     // The first query may come before the run's first workflow task: skip it then.
     const state = await handle.query(scheduledRunQuery).catch(() => undefined);
-    if (state) print(state.decisions);
+    if (state) printNew(state.decisions);
   }
   const state = await result.catch((error: unknown) => {
     throw toSnapshotError(error);
   });
-  print(state.decisions);
+  printNew(state.decisions);
   return state;
 }
 
@@ -568,7 +617,7 @@ policyCommand
       const from = parseInstant('--from', options.from);
       const to = parseInstant('--to', options.to);
       await policies.backfillPolicy(account, name, from, to);
-      console.log(`policy ${name}: backfilling the runs between ${from.toISOString()} and ${to.toISOString()}`);
+      print(`policy ${name}: backfilling the runs between ${from.toISOString()} and ${to.toISOString()}`);
     }),
   );
 
@@ -578,7 +627,7 @@ policyCommand
   .action(
     action(async ({ policies }, account, name: string) => {
       await policies.deletePolicy(account, name);
-      console.log(`policy ${name} deleted`);
+      print(`policy ${name} deleted`);
     }),
   );
 
@@ -588,7 +637,7 @@ policyCommand
   .action(
     action(async ({ policies }, account) => {
       const views = await policies.listPolicies(account);
-      console.log(views.length === 0 ? 'No policies' : policyRows(views));
+      print(views.length === 0 ? 'No policies' : policyRows(views));
     }),
   );
 
@@ -597,7 +646,7 @@ policyCommand
   .description('show a policy in full, with its next runs and what its recent runs did')
   .action(
     action(async ({ policies }, account, name: string) => {
-      console.log(policyDetails(await policies.describePolicy(account, name)));
+      print(policyDetails(await policies.describePolicy(account, name)));
     }),
   );
 
@@ -609,9 +658,9 @@ policyCommand
       const preview = policies.previewCost((await policies.describePolicy(account, name)).policy);
       const money = (micros: number) => formatMoney(micros, preview.currency);
       for (const vm of preview.perVm) {
-        console.log(`${vm.vmName.padEnd(24)} ${vm.retained} snapshots  ~${formatBytes(vm.estimatedBytes)}`);
+        print(`${vm.vmName.padEnd(24)} ${vm.retained} snapshots  ~${formatBytes(vm.estimatedBytes)}`);
       }
-      console.log(
+      print(
         `estimated ${formatBytes(preview.totalBytes)}: ${money(preview.hourlyMicros)} per hour, ` +
           `${money(preview.monthlyMicros)} per month`,
       );

@@ -1,5 +1,22 @@
 import type { SnapshotRecord } from '../domain/model';
 
+/** C0 controls but the newline, DEL and C1 controls: what a terminal may act on (ESC sequences, CSI, bell). */
+/* eslint-disable no-control-regex -- matching control characters is the point */
+const CONTROLS = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/g;
+const CONTROLS_AND_NEWLINE = /[\u0000-\u001f\u007f-\u009f]/g;
+/* eslint-enable no-control-regex */
+
+/**
+ * User text made safe to print on a terminal: every C0 and C1 control becomes a visible `\xHH` (ESC → `\x1b`), so a
+ * stored escape sequence is shown, never run. Newlines stay when `multiline` (descriptions, lists of lines); a
+ * table cell or a one-line field passes false. The one place user text is escaped: the CLI prints through it.
+ */
+export function escapeControls(text: string, multiline = true): string {
+  return text.replace(multiline ? CONTROLS : CONTROLS_AND_NEWLINE, (char) => {
+    return `\\x${char.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  });
+}
+
 /** 1536 → "1.5 KiB" */
 export function formatBytes(bytes: number | null): string {
   if (bytes === null) return '-';
@@ -17,8 +34,9 @@ export function formatRatio(ratio: number | null): string {
   return ratio === null ? '-' : `${ratio.toFixed(2)}x`;
 }
 
-/** Plain aligned columns for terminal tables. */
-export function formatTable(header: string[], rows: string[][]): string {
+/** Plain aligned columns for terminal tables; a cell's controls and newlines are escaped, so each row is one line. */
+export function formatTable(header: string[], cells: string[][]): string {
+  const rows = cells.map((row) => row.map((cell) => escapeControls(cell, false)));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]) =>
     cells

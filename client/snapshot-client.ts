@@ -6,6 +6,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
 import { MIN_COVERED_HOURS, formatMoney } from '../domain/billing';
 import { SnapshotError, isSnapshotErrorType } from '../domain/errors';
+import { isIdOf } from '../domain/ids';
 import type { ImageRecord, Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
 import { RegionSchema, isInFlight } from '../domain/model';
 import type { CreateSnapshotRequest, RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
@@ -93,9 +94,10 @@ export class SnapshotClient {
     return { micros: hold, text: `${formatMoney(hold, account.currency)} for ${MIN_COVERED_HOURS} h` };
   }
 
-  /** A VM of the account by id or name, whatever its state. */
-  findVm(accountId: string, idOrName: string): Vm | undefined {
-    return this.options.catalog.listVms({ accountId }).find((vm) => vm.id === idOrName || vm.name === idOrName);
+  /** A VM of the account, whatever its state: by id when `ref` starts like a VM id (`vm-`), else by name only. */
+  findVm(accountId: string, ref: string): Vm | undefined {
+    const byId = isIdOf('vm', ref);
+    return this.options.catalog.listVms({ accountId }).find((vm) => (byId ? vm.id : vm.name) === ref);
   }
 
   /**

@@ -28,6 +28,10 @@ export const SnapshotErrorType = {
   PolicyExists: 'PolicyExists',
   ImageNotFound: 'ImageNotFound',
   InvalidVmName: 'InvalidVmName',
+  /** The client cannot reach the Temporal server (not started, or another address). */
+  TemporalUnavailable: 'TemporalUnavailable',
+  /** No worker polls a task queue the request needs: it would wait until one starts. */
+  WorkerUnavailable: 'WorkerUnavailable',
 } as const;
 
 export type SnapshotErrorType = (typeof SnapshotErrorType)[keyof typeof SnapshotErrorType];

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { MAX_NAME_LENGTH, SnapshotNameSchema } from './requests';
+import { isHighlyRestrictive } from './text';
 import { inTimeZone } from './windows';
 
 /** Names carry the VM, the purpose, the date and time and a version: "trainer-01-nightly-2026-11-25-0740-v3". */
@@ -26,15 +27,19 @@ function shorten(value: string, keep: number): string {
   return [...value]
     .slice(0, Math.max(1, keep))
     .join('')
-    .replace(/[^\p{L}\p{N}]+$/u, '');
+    .replace(/[^\p{L}\p{M}\p{N}]+$/u, '');
 }
 
-/** Characters a name may not contain become "-"; the value then starts and ends with a letter or digit. */
+/**
+ * Invisible characters are dropped, and other characters a name may not contain become "-" (a combining mark stays
+ * after a letter); the value then starts and ends with a letter (with its marks) or a digit.
+ */
 function sanitise(value: string, what: Token): string {
   const clean = value
     .normalize('NFC')
-    .replace(/[^\p{L}\p{N} ._-]/gu, '-')
-    .replace(/^[^\p{L}\p{N}]+|[^\p{L}\p{N}]+$/gu, '');
+    .replace(/\p{Default_Ignorable_Code_Point}/gu, '')
+    .replace(/(?<![\p{L}\p{M}])\p{M}+|[^\p{L}\p{M}\p{N} ._-]/gu, '-')
+    .replace(/^[^\p{L}\p{N}]+|[^\p{L}\p{M}\p{N}]+$/gu, '');
   if (!clean) throw new RangeError(`${what} "${value}" has no letter or digit to name a snapshot with`);
   return clean;
 }
@@ -72,6 +77,8 @@ export function renderSnapshotName(
   }
   const name = render(template, tokens);
   if (length(name) > MAX_NAME_LENGTH) throw new RangeError(`template "${template}" cannot fit "${name}" in a name`);
+  const problem = SnapshotNameSchema.safeParse(name).error?.issues[0]?.message;
+  if (problem) throw new RangeError(`template "${template}" gives "${name}", which is not a valid name: ${problem}`);
   return name;
 }
 
@@ -93,6 +100,19 @@ export function checkNameTemplate(template: string): string | undefined {
   const problem = SnapshotNameSchema.safeParse(sample).error?.issues[0]?.message;
   return problem && `sample name "${sample}" is not valid: ${problem}`;
 }
+
+/**
+ * The `{purpose}` of a policy's names: 1–30 characters, in a script that goes with the Latin of VM names (Latin, or
+ * Han, Japanese or Korean), so that every rendered name is in one script (see `SnapshotNameSchema`).
+ */
+export const PurposeSchema = z
+  .string()
+  .trim()
+  .min(1)
+  .max(30)
+  .refine((purpose) => isHighlyRestrictive(`${SAMPLE.vm}-${purpose}`), {
+    message: 'must be in a script that goes with the Latin of VM names: Latin, Han, Japanese or Korean',
+  });
 
 /** A snapshot name template, checked by `checkNameTemplate`. */
 export const NameTemplateSchema = z.string().superRefine((template, context) => {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { RegionSchema } from './model';
 import type { Vm, VmLoad } from './model';
-import { DEFAULT_NAME_TEMPLATE, NameTemplateSchema } from './naming';
+import { DEFAULT_NAME_TEMPLATE, NameTemplateSchema, PurposeSchema } from './naming';
 import { RetentionSchema } from './retention';
 import { LowActivityWindowSchema, WEEKDAYS, windowContaining } from './windows';
 import type { LowActivityWindow } from './windows';
@@ -57,7 +57,7 @@ export const SnapshotPolicySchema = z
     onWindowClose: z.enum(['skip', 'snapshot-anyway']).default('skip'),
     nameTemplate: NameTemplateSchema.default(DEFAULT_NAME_TEMPLATE),
     /** The `{purpose}` of the name template. */
-    purpose: z.string().trim().min(1).max(30).default('scheduled'),
+    purpose: PurposeSchema.default('scheduled'),
     createAsImage: z.boolean().default(false),
     retention: RetentionSchema,
     /** Random delay added to each start, so many policies with the same window do not start at the same second. */

@@ -1,39 +1,72 @@
 import { z } from 'zod';
+import { isIdOf } from './ids';
 import { RegionSchema } from './model';
+import { caseFold, confusableKey, isHighlyRestrictive, isWellFormed } from './text';
 
 /** Longest description stored; the UI has no limit, the server bounds it so one request cannot bloat the catalog. */
 export const MAX_DESCRIPTION_LENGTH = 10_000;
 export const MAX_NAME_LENGTH = 50;
 
 /**
- * Snapshot names: 1–50 characters (Unicode code points) of letters, digits, spaces and `.`, `_`, `-`, starting with a
- * letter or digit and not ending in a space. No control characters, no slashes: a name is safe in a file name, a URL
- * and a Temporal workflow id. Names are compared case-insensitively (after Unicode NFC normalisation), so `Nightly`
- * and `nightly` collide.
+ * A letter with the combining marks that follow it (`é` typed as `e` + U+0301, Devanagari `नमस्ते`, Tamil `தமிழ்`),
+ * or a digit.
  */
-const NAME_PATTERN = /^[\p{L}\p{N}](?:[\p{L}\p{N} ._-]*[\p{L}\p{N}._-])?$/u;
+const UNIT = String.raw`(?:\p{L}\p{M}*|\p{N})`;
+/** Units, spaces and `.`, `_`, `-`; the first a unit, the last not a space. */
+const NAME_PATTERN = new RegExp(`^${UNIT}(?:(?:${UNIT}|[ ._-])*(?:${UNIT}|[._-]))?$`, 'u');
+/** Invisible characters (U+3164 HANGUL FILLER, zero-width joiners, variation selectors): a name must be readable. */
+const INVISIBLE = /\p{Default_Ignorable_Code_Point}/u;
 
+/**
+ * Snapshot (and image) names, checked in this order on the NFC form, which is what is stored: well-formed text; 1–50
+ * characters (code points); no invisible (default-ignorable) characters; letters (each with its combining marks),
+ * digits, spaces and `.`, `_`, `-`, starting with a letter or digit and not ending in a space; one script, or Latin
+ * with Han/Japanese/Korean (UTS #39 "Highly Restrictive"); not shaped like a snapshot's or an image's id. Such a name
+ * is safe in a file name, a URL and a Temporal workflow id.
+ */
 export const SnapshotNameSchema = z
   .string()
+  .refine(isWellFormed, { message: 'must be well-formed Unicode text (it has a lone surrogate)', abort: true })
+  .normalize('NFC')
   .refine((name) => [...name].length >= 1 && [...name].length <= MAX_NAME_LENGTH, {
     message: `must be 1–${MAX_NAME_LENGTH} characters`,
   })
+  .refine((name) => !INVISIBLE.test(name), { message: 'must not contain invisible characters' })
   .refine((name) => NAME_PATTERN.test(name), {
     message:
       'may contain letters, digits, spaces, ".", "_" and "-", must start with a letter or digit and must not end with a space',
+  })
+  .refine(isHighlyRestrictive, {
+    message: 'must be written in one script (Latin may be mixed with Han, Japanese or Korean only)',
+  })
+  .refine((name) => !isIdOf('snapshot', foldedName(name)) && !isIdOf('image', foldedName(name)), {
+    message: 'must not look like a snapshot or image id (snap-<uuid>, img-<uuid>)',
   });
 
-/** The key two names collide on. */
+/** The readable comparison form of a name: NFKC (fullwidth `Ｎｉｇｈｔｌｙ` → `Nightly`), then case-folded. */
+function foldedName(name: string): string {
+  return caseFold(name.normalize('NFKC'));
+}
+
+/** The version of the `snapshotNameKey` rule: raise it whenever the key changes, and catalogs recompute theirs. */
+export const NAME_KEY_RULE = 2;
+
+/**
+ * The key two names collide on, and a name is looked up by: the confusable-safe `confusableKey` of the name, so
+ * `Nightly`, `NIGHTLY`, fullwidth `Ｎｉｇｈｔｌｙ` and `Nightly` in Cyrillic look-alikes share one, as do `STRASSE` and
+ * `straße`. The catalog stores it (`name_key`) and recomputes it on open when this rule changes.
+ */
 export function snapshotNameKey(name: string): string {
-  return name.normalize('NFC').toLowerCase();
+  return confusableKey(name.normalize('NFC'));
 }
 
 /**
- * Workflow id of a snapshot, derived from the account and the name key: a retried request lands on the same
- * workflow and never starts a second snapshot.
+ * Workflow id of a snapshot, derived from the account and the readable folded name: a retried request lands on the
+ * same workflow and never starts a second snapshot. Names that differ here but share a `snapshotNameKey` get two
+ * workflows, and the catalog's reservation refuses the second (`SnapshotNameTaken`).
  */
 export function snapshotWorkflowId(accountId: string, name: string): string {
-  return `snapshot/${accountId}/${snapshotNameKey(name)}`;
+  return `snapshot/${accountId}/${foldedName(name.normalize('NFC'))}`;
 }
 
 export const CreateSnapshotRequestSchema = z
@@ -44,6 +77,7 @@ export const CreateSnapshotRequestSchema = z
     name: SnapshotNameSchema,
     description: z
       .string()
+      .refine(isWellFormed, 'must be well-formed Unicode text (it has a lone surrogate)')
       .max(MAX_DESCRIPTION_LENGTH, `must be at most ${MAX_DESCRIPTION_LENGTH} characters`)
       .default(''),
     createAsImage: z.boolean().default(false),
@@ -73,13 +107,17 @@ export const RestoreDiskRequestSchema = z
   .strict();
 export type RestoreDiskRequest = z.infer<typeof RestoreDiskRequestSchema>;
 
-/** VM names: 1–63 letters, digits, "-", "_" and "." starting with a letter or digit (a host name's label). */
+/**
+ * VM names: 1–63 letters, digits, "-", "_" and "." starting with a letter or digit (a host name's label), not
+ * starting like a VM id (`vm-`).
+ */
 export const VmNameSchema = z
   .string()
   .regex(
     /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
     'must be 1–63 letters, digits, "-", "_" or ".", starting with a letter or digit',
-  );
+  )
+  .refine((name) => !isIdOf('vm', name), 'must not start with "vm-", which VM ids start with');
 
 /** A new VM in the source's region from a SUCCESS snapshot or from an image, with the captured configuration. */
 export const RestoreVmRequestSchema = z

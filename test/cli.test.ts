@@ -1,8 +1,14 @@
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
+import { connectSnapshotClient } from '../client/connect';
+import { queuesWithoutWorkers } from '../client/workers';
+import { loadConfig } from '../domain/config';
+import { SnapshotError } from '../domain/errors';
 import { uniqueId } from './support/temporal';
 
 const run = promisify(execFile);
@@ -19,14 +25,24 @@ afterAll(async () => {
 
 /** Runs the CLI as a user would, against the test server and the env's data directory. */
 async function snap(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  return snapWith({}, ...args);
+}
+
+/** `snap` with some of the environment changed; a CLI still running after 30 s is killed (code null). */
+async function snapWith(
+  overrides: Record<string, string>,
+  ...args: string[]
+): Promise<{ stdout: string; stderr: string; code: number }> {
   const tsx = path.join(__dirname, '..', 'node_modules', '.bin', 'tsx');
   return run(tsx, [path.join(__dirname, '..', 'client', 'cli.ts'), ...args], {
+    timeout: 30_000,
     env: {
       ...process.env,
       TEMPORAL_ADDRESS: process.env.TEMPORAL_TEST_ADDRESS,
       TEMPORAL_NAMESPACE: process.env.TEMPORAL_TEST_NAMESPACE,
       SNAP_TASK_QUEUE: env.taskQueue,
       SNAP_DATA_DIR: env.platform.dataDir,
+      ...overrides,
     },
   }).then(
     ({ stdout, stderr }) => ({ stdout, stderr, code: 0 }),
@@ -221,4 +237,120 @@ test('restore-vm, images, billing, delete, gc and reverify from the CLI', async 
     /CANADA-1: \d+ snapshots re-verified, 0 damaged/,
   );
   expect((await snap('delete', 'no-such-snapshot')).stderr).toContain('error SnapshotNotFound');
+});
+
+/** A snapshot row put straight into the catalog, as older versions could store it (no rule checks), SUCCESS. */
+function storedSnapshot(fields: { vmId: string; name: string; description?: string }) {
+  const vm = env.platform.catalog.getVm(fields.vmId)!;
+  const id = `snap-${randomUUID()}`;
+  env.platform.catalog.reserveSnapshot({
+    id,
+    accountId: 'acme',
+    vmId: vm.id,
+    vmName: vm.name,
+    region: vm.region,
+    name: fields.name,
+    description: fields.description ?? '',
+    createAsImage: false,
+    workflowId: `stored/${id}`,
+    idempotencyKey: null,
+    policyId: null,
+  });
+  return env.platform.catalog.updateSnapshot(id, { status: 'SUCCESS' });
+}
+
+describe('ids and names', () => {
+  test('a reference shaped like an id is resolved as an id only, a name by its key only', async () => {
+    const target = storedSnapshot({ vmId: 'vm-trainer-01', name: 'cli-id-target' });
+    // Stored before names shaped like ids were refused: a snapshot named like the first one's id.
+    const impostor = storedSnapshot({ vmId: 'vm-trainer-02', name: target.id });
+
+    expect((await snap('delete', target.id)).stdout.trim()).toBe(`deleted cli-id-target (${target.id})`);
+    const again = await snap('delete', target.id);
+    expect(again).toMatchObject({
+      code: 2,
+      stderr: `error SnapshotNotFound: No snapshot with id "${target.id}" in account acme.\n`,
+    });
+    expect(env.platform.catalog.getSnapshot(impostor.id)?.status).toBe('SUCCESS');
+
+    // Names are found by their collision key: case and width do not matter.
+    const named = storedSnapshot({ vmId: 'vm-trainer-01', name: 'Straße-Nightly' });
+    expect((await snap('show', 'ＳＴＲＡＳＳＥ-nightly')).stdout).toContain(`ID:                  ${named.id}`);
+
+    const idShaped = await snap('create', '--vm', 'trainer-01', '--name', `snap-${randomUUID()}`);
+    expect(idShaped).toMatchObject({
+      code: 2,
+      stderr:
+        'error InvalidSnapshotName: Invalid name: must not look like a snapshot or image id (snap-<uuid>, img-<uuid>)\n',
+    });
+  });
+
+  test('user text is printed with its terminal controls escaped, newlines of a description kept', async () => {
+    const hostile = storedSnapshot({
+      vmId: 'vm-trainer-01',
+      name: 'cli-escapes',
+      description: '\u001b]0;owned\u0007first line\nsecond \u009b2J\u001b[31mred',
+    });
+    const shown = await snap('show', hostile.id);
+    expect(shown.stdout).toContain(
+      'Description:         \\x1b]0;owned\\x07first line\n                     second \\x9b2J\\x1b[31mred\n',
+    );
+    for (const control of ['\u001b', '\u0007', '\u009b']) expect(shown.stdout).not.toContain(control);
+    const missing = await snap('show', 'no-such\u001b[2J');
+    expect(missing.stderr).toBe('error SnapshotNotFound: No snapshot named "no-such\\x1b[2J" in account acme.\n');
+  });
+});
+
+describe('a newcomer without a server or a worker', () => {
+  /** A port nothing listens on: bound, then released. */
+  async function closedPort(): Promise<number> {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    await new Promise((resolve) => server.close(resolve));
+    return port;
+  }
+
+  test('with no Temporal server, a command says so in one line within 2 s, with the command that starts one', async () => {
+    const address = `127.0.0.1:${await closedPort()}`;
+    const message =
+      `error TemporalUnavailable: No Temporal server answers at ${address} (TEMPORAL_ADDRESS): ` +
+      'start one with `npm run server` (or the whole demo with `npm run demo`), then try again.\n';
+
+    const connecting = Date.now();
+    const error = await connectSnapshotClient({ ...loadConfig(), TEMPORAL_ADDRESS: address }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    const connectMs = Date.now() - connecting;
+    expect(error).toBeInstanceOf(SnapshotError);
+    expect((error as SnapshotError).type).toBe('TemporalUnavailable');
+
+    const started = Date.now();
+    const listed = await snapWith({ TEMPORAL_ADDRESS: address }, 'list');
+    const cliMs = Date.now() - started;
+    console.log(`no server: connect refused after ${connectMs} ms; the whole CLI (tsx start-up included) ${cliMs} ms`);
+    expect(listed).toMatchObject({ code: 2, stdout: '', stderr: message });
+    expect(connectMs).toBeLessThan(2_000);
+    // The CLI's own start-up (tsx compiling it) comes on top; the SDK's default alone waited 10 s.
+    expect(cliMs).toBeLessThan(8_000);
+  });
+
+  test('create with no worker on the task queue says so at once and starts nothing', async () => {
+    const queue = uniqueId('no-worker');
+    expect(await queuesWithoutWorkers(env.client, [env.taskQueue, queue])).toEqual([
+      `${queue} (workflow tasks)`,
+      `${queue} (activity tasks)`,
+    ]);
+
+    const created = await snapWith({ SNAP_TASK_QUEUE: queue }, 'create', '--vm', 'trainer-01', '--name', 'unpolled');
+    expect(created).toMatchObject({
+      code: 2,
+      stderr:
+        `error WorkerUnavailable: No worker polls the task queue ${queue} (workflow tasks), ${queue} (activity tasks) ` +
+        `in namespace ${env.client.options.namespace}: nothing would run. ` +
+        'Start one with `npm run worker` (or `npm run demo`), then try again.\n',
+    });
+    expect(env.platform.catalog.findSnapshotByName('acme', 'unpolled')).toBeUndefined();
+  });
 });

@@ -118,7 +118,7 @@ describe('every rule has a typed refusal that changes nothing', () => {
 });
 
 describe('snapshot names', () => {
-  const valid = ['a', 'n'.repeat(50), 'é'.repeat(50), 'ñandú-β_2026.11.25 v1', 'nightly 2026-11-25'];
+  const valid = ['a', 'n'.repeat(50), 'é'.repeat(50), 'ñandú-ø_2026.11.25 v1', 'nightly 2026-11-25'];
   const invalid = [
     '',
     'n'.repeat(51),

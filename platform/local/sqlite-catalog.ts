@@ -13,7 +13,7 @@ import type {
   VmStatus,
 } from '../../domain/model';
 import { AccountSchema, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
-import { snapshotNameKey } from '../../domain/requests';
+import { NAME_KEY_RULE, snapshotNameKey } from '../../domain/requests';
 import { checkCredits } from '../../domain/rules';
 import type { Catalog, NewSnapshot, SnapshotPatch } from '../ports';
 
@@ -74,6 +74,8 @@ CREATE TABLE IF NOT EXISTS charges (
   account_id TEXT NOT NULL, hour TEXT NOT NULL, amount_micros INTEGER NOT NULL, doc TEXT NOT NULL,
   PRIMARY KEY (account_id, hour)
 );
+-- The version of snapshotNameKey the name_key column was computed with (one row).
+CREATE TABLE IF NOT EXISTS name_key_rule (version INTEGER NOT NULL);
 -- API keys by their SHA-256 hash (hex): a leaked catalog gives no usable key.
 CREATE TABLE IF NOT EXISTS api_keys (key_hash TEXT PRIMARY KEY, account_id TEXT NOT NULL, created_at TEXT NOT NULL);
 `;
@@ -177,6 +179,37 @@ export class SqliteCatalog implements Catalog {
     this.db.pragma('busy_timeout = 5000');
     this.db.exec(SCHEMA);
     this.addMissingColumns();
+    this.recomputeNameKeys();
+  }
+
+  /**
+   * Brings name_key to the current `snapshotNameKey` when the catalog was written under an older rule (once, in one
+   * write transaction whichever process opens first). Two live names the new rule makes collide both stay: the
+   * older keeps the key, and so is the one found by name; the newer gets its id appended (found by id).
+   */
+  private recomputeNameKeys(): void {
+    const current = () =>
+      (this.db.prepare('SELECT version FROM name_key_rule').get() as { version: number } | undefined)?.version;
+    if (current() === NAME_KEY_RULE) return;
+    const migrate = this.db.transaction(() => {
+      if (current() === NAME_KEY_RULE) return;
+      const rows = this.db
+        .prepare(`SELECT id, name, ${HOLDS_NAME} AS live FROM snapshots ORDER BY created_at, id`)
+        .all() as { id: string; name: string; live: number }[];
+      const taken = new Set<string>();
+      const update = this.db.prepare('UPDATE snapshots SET name_key = ? WHERE id = ?');
+      // Clear first, so the unique index of live names never sees an old key beside a new one.
+      this.db.prepare('UPDATE snapshots SET name_key = id').run();
+      for (const row of rows) {
+        const key = snapshotNameKey(row.name);
+        const free = !row.live || !taken.has(key);
+        if (row.live) taken.add(key);
+        update.run(free ? key : `${key}/${row.id}`, row.id);
+      }
+      this.db.prepare('DELETE FROM name_key_rule').run();
+      this.db.prepare('INSERT INTO name_key_rule (version) VALUES (?)').run(NAME_KEY_RULE);
+    });
+    migrate.immediate();
   }
 
   private addMissingColumns(): void {

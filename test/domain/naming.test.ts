@@ -1,4 +1,10 @@
-import { DEFAULT_NAME_TEMPLATE, NameTemplateSchema, checkNameTemplate, renderSnapshotName } from '../../domain/naming';
+import {
+  DEFAULT_NAME_TEMPLATE,
+  NameTemplateSchema,
+  PurposeSchema,
+  checkNameTemplate,
+  renderSnapshotName,
+} from '../../domain/naming';
 import { MAX_NAME_LENGTH, SnapshotNameSchema } from '../../domain/requests';
 
 const values = {
@@ -100,5 +106,27 @@ describe('checkNameTemplate', () => {
     expect(NameTemplateSchema.safeParse(template).error?.issues.map((issue) => issue.message)).toEqual([
       checkNameTemplate(template),
     ]);
+  });
+});
+
+describe('names from values in any script', () => {
+  test('keeps the combining marks of a letter and drops invisible characters', () => {
+    expect(renderSnapshotName('{purpose} {date}', { ...values, purpose: 'नमस्ते\u200b' })).toBe('नमस्ते 2026-11-25');
+    expect(renderSnapshotName('{purpose} {date}', { ...values, purpose: '\u0301ok\u0301' })).toBe(
+      'o\u1e31 2026-11-25', // NFC composes k + U+0301,
+    );
+  });
+
+  test('refuses a purpose whose script cannot go with the Latin of VM names', () => {
+    expect(PurposeSchema.safeParse('ночь').error?.issues[0]?.message).toBe(
+      'must be in a script that goes with the Latin of VM names: Latin, Han, Japanese or Korean',
+    );
+    expect(PurposeSchema.parse(' 夜間 ')).toBe('夜間');
+    expect(renderSnapshotName(DEFAULT_NAME_TEMPLATE, { ...values, purpose: '夜間' })).toBe(
+      'trainer-01-夜間-2026-11-25-0740-v3',
+    );
+    expect(() => renderSnapshotName(DEFAULT_NAME_TEMPLATE, { ...values, purpose: 'ночь' })).toThrow(
+      'which is not a valid name: must be written in one script',
+    );
   });
 });

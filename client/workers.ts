@@ -1,0 +1,56 @@
+import type { Client } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
+import { SnapshotError } from '../domain/errors';
+
+/**
+ * A poller seen this recently counts as a live worker. The server records a poller when its poll arrives, and an
+ * idle worker's long poll is held for up to a minute before the worker polls again: 90 s covers one such wait with
+ * room for a slow renewal, while a worker that died is reported a minute and a half later at most (the server itself
+ * keeps pollers listed for five).
+ */
+const LIVE_POLLER_MS = 90_000;
+
+const TASK_TYPES = [
+  ['workflow', temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW],
+  ['activity', temporal.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY],
+] as const;
+
+/**
+ * The task queues (`name (workflow tasks)`, `name (activity tasks)`) of `taskQueues` that no worker has polled within
+ * the last 90 s, as the server's description of each queue's pollers says.
+ */
+export async function queuesWithoutWorkers(
+  client: Client,
+  taskQueues: readonly string[],
+  now: Date = new Date(),
+): Promise<string[]> {
+  const checks = taskQueues.flatMap((name) =>
+    TASK_TYPES.map(async ([label, taskQueueType]) => {
+      const { pollers } = await client.workflowService.describeTaskQueue({
+        namespace: client.options.namespace,
+        taskQueue: { name, kind: temporal.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
+        taskQueueType,
+      });
+      const live = pollers.some((poller) => {
+        const seconds = Number(poller.lastAccessTime?.seconds ?? 0);
+        return now.getTime() - seconds * 1000 <= LIVE_POLLER_MS;
+      });
+      return live ? undefined : `${name} (${label} tasks)`;
+    }),
+  );
+  return (await Promise.all(checks)).filter((queue): queue is string => queue !== undefined);
+}
+
+/**
+ * Refuses at once (`WorkerUnavailable`) when no worker polls one of `taskQueues`: a command that starts a workflow
+ * and waits for it would otherwise wait silently until a worker comes.
+ */
+export async function requireWorkers(client: Client, taskQueues: readonly string[]): Promise<void> {
+  const idle = await queuesWithoutWorkers(client, taskQueues);
+  if (idle.length === 0) return;
+  throw new SnapshotError(
+    'WorkerUnavailable',
+    `No worker polls the task queue ${idle.join(', ')} in namespace ${client.options.namespace}: ` +
+      'nothing would run. Start one with `npm run worker` (or `npm run demo`), then try again.',
+  );
+}
