@@ -1,17 +1,12 @@
 import type { Duration } from '@temporalio/common';
-import type { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import { Worker } from '@temporalio/worker';
 import { createActivities } from '../activities';
-import type { ProgressSink } from '../activities';
 import { ChunkPool } from '../dataplane';
 import type { EmbeddedPlatform } from '../platform/local';
-import { stageProgressSignal } from '../workflows/messages';
 
 export interface SnapshotWorkerOptions {
   connection: NativeConnection;
-  /** Used to send progress from activities to their workflows. */
-  client: Client;
   namespace: string;
   taskQueue: string;
   platform: EmbeddedPlatform;
@@ -27,15 +22,11 @@ export async function createSnapshotWorker(
   options: SnapshotWorkerOptions,
 ): Promise<{ worker: Worker; pool: ChunkPool }> {
   const pool = new ChunkPool();
-  const progress: ProgressSink = {
-    report: (workflowId, update) => options.client.workflow.getHandle(workflowId).signal(stageProgressSignal, update),
-  };
   const activities = createActivities({
     catalog: options.platform.catalog,
     hypervisor: options.platform.hypervisor,
     repositoryFor: (region) => options.platform.repositoryFor(region),
     pool,
-    progress,
     captureMaxBytesPerSecond: options.captureMaxBytesPerSecond ?? 0,
   });
   const worker = await Worker.create({
