@@ -24,7 +24,7 @@ import type {
   snapshotWorkflow,
 } from '../workflows';
 import { deletionWorkflowId } from '../workflows/lifecycle';
-import { acceptedUpdate, restoreStateQuery } from '../workflows/messages';
+import { JOINED_REFUSED_RUN, acceptedUpdate, restoreStateQuery } from '../workflows/messages';
 import { snapshotStartOptions } from '../workflows/start-options';
 
 export { NO_ACTIVE_VMS };
@@ -56,6 +56,12 @@ export type RestoreProgress = StageProgress & { etaSeconds: number | null; done:
  * more often would show nothing new.
  */
 const PROGRESS_POLL_MS = 1000;
+/**
+ * How often createSnapshot starts a request again after joining a run that validation refused for another request of
+ * the same name (each round answers at least that other request, so only a crowd of different refused requests for
+ * one name needs more than a few).
+ */
+const MAX_CREATE_ATTEMPTS = 10;
 
 /**
  * The typed client: what the CLI (and any program) uses to create, inspect and restore snapshots. Requests are
@@ -108,21 +114,28 @@ export class SnapshotClient {
       flavor: 'unknown',
       region: request.region,
     };
-    const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
+    const start = {
       ...snapshotStartOptions({ snapshotId, request }, vm),
       taskQueue: this.options.taskQueue,
       // A concurrent request for the name joins the running workflow (its update handler tells the two apart); once
       // that run has ended, a new one starts and the catalog's reservation answers.
       workflowIdConflictPolicy: 'USE_EXISTING',
       workflowIdReusePolicy: 'ALLOW_DUPLICATE',
-    });
-    try {
-      return await this.options.client.workflow.executeUpdateWithStart(acceptedUpdate, {
-        args: [{ snapshotId, request }],
-        startWorkflowOperation,
-      });
-    } catch (error) {
-      throw toSnapshotError(error);
+    } as const;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.options.client.workflow.executeUpdateWithStart(acceptedUpdate, {
+          args: [{ snapshotId, request }],
+          startWorkflowOperation: new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', start),
+        });
+      } catch (error) {
+        if (!joinedRefusedRun(error) || attempt === MAX_CREATE_ATTEMPTS) throw toSnapshotError(error);
+        // The refused run it joined ends at once (it only records the refusal): wait for that, then start again.
+        await this.options.client.workflow
+          .getHandle(start.workflowId)
+          .result()
+          .catch(() => undefined);
+      }
     }
   }
 
@@ -311,6 +324,14 @@ export class SnapshotClient {
       throw toSnapshotError(error);
     });
   }
+}
+
+/** Whether an `accepted` update failed because it joined a refused run (see JOINED_REFUSED_RUN). */
+function joinedRefusedRun(error: unknown): boolean {
+  for (let cause = error; cause instanceof Error; cause = cause.cause) {
+    if (cause instanceof ApplicationFailure && cause.type === JOINED_REFUSED_RUN) return true;
+  }
+  return false;
 }
 
 /** Seconds left at the measured throughput; null when nothing was measured yet. */

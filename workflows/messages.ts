@@ -21,6 +21,13 @@ export interface Acceptance {
 export const acceptedUpdate = defineUpdate<Acceptance, [AcceptanceRequest]>('accepted');
 
 /**
+ * The `accepted` update's failure type when the request joined a run that validation refused (a concurrent request
+ * for the same name with a rule violation): the name is free, so the client starts the request again once that run
+ * has ended. Never reaches a caller.
+ */
+export const JOINED_REFUSED_RUN = 'JoinedRefusedRun';
+
+/**
  * What a restore workflow knows of its progress: the bytes of the disks it has finished and of all its disks. The
  * disk being written reports its own bytes in its activity's heartbeat details.
  */

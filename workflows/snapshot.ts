@@ -18,7 +18,7 @@ import type { Region, SnapshotRecord, SnapshotStage } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
 import type { Acceptance, AcceptanceRequest } from './messages';
-import { acceptedUpdate } from './messages';
+import { JOINED_REFUSED_RUN, acceptedUpdate } from './messages';
 import { CATALOG_ACTIVITY, DATA_ACTIVITY, typedFailure } from './profiles';
 
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
@@ -80,33 +80,46 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   let acceptance: { accepted: Acceptance } | { refused: { type: string; reason: string } } | undefined;
 
   setHandler(acceptedUpdate, async (caller: AcceptanceRequest): Promise<Acceptance> => {
-    // A request that joined the run another request started is that request only if it repeats it exactly.
+    // Cancelling the snapshot must not leave a create request without its answer.
+    await CancellationScope.nonCancellable(() => condition(() => acceptance !== undefined));
+    const answer = acceptance!;
     if (caller.snapshotId !== snapshotId) {
+      // A request that joined a run another request started. If that run was refused, the same request has the same
+      // answer, and another one must start afresh (the name is not taken). If it was accepted, the joiner is that
+      // request only if it repeats it exactly, with its idempotency key.
+      const same = requestFingerprint(caller.request) === requestFingerprint(request);
       const key = caller.request.idempotencyKey;
-      if (key === undefined || key !== request.idempotencyKey) {
+      if ('refused' in answer && !same) {
         throw ApplicationFailure.create({
-          type: 'SnapshotNameTaken',
-          message: nameTakenMessage(caller.request.name, snapshotId),
+          type: JOINED_REFUSED_RUN,
+          message: 'The request joined a run that validation refused; start it again.',
           nonRetryable: true,
         });
       }
-      if (requestFingerprint(caller.request) !== requestFingerprint(request)) {
+      if ('accepted' in answer && (key === undefined || key !== request.idempotencyKey)) {
+        throw ApplicationFailure.create({
+          type: 'SnapshotNameTaken',
+          message: nameTakenMessage(caller.request.name, answer.accepted.snapshotId),
+          nonRetryable: true,
+        });
+      }
+      if ('accepted' in answer && !same) {
         throw ApplicationFailure.create({
           type: 'IdempotencyKeyReused',
-          message: idempotencyKeyReusedMessage(key, snapshotId),
+          message: idempotencyKeyReusedMessage(key!, answer.accepted.snapshotId),
           nonRetryable: true,
         });
       }
     }
-    await condition(() => acceptance !== undefined);
-    if (acceptance && 'refused' in acceptance) {
+    if ('refused' in answer) {
+      // Refused: the request that started the run, or the same request again.
       throw ApplicationFailure.create({
-        type: acceptance.refused.type,
-        message: acceptance.refused.reason,
+        type: answer.refused.type,
+        message: answer.refused.reason,
         nonRetryable: true,
       });
     }
-    return acceptance!.accepted;
+    return answer.accepted;
   });
 
   // The Web UI shows the current details (the stage) and the pending activity's heartbeat details (its progress).
@@ -137,7 +150,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     acceptance = { accepted: { snapshotId: vm.snapshotId, workflowId: vm.workflowId } };
     if (vm.snapshotId !== snapshotId) {
       // An earlier request with this idempotency key made the snapshot: nothing to make, nothing to compensate.
-      await condition(allHandlersFinished);
+      await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
       return { snapshotId: vm.snapshotId, status: 'DUPLICATE' };
     }
     undo.unshift(() => compensations.thawVm(snapshotId));
@@ -171,7 +184,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       await compensations.markSnapshotFailed(snapshotId, reason.type, reason.reason);
     });
     enter('FAILED');
-    await condition(allHandlersFinished);
+    await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
     throw ApplicationFailure.create({
       type: reason.type,
       message: reason.reason,
@@ -185,7 +198,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   await CancellationScope.nonCancellable(() =>
     Promise.all([compensations.releaseViews(snapshotId), compensations.dropStaging(snapshotId, verified.region)]),
   );
-  await condition(allHandlersFinished);
+  await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
   const { record } = verified;
   return {
     snapshotId,
