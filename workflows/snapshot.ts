@@ -6,6 +6,7 @@ import {
   condition,
   log,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
@@ -24,7 +25,10 @@ import { CATALOG_ACTIVITY, DATA_ACTIVITY, typedFailure } from './profiles';
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 
 // Validation only reads and writes the catalog: it is quick, and a permanent rule violation must end the run at once.
-const checks = proxyActivities<Activities>(CATALOG_ACTIVITY);
+// A local activity: it runs in the worker that runs the workflow task, with no activity task to schedule and poll
+// (two server round trips and a workflow task fewer), and in local-activity slots that data stages never hold, so
+// create requests are answered quickly however busy the worker is.
+const checks = proxyLocalActivities<Activities>(CATALOG_ACTIVITY);
 
 // Initiation freezes the guest and opens point-in-time views (copy-before-write or blockdev snapshots: instant
 // whatever the disk size); the freeze may wait up to 30 s for a guest write in progress. Few attempts: each one
