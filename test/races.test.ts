@@ -8,7 +8,7 @@ import type { Account, Vm } from '../domain/model';
 import type { CreateSnapshotRequest } from '../domain/requests';
 import { creditHoldFor } from '../domain/rules';
 import { DEMO_ACCOUNT } from '../platform/local';
-import { createSnapshotEnv } from './helpers/snapshot-env';
+import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import type { RaceOutcome } from './support/race-client';
 
@@ -108,6 +108,20 @@ test('20 requests for one name under distinct workflow ids from 4 processes: one
   );
   expect(accepted(outcomes)).toHaveLength(1);
   expect(refusals(outcomes)).toEqual(Array(19).fill('SnapshotNameTaken'));
+  // Twenty runs, and their validations ran in more than one worker process.
+  const runs = await waitFor(async () => {
+    const ids: string[] = [];
+    for await (const w of env.client.workflow.list({ query: `SnapshotName = "raced-name"` })) ids.push(w.workflowId);
+    return ids.length === 20 ? ids : undefined;
+  });
+  const identities = new Set<string>();
+  for (const id of runs) {
+    for (const event of (await env.client.workflow.getHandle(id).fetchHistory()).events ?? []) {
+      const identity = event.workflowTaskCompletedEventAttributes?.identity;
+      if (identity) identities.add(identity);
+    }
+  }
+  expect(identities.size).toBeGreaterThan(1);
   await settle();
   const named = env.platform.catalog.listSnapshots({ accountId: 'acme' }).filter((s) => s.name === 'raced-name');
   expect(named.map((s) => [s.id, s.status])).toEqual([[accepted(outcomes)[0], 'SUCCESS']]);
