@@ -44,10 +44,10 @@ export function createCaptureActivity(deps: ActivityDeps) {
       const bytesTotal = input.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
       const from = StageReporter.checkpoint<CaptureCheckpoint>() ?? { disk: 0, chunk: 0 };
       const resumedFromBytes = bytesBefore(input.disks, from.disk) + from.chunk * chunkSize;
-      const reporter = new StageReporter<CaptureCheckpoint>(deps.progress, 'CAPTURING', bytesTotal, resumedFromBytes);
+      const reporter = new StageReporter<CaptureCheckpoint>('CAPTURING', bytesTotal, resumedFromBytes);
       const startedAt = Date.now();
       let bytesRead = 0;
-      reporter.update(resumedFromBytes, from, true);
+      reporter.update(resumedFromBytes, from);
 
       for (let d = from.disk; d < input.disks.length; d++) {
         const disk = input.disks[d]!;
@@ -98,7 +98,7 @@ export function createCaptureActivity(deps: ActivityDeps) {
         }
         await appends.settle();
       }
-      reporter.update(bytesTotal, { disk: input.disks.length, chunk: 0 }, true);
+      reporter.update(bytesTotal, { disk: input.disks.length, chunk: 0 });
       return { chunkSize, bytesTotal, bytesRead, resumedFromBytes };
     });
   };

@@ -41,7 +41,7 @@ export function createCompressActivity(deps: ActivityDeps) {
       const bytesTotal = bytesBefore(input.disks, input.disks.length);
       const from = StageReporter.checkpoint<CompressCheckpoint>() ?? { disk: 0, index: 0 };
       const startBytes = bytesBefore(input.disks, from.disk) + from.index * input.chunkSize;
-      const reporter = new StageReporter<CompressCheckpoint>(deps.progress, 'COMPRESSING', bytesTotal, startBytes);
+      const reporter = new StageReporter<CompressCheckpoint>('COMPRESSING', bytesTotal, startBytes);
       const result: CompressResult = { chunksWritten: 0, addedBytes: 0 };
       const disks: Manifest['disks'] = [];
 
@@ -85,7 +85,7 @@ export function createCompressActivity(deps: ActivityDeps) {
         vmConfig,
         disks,
       });
-      reporter.update(bytesTotal, { disk: input.disks.length, index: 0 }, true);
+      reporter.update(bytesTotal, { disk: input.disks.length, index: 0 });
       return result;
     });
   };

@@ -1,12 +1,6 @@
-import type { StageProgress } from '../domain/model';
 import type { ChunkPool, Repository } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { Catalog, Hypervisor } from '../platform/ports';
-
-/** Tells a running workflow how far its current activity has got (the worker wires it to a Temporal signal). */
-export interface ProgressSink {
-  report(workflowId: string, progress: StageProgress): Promise<void>;
-}
 
 /** The narrow ports activities work through; the worker passes real adapters, tests pass local ones. */
 export interface ActivityDeps {
@@ -15,7 +9,6 @@ export interface ActivityDeps {
   /** The content-addressed repository of a region. */
   repositoryFor: (region: Region) => Repository;
   pool: ChunkPool;
-  progress: ProgressSink;
   /** Capture read-rate cap in bytes per second, so a snapshot does not starve the VM's own I/O; 0 = none. */
   captureMaxBytesPerSecond: number;
 }

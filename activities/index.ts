@@ -11,7 +11,7 @@ import { createSchedulingActivities } from './scheduling';
 import { createValidateActivity } from './validate';
 import { createVerifyActivity } from './verify';
 
-export type { ActivityDeps, ProgressSink } from './deps';
+export type { ActivityDeps } from './deps';
 
 /** All activities, bound to the ports they work through. One module per stage. */
 export function createActivities(deps: ActivityDeps) {

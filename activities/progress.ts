@@ -1,56 +1,51 @@
 import { Context } from '@temporalio/activity';
 import type { StageProgress } from '../domain/model';
-import type { ProgressSink } from './deps';
-
-/** Progress reaches the workflow at most this often; heartbeats are throttled by the SDK itself. */
-const REPORT_INTERVAL_MS = 1000;
 
 /**
- * Heartbeats a checkpoint and reports bytes done to the workflow. Throughput counts only this attempt's bytes, so a
+ * What a data-stage activity heartbeats: its resume checkpoint and how far it has got. The server keeps only the
+ * latest details of a running activity (no history event per heartbeat), so progress costs nothing in the workflow's
+ * history whatever the disk size; clients read it from the pending activity (`describe()`), the Web UI shows it.
+ */
+export interface StageHeartbeat<Checkpoint> {
+  checkpoint: Checkpoint;
+  progress: StageProgress;
+}
+
+/**
+ * Heartbeats a checkpoint with the stage's progress. Heartbeats reach the server at most once a second (the worker's
+ * maxHeartbeatThrottleInterval), each carrying the latest details. Throughput counts only this attempt's bytes, so a
  * resumed attempt does not look faster than it is.
  */
 export class StageReporter<Checkpoint> {
   private readonly context = Context.current();
   private readonly startedAt = Date.now();
-  private lastReport = 0;
-  private readonly startBytes: number;
 
   constructor(
-    private readonly sink: ProgressSink,
     private readonly stage: StageProgress['stage'],
     private readonly bytesTotal: number,
-    startBytes = 0,
-  ) {
-    this.startBytes = startBytes;
-  }
+    private readonly startBytes = 0,
+  ) {}
 
   /** The checkpoint of the previous attempt, if this is a retry that heartbeated before. */
   static checkpoint<C>(): C | undefined {
-    return Context.current().info.heartbeatDetails as C | undefined;
+    const details = Context.current().info.heartbeatDetails as StageHeartbeat<C> | undefined;
+    return details?.checkpoint;
   }
 
   get signal(): AbortSignal {
     return this.context.cancellationSignal;
   }
 
-  update(bytesDone: number, checkpoint: Checkpoint, force = false): void {
-    this.context.heartbeat(checkpoint);
-    const now = Date.now();
-    if (!force && now - this.lastReport < REPORT_INTERVAL_MS) return;
-    this.lastReport = now;
-    const seconds = Math.max((now - this.startedAt) / 1000, 0.001);
+  update(bytesDone: number, checkpoint: Checkpoint): void {
+    const seconds = Math.max((Date.now() - this.startedAt) / 1000, 0.001);
     const progress: StageProgress = {
       stage: this.stage,
       bytesDone,
       bytesTotal: this.bytesTotal,
       throughput: Math.round((bytesDone - this.startBytes) / seconds),
     };
-    const workflowId = this.context.info.workflowExecution?.workflowId;
-    if (!workflowId) return;
-    // Progress is best effort: a lost report must never fail the stage.
-    this.sink.report(workflowId, progress).catch((error: unknown) => {
-      this.context.log.warn('progress report failed', { error: String(error) });
-    });
+    const details: StageHeartbeat<Checkpoint> = { checkpoint, progress };
+    this.context.heartbeat(details);
   }
 }
 

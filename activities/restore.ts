@@ -48,7 +48,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
       const names = manifest.disks.map((d) => d.name).join(', ');
       throw new SnapshotError('DiskNotFound', `The snapshot has no disk "${diskName}" (it has: ${names}).`);
     }
-    const reporter = new StageReporter<null>(deps.progress, 'RESTORING', disk.sizeBytes);
+    const reporter = new StageReporter<null>('RESTORING', disk.sizeBytes);
     await restoreDisk({
       manifest,
       diskName: disk.name,
@@ -58,7 +58,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
       signal: reporter.signal,
       onProgress: ({ bytesDone }) => reporter.update(bytesDone, null),
     });
-    reporter.update(disk.sizeBytes, null, true);
+    reporter.update(disk.sizeBytes, null);
     return { bytesRestored: disk.sizeBytes };
   };
 

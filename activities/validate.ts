@@ -1,13 +1,22 @@
+import { createHash } from 'node:crypto';
 import { Context } from '@temporalio/activity';
+import { NO_ACTIVE_VMS, requestFingerprint } from '../domain/acceptance';
 import { SnapshotError } from '../domain/errors';
 import type { Region } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { CreateSnapshotRequestSchema } from '../domain/requests';
-import { checkSnapshotRequest } from '../domain/rules';
+import { checkAccount, checkSnapshotRequest } from '../domain/rules';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
 
 export interface ValidateResult {
+  /**
+   * The snapshot the request stands for: the input's own id once reserved, or the live snapshot an earlier request
+   * with the same idempotency key and fields made (the workflow then makes nothing).
+   */
+  snapshotId: string;
+  /** The workflow that makes (or made) that snapshot. */
+  workflowId: string;
   vmId: string;
   vmName: string;
   region: Region;
@@ -15,11 +24,13 @@ export interface ValidateResult {
 }
 
 /**
- * Stage 1, validation: re-checks every rule authoritatively (the client checked only for fast feedback) and reserves
- * the name and the VM's in-flight slot in one atomic step. Idempotent: a retry finds its own reservation.
+ * Stage 1, validation: the authoritative check of every rule, and the reservation of the name, the VM's in-flight slot,
+ * the credit hold and the idempotency key in one atomic step. `requestedAt` is when the request arrived (its
+ * workflow's start), so a snapshot in flight then refuses it even if validation runs after that one ended.
+ * Idempotent: a retry finds its own reservation.
  */
 export function createValidateActivity(deps: ActivityDeps) {
-  return async function validateSnapshot(input: SnapshotWorkflowInput): Promise<ValidateResult> {
+  return async function validateSnapshot(input: SnapshotWorkflowInput, requestedAt: string): Promise<ValidateResult> {
     return withFailureTypes(async () => {
       const parsed = CreateSnapshotRequestSchema.safeParse(input.request);
       if (!parsed.success) throw new SnapshotError('InvalidRequest', parsed.error.message);
@@ -31,11 +42,16 @@ export function createValidateActivity(deps: ActivityDeps) {
           `Snapshot ${input.snapshotId} already failed: ${existing.failureReason}`,
         );
       }
-      const vm = checkSnapshotRequest(request, {
-        account: deps.catalog.getAccount(request.accountId),
-        vm: deps.catalog.getVm(request.vmId),
-      });
-      if (!existing) {
+      const account = deps.catalog.getAccount(request.accountId);
+      checkAccount(request.accountId, account);
+      if (
+        deps.catalog.listVms({ accountId: request.accountId, region: request.region, status: 'ACTIVE' }).length === 0
+      ) {
+        throw new SnapshotError('NoActiveVms', `${NO_ACTIVE_VMS} in ${request.region}.`);
+      }
+      const vm = checkSnapshotRequest(request, { account, vm: deps.catalog.getVm(request.vmId) });
+      const reserved =
+        existing ??
         deps.catalog.reserveSnapshot({
           id: input.snapshotId,
           accountId: request.accountId,
@@ -46,11 +62,16 @@ export function createValidateActivity(deps: ActivityDeps) {
           description: request.description,
           createAsImage: request.createAsImage,
           idempotencyKey: request.idempotencyKey ?? null,
+          requestDigest: request.idempotencyKey
+            ? createHash('sha256').update(requestFingerprint(request)).digest('hex')
+            : null,
+          requestedAt,
           policyId: request.policyId ?? null,
           workflowId: Context.current().info.workflowExecution?.workflowId ?? input.snapshotId,
         });
-      }
       return {
+        snapshotId: reserved.id,
+        workflowId: reserved.workflowId,
         vmId: vm.id,
         vmName: vm.name,
         region: vm.region,

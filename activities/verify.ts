@@ -29,7 +29,7 @@ export function createVerifyActivity(deps: ActivityDeps) {
       const manifest = await repository.readManifest(input.snapshotId);
       const stats = await manifestStats(manifest, repository);
       const from = StageReporter.checkpoint<VerifyCheckpoint>() ?? { index: 0 };
-      const reporter = new StageReporter<VerifyCheckpoint>(deps.progress, 'VERIFYING', stats.distinctRawBytes);
+      const reporter = new StageReporter<VerifyCheckpoint>('VERIFYING', stats.distinctRawBytes);
       await verifyManifest({
         manifest,
         repository,
@@ -38,7 +38,7 @@ export function createVerifyActivity(deps: ActivityDeps) {
         signal: reporter.signal,
         onProgress: ({ index, bytesDone }) => reporter.update(bytesDone, { index }),
       });
-      reporter.update(stats.distinctRawBytes, { index: stats.distinctChunks }, true);
+      reporter.update(stats.distinctRawBytes, { index: stats.distinctChunks });
       const record = deps.catalog.updateSnapshot(input.snapshotId, {
         status: 'SUCCESS',
         logicalBytes: stats.logicalBytes,

@@ -29,6 +29,7 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   NoActiveVms: 409,
   VmNotActive: 409,
   SnapshotNameTaken: 409,
+  IdempotencyKeyReused: 409,
   SnapshotInProgress: 409,
   SnapshotNotRestorable: 409,
   PolicyExists: 409,

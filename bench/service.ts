@@ -77,7 +77,6 @@ export async function startSnapshotService(options: {
     options.log('Bundling the workflows and starting the worker');
     const { worker, pool } = await createSnapshotWorker({
       connection: nativeConnection,
-      client,
       namespace: server.namespace,
       taskQueue: TASK_QUEUE,
       platform,

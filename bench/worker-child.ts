@@ -1,4 +1,3 @@
-import { Client, Connection } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { openEmbeddedPlatform } from '../platform/local';
 import { createSnapshotWorker } from '../worker/worker';
@@ -18,11 +17,8 @@ async function main(): Promise<void> {
   Runtime.install({ logger: new DefaultLogger('WARN') });
   const platform = openEmbeddedPlatform(dataDir);
   const connection = await NativeConnection.connect({ address });
-  const clientConnection = await Connection.connect({ address });
-  const client = new Client({ connection: clientConnection, namespace });
   const { worker, pool } = await createSnapshotWorker({
     connection,
-    client,
     namespace,
     taskQueue,
     platform,
@@ -35,7 +31,6 @@ async function main(): Promise<void> {
     await running;
   } finally {
     await pool.destroy();
-    await clientConnection.close();
     await connection.close();
     platform.catalog.close();
   }

@@ -1,24 +1,20 @@
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import type { Client, WorkflowHandle } from '@temporalio/client';
-import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
+import type { Client, WorkflowExecutionDescription, WorkflowHandle } from '@temporalio/client';
+import { WithStartWorkflowOperation } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
+import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow';
 import type { z } from 'zod';
+import { NO_ACTIVE_VMS } from '../domain/acceptance';
 import { MIN_COVERED_HOURS, formatMoney } from '../domain/billing';
 import { SnapshotError, isSnapshotErrorType } from '../domain/errors';
 import { isIdOf } from '../domain/ids';
 import type { ImageRecord, Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
-import { RegionSchema, isInFlight } from '../domain/model';
+import { RegionSchema, SnapshotStatusSchema, isInFlight } from '../domain/model';
 import type { CreateSnapshotRequest, RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { CreateSnapshotRequestSchema, RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
-import {
-  checkAccount,
-  checkCredits,
-  checkOwnSnapshot,
-  checkSnapshotRequest,
-  creditHoldFor,
-  formatVmChoice,
-} from '../domain/rules';
+import { checkOwnSnapshot, creditHoldFor, formatVmChoice } from '../domain/rules';
+import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
+import type { StageHeartbeat } from '../activities/progress';
 import type { Catalog } from '../platform/ports';
 import type {
   createImageWorkflow,
@@ -29,8 +25,10 @@ import type {
   snapshotWorkflow,
 } from '../workflows';
 import { deletionWorkflowId } from '../workflows/lifecycle';
-import { restoreProgressQuery, snapshotProgressQuery } from '../workflows/messages';
+import { JOINED_REFUSED_RUN, acceptedUpdate, restoreStateQuery } from '../workflows/messages';
 import { snapshotStartOptions } from '../workflows/start-options';
+
+export { NO_ACTIVE_VMS };
 
 export interface SnapshotClientOptions {
   client: Client;
@@ -53,21 +51,22 @@ export interface EligibleVm {
 /** Progress of a restore: bytes written over all its disks, throughput and ETA. */
 export type RestoreProgress = StageProgress & { etaSeconds: number | null; done: boolean };
 
-/** Message shown when a region has no ACTIVE VM (create is refused with the same words). */
-export const NO_ACTIVE_VMS = 'No active VMs available';
-
 /**
- * How often a watcher reads a running workflow's progress. Each reading is a query (it reaches the worker through the
- * server and costs a few milliseconds of CPU on each), and a snapshot of a large disk runs for many minutes: once a
- * second keeps a progress bar live without taxing a busy worker.
+ * How often a watcher reads a running workflow's progress. Each reading is a describe (answered by the server from
+ * the workflow's state, no worker involved); activities heartbeat their progress at most once a second, so reading
+ * more often would show nothing new.
  */
 const PROGRESS_POLL_MS = 1000;
-/** How often createSnapshot checks whether validation has accepted the request (it answers once it has). */
-const ACCEPTANCE_POLL_MS = 125;
+/**
+ * How often createSnapshot starts a request again after joining a run that validation refused for another request of
+ * the same name (each round answers at least that other request, so only a crowd of different refused requests for
+ * one name needs more than a few).
+ */
+const MAX_CREATE_ATTEMPTS = 10;
 
 /**
  * The typed client: what the CLI (and any program) uses to create, inspect and restore snapshots. Requests are
- * parsed with zod and pre-checked against the catalog for fast feedback; the workflow's validation re-checks them.
+ * parsed with zod; the rules are checked by the workflow's validation, whose answer createSnapshot awaits.
  */
 export class SnapshotClient {
   constructor(private readonly options: SnapshotClientOptions) {}
@@ -101,76 +100,44 @@ export class SnapshotClient {
   }
 
   /**
-   * Starts a snapshot and returns once the request is accepted. The workflow id is derived from the account and the
-   * name, so retrying the same request returns the snapshot already being made instead of starting a second one.
+   * Starts a snapshot and returns once validation has accepted it, or throws its typed refusal: one
+   * update-with-start call. The workflow id is derived from the account and the name, so concurrent and retried
+   * requests for one name meet in one run: the one that started it gets validation's answer, one that repeats it
+   * (same idempotency key and fields) the same snapshot, any other `SnapshotNameTaken` (`IdempotencyKeyReused` with
+   * the same key). A retry after the snapshot ended is answered from the catalog's record of the key.
    */
   async createSnapshot(input: CreateSnapshotRequest): Promise<StartedSnapshot> {
     const request = parseOrThrow(CreateSnapshotRequestSchema, input, undefined, 'request');
-    checkAccount(request.accountId, this.options.catalog.getAccount(request.accountId));
-    if (this.listEligibleVms(request.accountId, request.region).length === 0) {
-      throw new SnapshotError('NoActiveVms', `${NO_ACTIVE_VMS} in ${request.region}.`);
-    }
-    const vm = checkSnapshotRequest(request, {
-      account: this.options.catalog.getAccount(request.accountId),
-      vm: this.options.catalog.getVm(request.vmId),
-    });
-    const catalog = this.options.catalog;
-    const sameName = catalog.findSnapshotByName(request.accountId, request.name);
-    if (sameName) {
-      if (request.idempotencyKey && sameName.idempotencyKey === request.idempotencyKey) {
-        return { snapshotId: sameName.id, workflowId: sameName.workflowId };
-      }
-      throw nameTaken(request.name, sameName.id);
-    }
-    const inFlight = catalog.listSnapshots({ vmId: vm.id }).find((s) => isInFlight(s.status));
-    if (inFlight) {
-      throw new SnapshotError(
-        'SnapshotInProgress',
-        `VM ${vm.name} already has a snapshot in progress ("${inFlight.name}"); wait for it to finish.`,
-      );
-    }
-    checkCredits(catalog.getAccount(request.accountId)!, vm, catalog.heldCredits(request.accountId));
-
     const snapshotId = `snap-${randomUUID()}`;
-    // Identifies this request among concurrent ones for the same name: only the one whose workflow started wins.
-    const requestKey = request.idempotencyKey ?? snapshotId;
-    let handle: WorkflowHandle<typeof snapshotWorkflow>;
-    try {
-      handle = await this.options.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
-        ...snapshotStartOptions({ snapshotId, request }, vm, requestKey),
-        taskQueue: this.options.taskQueue,
-        // A retried request joins the running workflow; the catalog's reservation decides name uniqueness after that.
-        workflowIdConflictPolicy: 'USE_EXISTING',
-        workflowIdReusePolicy: 'ALLOW_DUPLICATE',
-      });
-    } catch (error) {
-      if (error instanceof WorkflowExecutionAlreadyStartedError) throw nameTaken(request.name);
-      throw error;
-    }
-    const { memo } = await handle.describe();
-    if (memo?.requestKey !== requestKey) throw nameTaken(request.name, memo?.snapshotId as string | undefined);
-    const started = { snapshotId: memo.snapshotId as string, workflowId: handle.workflowId };
-    await this.waitUntilAccepted(handle);
-    return started;
-  }
-
-  /**
-   * Waits until validation has reserved the name, the VM slot and the credit hold (or failed): `createSnapshot`
-   * reports rule violations, including those only the authoritative check can see under races, to its caller.
-   */
-  private async waitUntilAccepted(handle: WorkflowHandle<typeof snapshotWorkflow>): Promise<void> {
-    // Polls instead of awaiting the result, so no long poll is left open once the request is accepted.
-    for (;;) {
-      const progress = await handle.query(snapshotProgressQuery).catch(() => undefined);
-      if (progress && progress.status !== 'VALIDATING' && progress.status !== 'FAILED') return;
-      const { status } = await handle.describe();
-      if (status.name !== 'RUNNING') {
-        await handle.result().catch((error: unknown) => {
-          throw toSnapshotError(error);
+    // The VM only labels the run in the Web UI; whether it may be snapshotted is validation's to say.
+    const vm = this.options.catalog.getVm(request.vmId) ?? {
+      id: request.vmId,
+      name: request.vmId,
+      flavor: 'unknown',
+      region: request.region,
+    };
+    const start = {
+      ...snapshotStartOptions({ snapshotId, request }, vm),
+      taskQueue: this.options.taskQueue,
+      // A concurrent request for the name joins the running workflow (its update handler tells the two apart); once
+      // that run has ended, a new one starts and the catalog's reservation answers.
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      workflowIdReusePolicy: 'ALLOW_DUPLICATE',
+    } as const;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.options.client.workflow.executeUpdateWithStart(acceptedUpdate, {
+          args: [{ snapshotId, request }],
+          startWorkflowOperation: new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', start),
         });
-        return;
+      } catch (error) {
+        if (!joinedRefusedRun(error) || attempt === MAX_CREATE_ATTEMPTS) throw toSnapshotError(error);
+        // The refused run it joined ends at once (it only records the refusal): wait for that, then start again.
+        await this.options.client.workflow
+          .getHandle(start.workflowId)
+          .result()
+          .catch(() => undefined);
       }
-      await sleep(ACCEPTANCE_POLL_MS);
     }
   }
 
@@ -178,10 +145,10 @@ export class SnapshotClient {
   async getSnapshot(accountId: string, snapshotId: string): Promise<SnapshotRecord & { progress?: SnapshotProgress }> {
     const record = checkOwnSnapshot(this.options.catalog.getSnapshot(snapshotId), accountId, snapshotId);
     if (!isInFlight(record.status)) return record;
-    const progress = await this.options.client.workflow
-      .getHandle(record.workflowId)
-      .query(snapshotProgressQuery)
-      .catch(() => undefined);
+    const progress = await this.readProgress(
+      record.id,
+      this.options.client.workflow.getHandle(record.workflowId),
+    ).catch(() => undefined);
     return progress ? { ...record, progress } : record;
   }
 
@@ -199,7 +166,10 @@ export class SnapshotClient {
   ): Promise<SnapshotRecord> {
     const handle = this.options.client.workflow.getHandle<typeof snapshotWorkflow>(started.workflowId);
     const result = handle.result();
-    const outcome = await pollUntil(result, async () => onProgress(await handle.query(snapshotProgressQuery)));
+    const outcome = await pollUntil(result, async () => {
+      const progress = await this.readProgress(started.snapshotId, handle);
+      if (progress) onProgress(progress);
+    });
     // One last reading, so a watcher always sees the final SUCCESS or FAILED state: from the catalog, which the
     // workflow updated before it ended (a query now would make a worker replay the closed workflow).
     const record = this.options.catalog.getSnapshot(started.snapshotId);
@@ -222,7 +192,10 @@ export class SnapshotClient {
       staticSummary: `Restore disk ${request.diskName} of ${request.snapshotId}`,
     });
     const result = handle.result();
-    const outcome = await pollUntil(result, async () => onProgress(await handle.query(restoreProgressQuery)));
+    const outcome = await pollUntil(result, async () => {
+      const disk = (await this.pendingProgress(await handle.describe()))[0];
+      if (disk) onProgress(restoreReading(disk, 0, disk.bytesTotal));
+    });
     if (!outcome.ok) throw toSnapshotError(outcome.error);
     return outcome.value;
   }
@@ -248,7 +221,11 @@ export class SnapshotClient {
       args: [request],
       staticSummary: `Restore VM ${request.vmName} from ${'snapshotId' in request.source ? request.source.snapshotId : request.source.imageId}`,
     });
-    const outcome = await pollUntil(handle.result(), async () => onProgress(await handle.query(restoreProgressQuery)));
+    const outcome = await pollUntil(handle.result(), async () => {
+      const [state, description] = await Promise.all([handle.query(restoreStateQuery), handle.describe()]);
+      const disk = (await this.pendingProgress(description))[0];
+      onProgress(restoreReading(disk, state.finishedBytes, state.bytesTotal));
+    });
     if (!outcome.ok) throw toSnapshotError(outcome.error);
     const vm = this.options.catalog.getVm(outcome.value.vmId)!;
     return { vm, bytesRestored: outcome.value.bytesRestored };
@@ -272,6 +249,48 @@ export class SnapshotClient {
     await handle.result().catch((error: unknown) => {
       throw toSnapshotError(error);
     });
+  }
+
+  /**
+   * A running snapshot's progress: its stage from the SnapshotStatus search attribute, its figures from the heartbeat
+   * details of the stage's pending activity. Undefined once the workflow has closed.
+   */
+  private async readProgress(
+    snapshotId: string,
+    handle: WorkflowHandle<typeof snapshotWorkflow>,
+  ): Promise<SnapshotProgress | undefined> {
+    const description = await handle.describe();
+    if (description.status.name !== 'RUNNING') return undefined;
+    const parsed = SnapshotStatusSchema.safeParse(description.typedSearchAttributes.get(SnapshotStatusKey));
+    if (!parsed.success) return undefined;
+    const status = parsed.data;
+    const stage = (await this.pendingProgress(description)).find((p) => p.stage === status);
+    const bytesDone = stage?.bytesDone ?? 0;
+    const bytesTotal = stage?.bytesTotal ?? 0;
+    const throughput = stage?.throughput ?? 0;
+    return {
+      snapshotId,
+      status,
+      bytesDone,
+      bytesTotal,
+      throughput,
+      etaSeconds: etaSeconds(bytesTotal - bytesDone, throughput),
+      failureType: null,
+      failureReason: null,
+    };
+  }
+
+  /** The progress each pending activity of a workflow last heartbeated (activities that have not yet are left out). */
+  private async pendingProgress(description: WorkflowExecutionDescription): Promise<StageProgress[]> {
+    const converter = this.options.client.options.loadedDataConverter;
+    const readings: StageProgress[] = [];
+    for (const activity of description.raw.pendingActivities ?? []) {
+      const payloads = activity.heartbeatDetails?.payloads;
+      if (!payloads?.length) continue;
+      const details = await decodeFromPayloadsAtIndex<StageHeartbeat<unknown>>(converter, 0, payloads);
+      if (details?.progress) readings.push(details.progress);
+    }
+    return readings;
   }
 
   /** Boot sources: the account's images, optionally of one region. */
@@ -309,12 +328,31 @@ export class SnapshotClient {
   }
 }
 
-function nameTaken(name: string, existingId?: string): SnapshotError {
-  return new SnapshotError(
-    'SnapshotNameTaken',
-    `A snapshot named "${name}" already exists in this account${existingId ? ` (${existingId})` : ''}; ` +
-      'names are unique across all regions, ignoring case. Choose another name.',
-  );
+/** Whether an `accepted` update failed because it joined a refused run (see JOINED_REFUSED_RUN). */
+function joinedRefusedRun(error: unknown): boolean {
+  for (let cause = error; cause instanceof Error; cause = cause.cause) {
+    if (cause instanceof ApplicationFailure && cause.type === JOINED_REFUSED_RUN) return true;
+  }
+  return false;
+}
+
+/** Seconds left at the measured throughput; null when nothing was measured yet. */
+function etaSeconds(bytesLeft: number, throughput: number): number | null {
+  return throughput > 0 ? Math.ceil(bytesLeft / throughput) : null;
+}
+
+/** A restore reading: the disks finished before plus the current disk's heartbeated bytes. */
+function restoreReading(disk: StageProgress | undefined, finishedBytes: number, bytesTotal: number): RestoreProgress {
+  const bytesDone = finishedBytes + (disk?.bytesDone ?? 0);
+  const throughput = disk?.throughput ?? 0;
+  return {
+    stage: 'RESTORING',
+    bytesDone,
+    bytesTotal,
+    throughput,
+    etaSeconds: etaSeconds(bytesTotal - bytesDone, throughput),
+    done: false,
+  };
 }
 
 /** The progress reading of a snapshot that has ended, from its record. */

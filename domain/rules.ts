@@ -6,8 +6,8 @@ import type { ValidCreateSnapshotRequest } from './requests';
 
 /**
  * The request rules of the product page that need the catalog's facts: the account exists, the VM exists, belongs to
- * the account, is ACTIVE and lives in the region the snapshot is made in. Pure, so the client (fast feedback) and the
- * validation activity (authoritative) apply exactly the same checks. Returns the VM.
+ * the account, is ACTIVE and lives in the region the snapshot is made in. Pure; the validation activity applies it
+ * with the catalog's facts. Returns the VM.
  */
 export function checkSnapshotRequest(
   request: ValidCreateSnapshotRequest,

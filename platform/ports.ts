@@ -26,7 +26,12 @@ export type NewSnapshot = Pick<
   | 'workflowId'
   | 'idempotencyKey'
   | 'policyId'
->;
+> & {
+  /** SHA-256 of the request's fingerprint (domain/acceptance.ts), stored with its idempotency key; null without a key. */
+  requestDigest: string | null;
+  /** When the request arrived (its workflow's start): a snapshot of the VM in flight then refuses it too. */
+  requestedAt: string;
+};
 
 export type SnapshotPatch = Partial<
   Pick<
@@ -66,10 +71,12 @@ export interface Catalog {
   putVm(vm: Vm): void;
   deleteVm(id: string): void;
   /**
-   * Inserts a snapshot in VALIDATING state and takes its credit hold, atomically: fails with `SnapshotNameTaken` if the
-   * account already has a live snapshot with that name (any region, case-insensitive), `SnapshotInProgress` if the VM
-   * has one in flight, and `InsufficientCredits` if the available balance does not cover the hold. Idempotent for the
-   * same id.
+   * Inserts a snapshot in VALIDATING state and takes its credit hold, atomically. With an idempotency key, the live
+   * snapshot already made with that key is returned instead (another id) when its request digest is the same, and
+   * `IdempotencyKeyReused` thrown when it is not. Otherwise fails with `SnapshotNameTaken` if the account already has a
+   * live snapshot with that name (any region, case-insensitive), `SnapshotInProgress` if the VM has one in flight now
+   * or had one in flight at `requestedAt`, and `InsufficientCredits` if the available balance does not cover the hold.
+   * Idempotent for the same id.
    */
   reserveSnapshot(snapshot: NewSnapshot): SnapshotRecord;
   /** Sum of the credit holds of the account's snapshots in flight. */

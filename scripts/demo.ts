@@ -54,7 +54,6 @@ async function main(): Promise<void> {
   const client = new Client({ connection, namespace: config.TEMPORAL_NAMESPACE });
   const { worker, pool } = await createSnapshotWorker({
     connection: nativeConnection,
-    client,
     namespace: config.TEMPORAL_NAMESPACE,
     taskQueue: config.SNAP_TASK_QUEUE,
     platform,

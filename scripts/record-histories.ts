@@ -41,7 +41,6 @@ async function main(): Promise<void> {
     const faults = { corruptReads: false };
     const { worker, pool } = await createSnapshotWorker({
       connection: nativeConnection,
-      client,
       namespace: server.namespace,
       taskQueue: TASK_QUEUE,
       platform: { ...platform, repositoryFor: (region) => withFaults(platform.repositoryFor(region), faults) },

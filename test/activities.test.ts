@@ -6,19 +6,17 @@ import { CancelledFailure } from '@temporalio/common';
 import { createActivities } from '../activities';
 import type { Activities } from '../activities';
 import { ChunkPool, manifestStats } from '../dataplane';
-import type { StageProgress } from '../domain/model';
 import type { EmbeddedPlatform } from '../platform/local';
 import { openEmbeddedPlatform } from '../platform/local';
 import type { DiskView } from '../platform/ports';
 import { seedTestFleet } from './helpers/snapshot-env';
 import type { CaptureCheckpoint, CaptureResult } from '../activities/capture';
-import type { CompressResult } from '../activities/compress';
+import type { StageHeartbeat } from '../activities/progress';
 
 let dataDir: string;
 let platform: EmbeddedPlatform;
 let pool: ChunkPool;
 let activities: Activities;
-const reports: StageProgress[] = [];
 
 beforeAll(async () => {
   dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-activities-'));
@@ -30,7 +28,6 @@ beforeAll(async () => {
     hypervisor: platform.hypervisor,
     repositoryFor: platform.repositoryFor,
     pool,
-    progress: { report: async (_workflowId, p) => void reports.push(p) },
     captureMaxBytesPerSecond: 0,
   });
 });
@@ -40,6 +37,17 @@ afterAll(async () => {
   platform.catalog.close();
   await fs.rm(dataDir, { recursive: true, force: true });
 });
+
+/** Runs an activity in a mock environment, collecting the details of every heartbeat it sends. */
+async function runCollecting<A extends unknown[], R>(
+  fn: (...args: A) => Promise<R>,
+  ...args: A
+): Promise<{ result: R; heartbeats: StageHeartbeat<unknown>[] }> {
+  const env = new MockActivityEnvironment();
+  const heartbeats: StageHeartbeat<unknown>[] = [];
+  env.on('heartbeat', (d: StageHeartbeat<unknown>) => heartbeats.push(d));
+  return { result: await env.run(fn, ...args), heartbeats };
+}
 
 /** Reserves a snapshot and opens its views, as validation and initiation would. */
 async function prepare(snapshotId: string, vmId: string): Promise<DiskView[]> {
@@ -55,28 +63,32 @@ async function prepare(snapshotId: string, vmId: string): Promise<DiskView[]> {
     createAsImage: false,
     workflowId: snapshotId,
     idempotencyKey: null,
+    requestDigest: null,
+    requestedAt: new Date().toISOString(),
     policyId: null,
   });
   return new MockActivityEnvironment().run(activities.initiateSnapshot, snapshotId);
 }
 
 describe('capture activity', () => {
-  test('heartbeats its checkpoint and reports progress to the workflow', async () => {
+  test('heartbeats its checkpoint with its progress', async () => {
     const disks = await prepare('snap-heartbeat', 'vm-trainer-01');
-    const env = new MockActivityEnvironment();
-    const heartbeats: CaptureCheckpoint[] = [];
-    env.on('heartbeat', (d: CaptureCheckpoint) => heartbeats.push(d));
-    const result: CaptureResult = await env.run(activities.captureSnapshot, {
+    const { result, heartbeats } = await runCollecting(activities.captureSnapshot, {
       snapshotId: 'snap-heartbeat',
       region: 'CANADA-1' as const,
       disks,
     });
+    const details = heartbeats as StageHeartbeat<CaptureCheckpoint>[];
     expect(result.bytesRead).toBe(result.bytesTotal);
     expect(result.resumedFromBytes).toBe(0);
-    expect(heartbeats.length).toBeGreaterThan(2);
-    expect(heartbeats.at(-1)).toEqual({ disk: disks.length, chunk: 0 });
-    expect(heartbeats.some((h) => h.disk === 0 && h.chunk > 0)).toBe(true);
-    expect(reports.at(-1)).toMatchObject({ stage: 'CAPTURING', bytesDone: result.bytesTotal });
+    expect(details.length).toBeGreaterThan(2);
+    expect(details.at(-1)).toMatchObject({
+      checkpoint: { disk: disks.length, chunk: 0 },
+      progress: { stage: 'CAPTURING', bytesDone: result.bytesTotal, bytesTotal: result.bytesTotal },
+    });
+    expect(details.some((h) => h.checkpoint.disk === 0 && h.checkpoint.chunk > 0)).toBe(true);
+    const done = details.map((h) => h.progress.bytesDone);
+    expect(done).toEqual([...done].sort((a, b) => a - b));
   });
 
   test('resumes from the heartbeat details of a previous attempt', async () => {
@@ -88,10 +100,9 @@ describe('capture activity', () => {
     });
     const repository = platform.repositoryFor('CANADA-1');
     const journal = await repository.readJournal('snap-resume', 'data');
-    const resumed: CaptureResult = await new MockActivityEnvironment({ heartbeatDetails: { disk: 1, chunk: 10 } }).run(
-      activities.captureSnapshot,
-      { snapshotId: 'snap-resume', region: 'CANADA-1' as const, disks },
-    );
+    const resumed: CaptureResult = await new MockActivityEnvironment({
+      heartbeatDetails: { checkpoint: { disk: 1, chunk: 10 }, progress: null },
+    }).run(activities.captureSnapshot, { snapshotId: 'snap-resume', region: 'CANADA-1' as const, disks });
     expect(resumed.resumedFromBytes).toBe(disks[0]!.sizeBytes + 10 * full.chunkSize);
     expect(resumed.bytesRead).toBe(disks[1]!.sizeBytes - 10 * full.chunkSize);
     expect(await repository.readJournal('snap-resume', 'data')).toEqual(journal);
@@ -100,8 +111,8 @@ describe('capture activity', () => {
   test('stops promptly when cancelled', async () => {
     const disks = await prepare('snap-cancel', 'vm-infer-01');
     const env = new MockActivityEnvironment();
-    env.on('heartbeat', (d: CaptureCheckpoint) => {
-      if (d.chunk > 0) env.cancel();
+    env.on('heartbeat', (d: StageHeartbeat<CaptureCheckpoint>) => {
+      if (d.checkpoint.chunk > 0) env.cancel();
     });
     const outcome = await env
       .run(activities.captureSnapshot, { snapshotId: 'snap-cancel', region: 'NORWAY-1' as const, disks })
@@ -118,13 +129,16 @@ describe('stage progress', () => {
       ...input,
       disks,
     });
-    reports.length = 0;
-    const compressed: CompressResult = await new MockActivityEnvironment().run(activities.compressSnapshot, {
+    const compressed = await runCollecting(activities.compressSnapshot, {
       ...input,
       disks,
       chunkSize: captured.chunkSize,
     });
-    await new MockActivityEnvironment().run(activities.verifySnapshot, { ...input, addedBytes: compressed.addedBytes });
+    const verified = await runCollecting(activities.verifySnapshot, {
+      ...input,
+      addedBytes: compressed.result.addedBytes,
+    });
+    const reports = [...compressed.heartbeats, ...verified.heartbeats].map((h) => h.progress);
     const repository = platform.repositoryFor(input.region);
     const stats = await manifestStats(await repository.readManifest(input.snapshotId), repository);
     const totals = { COMPRESSING: stats.logicalBytes, VERIFYING: stats.distinctRawBytes };

@@ -200,7 +200,6 @@ describe('storage billing, exactly once per hour', () => {
     const temporal = await connectTestClient();
     const other = await createSnapshotWorker({
       connection: temporal.nativeConnection,
-      client: temporal.client,
       namespace: temporal.client.options.namespace,
       taskQueue: env.taskQueue,
       platform: second,

@@ -255,6 +255,8 @@ function storedSnapshot(fields: { vmId: string; name: string; description?: stri
     workflowId: `stored/${id}`,
     idempotencyKey: null,
     policyId: null,
+    requestDigest: null,
+    requestedAt: new Date().toISOString(),
   });
   return env.platform.catalog.updateSnapshot(id, { status: 'SUCCESS' });
 }

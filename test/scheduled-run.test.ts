@@ -69,7 +69,6 @@ async function withWorker<T>(fn: (taskQueue: string) => Promise<T>): Promise<T> 
   const taskQueue = uniqueId('timeskip');
   const { worker, pool } = await createSnapshotWorker({
     connection: env.nativeConnection,
-    client: env.client,
     namespace: env.namespace ?? 'default',
     taskQueue,
     platform,

@@ -145,7 +145,7 @@ describe('snapshot workflow on a real Temporal server', () => {
   });
 
   test('a rule violation fails the workflow with a typed, non-retried error and leaves nothing behind', async () => {
-    const shutoff = env.platform.catalog.getVm('vm-notebook-01')!;
+    const shutoff = env.platform.catalog.getVm('vm-builder-01')!;
     const handle = await env.client.workflow.start<typeof snapshotWorkflow>('snapshotWorkflow', {
       taskQueue: env.taskQueue,
       workflowId: `direct-${Date.now()}`,

@@ -17,7 +17,6 @@ async function main(): Promise<void> {
   const client = new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE });
   const { worker, pool } = await createSnapshotWorker({
     connection,
-    client,
     namespace: config.TEMPORAL_NAMESPACE,
     taskQueue: config.SNAP_TASK_QUEUE,
     platform,

@@ -1,13 +1,10 @@
 import type { Duration } from '@temporalio/common';
-import type { Client } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import { Worker } from '@temporalio/worker';
 import type { State } from '@temporalio/worker';
 import { createActivities } from '../activities';
-import type { ProgressSink } from '../activities';
 import { ChunkPool, dataActivityWorkingSet, workingMemory } from '../dataplane';
 import type { EmbeddedPlatform } from '../platform/local';
-import { stageProgressSignal } from '../workflows/messages';
 import { WorkerMetrics } from './metrics';
 import { DATA_ACTIVITY_TYPES, dataTaskQueue } from '../workflows/profiles';
 
@@ -21,8 +18,6 @@ const DEFAULT_DATA_ACTIVITIES = 2;
 
 export interface SnapshotWorkerOptions {
   connection: NativeConnection;
-  /** Used to send progress from activities to their workflows. */
-  client: Client;
   namespace: string;
   taskQueue: string;
   platform: EmbeddedPlatform;
@@ -116,16 +111,12 @@ export async function createSnapshotWorker(
   options: SnapshotWorkerOptions,
 ): Promise<{ worker: SnapshotWorker; pool: ChunkPool }> {
   const pool = new ChunkPool();
-  const progress: ProgressSink = {
-    report: (workflowId, update) => options.client.workflow.getHandle(workflowId).signal(stageProgressSignal, update),
-  };
   const metrics = new WorkerMetrics(options.taskQueue);
   const activities = createActivities({
     catalog: options.platform.catalog,
     hypervisor: metrics.timeFreezes(options.platform.hypervisor),
     repositoryFor: (region) => options.platform.repositoryFor(region),
     pool,
-    progress,
     captureMaxBytesPerSecond: options.captureMaxBytesPerSecond ?? 0,
   });
   try {

@@ -1,16 +1,44 @@
-import { defineQuery, defineSignal } from '@temporalio/workflow';
-import type { SnapshotProgress, StageProgress } from '../domain/model';
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { ValidCreateSnapshotRequest } from '../domain/requests';
 
-/** Live progress of a snapshot workflow: stage, bytes done/total, throughput and ETA. */
-export const snapshotProgressQuery = defineQuery<SnapshotProgress>('progress');
+/** A create request as it asks its workflow to accept it: the id it chose and what it asks for. */
+export interface AcceptanceRequest {
+  snapshotId: string;
+  request: ValidCreateSnapshotRequest;
+}
 
-/** Live progress of a restore workflow. */
-export const restoreProgressQuery = defineQuery<StageProgress & { etaSeconds: number | null; done: boolean }>(
-  'progress',
-);
+/** An accepted request: the snapshot it stands for and the workflow that makes (or made) it. */
+export interface Acceptance {
+  snapshotId: string;
+  workflowId: string;
+}
 
-/** Sent by a running activity to its own workflow, at most about once a second. */
-export const stageProgressSignal = defineSignal<[StageProgress]>('stageProgress');
+/**
+ * Sent with update-with-start by every create request: resolves once validation has reserved the name, the VM slot
+ * and the credit hold, or fails with the typed refusal. A request that joins a run another request started is the
+ * same request only with the same idempotency key and fields (else `IdempotencyKeyReused` or `SnapshotNameTaken`).
+ */
+export const acceptedUpdate = defineUpdate<Acceptance, [AcceptanceRequest]>('accepted');
+
+/**
+ * The `accepted` update's failure type when the request joined a run that validation refused (a concurrent request
+ * for the same name with a rule violation): the name is free, so the client starts the request again once that run
+ * has ended. Never reaches a caller.
+ */
+export const JOINED_REFUSED_RUN = 'JoinedRefusedRun';
+
+/**
+ * What a restore workflow knows of its progress: the bytes of the disks it has finished and of all its disks. The
+ * disk being written reports its own bytes in its activity's heartbeat details.
+ */
+export interface RestoreState {
+  finishedBytes: number;
+  bytesTotal: number;
+  done: boolean;
+}
+
+/** Progress of a restore workflow, without the current disk's bytes (see RestoreState). */
+export const restoreStateQuery = defineQuery<RestoreState>('restoreState');
 
 /** What a scheduled run did for one VM of its policy. */
 export interface VmRunOutcome {

@@ -1,8 +1,7 @@
 import { CancellationScope, proxyActivities, setCurrentDetails, setHandler, uuid4 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import type { StageProgress } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
-import { restoreProgressQuery, stageProgressSignal } from './messages';
+import { restoreStateQuery } from './messages';
 import { CATALOG_ACTIVITY, dataActivities } from './profiles';
 
 // Restores scale with disk size and heartbeat like the data stages; a permanent error (not SUCCESS, unknown disk,
@@ -11,23 +10,10 @@ import { CATALOG_ACTIVITY, dataActivities } from './profiles';
 const restores = dataActivities();
 const restoreCatalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
 
-/** Restores one disk of a snapshot to a raw image file, with live progress. */
+/** Restores one disk of a snapshot to a raw image file; its progress is in the activity's heartbeat details. */
 export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<{ bytesRestored: number }> {
-  let progress: StageProgress = { stage: 'RESTORING', bytesDone: 0, bytesTotal: 0, throughput: 0 };
-  let done = false;
-  setHandler(stageProgressSignal, (update) => {
-    progress = update;
-  });
-  setHandler(restoreProgressQuery, () => ({
-    ...progress,
-    done,
-    etaSeconds:
-      progress.throughput > 0 ? Math.ceil((progress.bytesTotal - progress.bytesDone) / progress.throughput) : null,
-  }));
   setCurrentDetails(`Restoring disk \`${request.diskName}\` of ${request.snapshotId} to \`${request.targetPath}\``);
-  const result = await restores.restoreSnapshotDisk(request);
-  done = true;
-  return result;
+  return restores.restoreSnapshotDisk(request);
 }
 
 /**
@@ -36,33 +22,23 @@ export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<
  * failure or cancellation the half-restored VM and its disks are removed.
  */
 export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vmId: string; bytesRestored: number }> {
-  let progress: StageProgress = { stage: 'RESTORING', bytesDone: 0, bytesTotal: 0, throughput: 0 };
-  let finishedBytes = 0;
-  let done = false;
-  setHandler(stageProgressSignal, (update) => {
-    progress = { ...update, bytesDone: finishedBytes + update.bytesDone, bytesTotal: progress.bytesTotal };
-  });
-  setHandler(restoreProgressQuery, () => ({
-    ...progress,
-    done,
-    etaSeconds:
-      progress.throughput > 0 ? Math.ceil((progress.bytesTotal - progress.bytesDone) / progress.throughput) : null,
-  }));
+  // The disk being restored reports its bytes in its heartbeat details; the workflow knows the disks before it.
+  const state = { finishedBytes: 0, bytesTotal: 0, done: false };
+  setHandler(restoreStateQuery, () => state);
   const vmId = `vm-${uuid4().slice(0, 8)}`;
   setCurrentDetails(`Restoring VM \`${request.vmName}\` (${vmId}) from ${JSON.stringify(request.source)}`);
   const created = await restoreCatalog.createRestoredVm({ request, vmId });
-  progress = { ...progress, bytesTotal: created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0) };
+  state.bytesTotal = created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
   try {
     for (const disk of created.disks) {
       await restores.restoreVmDisk({ source: created.source, diskName: disk.name, targetPath: disk.path });
-      finishedBytes += disk.sizeBytes;
+      state.finishedBytes += disk.sizeBytes;
     }
     await restoreCatalog.activateRestoredVm(vmId);
   } catch (error) {
     await CancellationScope.nonCancellable(() => restoreCatalog.discardRestoredVm(vmId));
     throw error;
   }
-  done = true;
-  progress = { ...progress, bytesDone: progress.bytesTotal };
-  return { vmId, bytesRestored: finishedBytes };
+  state.done = true;
+  return { vmId, bytesRestored: state.finishedBytes };
 }

@@ -103,7 +103,7 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
     };
     try {
       await executeChild<typeof snapshotWorkflow>('snapshotWorkflow', {
-        ...snapshotStartOptions({ snapshotId, request }, vm, snapshotId),
+        ...snapshotStartOptions({ snapshotId, request }, vm),
         workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
         // Cancelling the run cancels its snapshot, whose compensations then clean up.
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,

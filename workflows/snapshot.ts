@@ -2,24 +2,33 @@ import {
   ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
+  allHandlersFinished,
+  condition,
   log,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
+  workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
+import { idempotencyKeyReusedMessage, nameTakenMessage, requestFingerprint } from '../domain/acceptance';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
-import type { Region, SnapshotProgress, SnapshotRecord, SnapshotStage, StageProgress } from '../domain/model';
+import type { Region, SnapshotRecord, SnapshotStage } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
-import { snapshotProgressQuery, stageProgressSignal } from './messages';
+import type { Acceptance, AcceptanceRequest } from './messages';
+import { JOINED_REFUSED_RUN, acceptedUpdate } from './messages';
 import { CATALOG_ACTIVITY, dataActivities, typedFailure } from './profiles';
 
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 
 // Validation only reads and writes the catalog: it is quick, and a permanent rule violation must end the run at once.
-const checks = proxyActivities<Activities>(CATALOG_ACTIVITY);
+// A local activity: it runs in the worker that runs the workflow task, with no activity task to schedule and poll
+// (two server round trips and a workflow task fewer), and in local-activity slots that data stages never hold, so
+// create requests are answered quickly however busy the worker is.
+const checks = proxyLocalActivities<Activities>(CATALOG_ACTIVITY);
 
 // Initiation freezes the guest and opens point-in-time views (copy-before-write or blockdev snapshots: instant
 // whatever the disk size); the freeze may wait up to 30 s for a guest write in progress. Few attempts: each one
@@ -48,61 +57,82 @@ const STAGE_SUMMARIES: Record<SnapshotStage, string> = {
   VERIFYING: 'Verification: read back and re-hash every chunk',
 };
 
-export interface SnapshotWorkflowResult {
-  snapshotId: string;
-  status: 'SUCCESS';
-  logicalBytes: number;
-  storedBytes: number;
-  addedBytes: number;
-  /** Bytes the capture stage read in its last attempt; less than logicalBytes when it resumed from a checkpoint. */
-  captureBytesRead: number;
-}
+export type SnapshotWorkflowResult =
+  | {
+      snapshotId: string;
+      status: 'SUCCESS';
+      logicalBytes: number;
+      storedBytes: number;
+      addedBytes: number;
+      /** Bytes the capture stage read in its last attempt; less than logicalBytes when it resumed from a checkpoint. */
+      captureBytesRead: number;
+    }
+  /** The request repeated an earlier one (same idempotency key and fields): that snapshot answers it. */
+  | { snapshotId: string; status: 'DUPLICATE' };
 
 /**
  * One snapshot: validation → initiation → data capture → compression → verification, each an activity with its own
  * timeouts and retries. Compensations are pushed as stages succeed and run in reverse, non-cancellable, on any failure
- * or cancellation; the workflow then fails with the typed reason.
+ * or cancellation; the workflow then fails with the typed reason. Create requests learn the outcome of validation
+ * through the `accepted` update; progress is in the running activity's heartbeat details, so the history holds a fixed
+ * number of events whatever the disk size.
  */
 export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<SnapshotWorkflowResult> {
   const { snapshotId, request } = input;
   let status: SnapshotStage | 'SUCCESS' | 'FAILED' = 'VALIDATING';
-  let stage: StageProgress = { stage: 'VALIDATING', bytesDone: 0, bytesTotal: 0, throughput: 0 };
-  let failure: { type: string; reason: string } | null = null;
+  // Settled once validation has answered: what every `accepted` update waits for.
+  let acceptance: { accepted: Acceptance } | { refused: { type: string; reason: string } } | undefined;
 
-  // The Web UI shows the current details: the stage, and its progress as the activity reports it.
+  setHandler(acceptedUpdate, async (caller: AcceptanceRequest): Promise<Acceptance> => {
+    // Cancelling the snapshot must not leave a create request without its answer.
+    await CancellationScope.nonCancellable(() => condition(() => acceptance !== undefined));
+    const answer = acceptance!;
+    if (caller.snapshotId !== snapshotId) {
+      // A request that joined a run another request started. If that run was refused, the same request has the same
+      // answer, and another one must start afresh (the name is not taken). If it was accepted, the joiner is that
+      // request only if it repeats it exactly, with its idempotency key.
+      const same = requestFingerprint(caller.request) === requestFingerprint(request);
+      const key = caller.request.idempotencyKey;
+      if ('refused' in answer && !same) {
+        throw ApplicationFailure.create({
+          type: JOINED_REFUSED_RUN,
+          message: 'The request joined a run that validation refused; start it again.',
+          nonRetryable: true,
+        });
+      }
+      if ('accepted' in answer && (key === undefined || key !== request.idempotencyKey)) {
+        throw ApplicationFailure.create({
+          type: 'SnapshotNameTaken',
+          message: nameTakenMessage(caller.request.name, answer.accepted.snapshotId),
+          nonRetryable: true,
+        });
+      }
+      if ('accepted' in answer && !same) {
+        throw ApplicationFailure.create({
+          type: 'IdempotencyKeyReused',
+          message: idempotencyKeyReusedMessage(key!, answer.accepted.snapshotId),
+          nonRetryable: true,
+        });
+      }
+    }
+    if ('refused' in answer) {
+      // Refused: the request that started the run, or the same request again.
+      throw ApplicationFailure.create({
+        type: answer.refused.type,
+        message: answer.refused.reason,
+        nonRetryable: true,
+      });
+    }
+    return answer.accepted;
+  });
+
+  // The Web UI shows the current details (the stage) and the pending activity's heartbeat details (its progress).
   const showDetails = (): void => {
-    const figures =
-      stage.bytesTotal > 0
-        ? ` ${Math.floor((stage.bytesDone / stage.bytesTotal) * 100)}% (${mib(stage.bytesDone)} of ` +
-          `${mib(stage.bytesTotal)} MiB, ${mib(stage.throughput)} MiB/s)`
-        : '';
-    setCurrentDetails(
-      `**${status}**${figures} — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})`,
-    );
+    setCurrentDetails(`**${status}** — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})`);
   };
-  setHandler(stageProgressSignal, (progress) => {
-    if (progress.stage !== status) return;
-    stage = progress;
-    showDetails();
-  });
-  setHandler(snapshotProgressQuery, (): SnapshotProgress => {
-    const left = stage.bytesTotal - stage.bytesDone;
-    return {
-      snapshotId,
-      status,
-      bytesDone: stage.bytesDone,
-      bytesTotal: stage.bytesTotal,
-      throughput: stage.throughput,
-      etaSeconds: stage.throughput > 0 ? Math.ceil(left / stage.throughput) : null,
-      failureType: failure?.type ?? null,
-      failureReason: failure?.reason ?? null,
-    };
-  });
 
   const enter = (next: typeof status): void => {
     status = next;
-    // A terminal state keeps the last stage's figures; a new stage starts from zero until its activity reports.
-    if (next !== 'SUCCESS' && next !== 'FAILED') stage = { stage: next, bytesDone: 0, bytesTotal: 0, throughput: 0 };
     upsertSearchAttributes([{ key: SnapshotStatusKey, value: next }]);
     showDetails();
   };
@@ -119,7 +149,14 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   const undo: (() => Promise<unknown>)[] = [];
   let verified: { region: Region; record: SnapshotRecord; captureBytesRead: number };
   try {
-    const vm = await run('VALIDATING', checks.validateSnapshot, input);
+    // The run's start is when the request arrived: validation compares it with the VM's other snapshots.
+    const vm = await run('VALIDATING', checks.validateSnapshot, input, workflowInfo().startTime.toISOString());
+    acceptance = { accepted: { snapshotId: vm.snapshotId, workflowId: vm.workflowId } };
+    if (vm.snapshotId !== snapshotId) {
+      // An earlier request with this idempotency key made the snapshot: nothing to make, nothing to compensate.
+      await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
+      return { snapshotId: vm.snapshotId, status: 'DUPLICATE' };
+    }
     undo.unshift(() => compensations.thawVm(snapshotId));
     undo.unshift(() => compensations.releaseViews(snapshotId));
     const disks = await run('INITIATING', initiation.initiateSnapshot, snapshotId);
@@ -138,8 +175,8 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     });
     verified = { region: vm.region, record, captureBytesRead: captured.bytesRead };
   } catch (error) {
-    failure = typedFailure(error);
-    const reason = failure;
+    const reason = typedFailure(error);
+    acceptance ??= { refused: reason };
     await CancellationScope.nonCancellable(async () => {
       for (const compensate of undo) {
         try {
@@ -151,6 +188,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       await compensations.markSnapshotFailed(snapshotId, reason.type, reason.reason);
     });
     enter('FAILED');
+    await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
     throw ApplicationFailure.create({
       type: reason.type,
       message: reason.reason,
@@ -164,6 +202,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   await CancellationScope.nonCancellable(() =>
     Promise.all([compensations.releaseViews(snapshotId), compensations.dropStaging(snapshotId, verified.region)]),
   );
+  await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
   const { record } = verified;
   return {
     snapshotId,
@@ -173,8 +212,4 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     addedBytes: record.addedBytes ?? 0,
     captureBytesRead: verified.captureBytesRead,
   };
-}
-
-function mib(bytes: number): string {
-  return (bytes / 2 ** 20).toFixed(1);
 }

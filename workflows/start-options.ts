@@ -9,7 +9,7 @@ import { SnapshotAccount, SnapshotName, SnapshotRegion, SnapshotStatus, Snapshot
 export interface SnapshotStartOptions {
   workflowId: string;
   args: [SnapshotWorkflowInput];
-  memo: { snapshotId: string; requestKey: string };
+  memo: { snapshotId: string };
   typedSearchAttributes: SearchAttributePair[];
   staticSummary: string;
   staticDetails: string;
@@ -17,18 +17,16 @@ export interface SnapshotStartOptions {
 
 /**
  * The id, search attributes, summary and details of a snapshot workflow, so every run reads the same in the Web UI.
- * `requestKey` identifies the request among concurrent ones for the same name (see SnapshotClient.createSnapshot).
  */
 export function snapshotStartOptions(
   input: SnapshotWorkflowInput,
   vm: Pick<Vm, 'id' | 'name' | 'flavor' | 'region'>,
-  requestKey: string,
 ): SnapshotStartOptions {
   const { snapshotId, request } = input;
   return {
     workflowId: snapshotWorkflowId(request.accountId, request.name),
     args: [input],
-    memo: { snapshotId, requestKey },
+    memo: { snapshotId },
     typedSearchAttributes: [
       { key: SnapshotAccount, value: request.accountId },
       { key: SnapshotVm, value: vm.id },

@@ -13,6 +13,7 @@ import type {
   VmStatus,
 } from '../../domain/model';
 import { AccountSchema, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
+import { idempotencyKeyReusedMessage, nameTakenMessage } from '../../domain/acceptance';
 import { NAME_KEY_RULE, snapshotNameKey } from '../../domain/requests';
 import { checkCredits } from '../../domain/rules';
 import type { Catalog, NewSnapshot, SnapshotPatch } from '../ports';
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
   created_at TEXT NOT NULL,
   completed_at TEXT,
   idempotency_key TEXT,
+  request_digest TEXT,
   -- Credit hold taken at reservation: HELD while in flight, RELEASED on failure, CONVERTED on success.
   hold_micros INTEGER NOT NULL DEFAULT 0,
   hold_state TEXT NOT NULL DEFAULT 'HELD',
@@ -63,6 +65,9 @@ DROP INDEX IF EXISTS snapshots_name;
 CREATE UNIQUE INDEX IF NOT EXISTS snapshots_live_name ON snapshots (account_id, name_key) WHERE ${HOLDS_NAME};
 -- One snapshot in flight per VM.
 CREATE UNIQUE INDEX IF NOT EXISTS snapshots_in_flight ON snapshots (vm_id) WHERE status IN (${IN_FLIGHT});
+-- An idempotency key names one live snapshot of its account.
+CREATE UNIQUE INDEX IF NOT EXISTS snapshots_idempotency_key ON snapshots (account_id, idempotency_key)
+  WHERE idempotency_key IS NOT NULL AND ${HOLDS_NAME};
 CREATE INDEX IF NOT EXISTS snapshots_account ON snapshots (account_id, created_at);
 CREATE TABLE IF NOT EXISTS images (
   id TEXT PRIMARY KEY, account_id TEXT NOT NULL, region TEXT NOT NULL, name TEXT NOT NULL, snapshot_id TEXT NOT NULL,
@@ -103,6 +108,7 @@ interface SnapshotRow {
   created_at: string;
   completed_at: string | null;
   idempotency_key: string | null;
+  request_digest: string | null;
   hold_micros: number;
   policy_id: string | null;
   verified_at: string | null;
@@ -163,6 +169,7 @@ const ADDED_COLUMNS: Record<string, string> = {
   verified_at: 'TEXT',
   deleted_at: 'TEXT',
   deleted_reason: 'TEXT',
+  request_digest: 'TEXT',
 };
 
 /**
@@ -294,19 +301,29 @@ export class SqliteCatalog implements Catalog {
     const reserve = this.db.transaction((s: NewSnapshot): SnapshotRecord => {
       const existing = this.getSnapshot(s.id);
       if (existing) return existing;
+      if (s.idempotencyKey !== null) {
+        const sameKey = this.db
+          .prepare(`SELECT * FROM snapshots WHERE account_id = ? AND idempotency_key = ? AND ${HOLDS_NAME}`)
+          .get(s.accountId, s.idempotencyKey) as SnapshotRow | undefined;
+        if (sameKey && sameKey.request_digest === s.requestDigest) return toRecord(sameKey);
+        if (sameKey) {
+          throw new SnapshotError('IdempotencyKeyReused', idempotencyKeyReusedMessage(s.idempotencyKey, sameKey.id));
+        }
+      }
       const nameKey = snapshotNameKey(s.name);
       const sameName = this.db
         .prepare(`SELECT id FROM snapshots WHERE account_id = ? AND name_key = ? AND ${HOLDS_NAME}`)
         .get(s.accountId, nameKey) as { id: string } | undefined;
-      if (sameName) {
-        throw new SnapshotError(
-          'SnapshotNameTaken',
-          `A snapshot named "${s.name}" already exists in this account (${sameName.id}); names are unique across all regions, ignoring case. Choose another name.`,
-        );
-      }
+      if (sameName) throw new SnapshotError('SnapshotNameTaken', nameTakenMessage(s.name, sameName.id));
+      // In flight now, or when the request arrived (accepted before it and ended after it): however late validation
+      // is scheduled, a request made while the VM had a snapshot in flight is refused.
       const inFlight = this.db
-        .prepare(`SELECT id, name FROM snapshots WHERE vm_id = ? AND status IN (${IN_FLIGHT})`)
-        .get(s.vmId) as { id: string; name: string } | undefined;
+        .prepare(
+          `SELECT id, name FROM snapshots WHERE vm_id = @vmId AND (status IN (${IN_FLIGHT})
+           OR (created_at <= @requestedAt AND COALESCE(completed_at, deleted_at, created_at) > @requestedAt))
+           ORDER BY created_at DESC`,
+        )
+        .get({ vmId: s.vmId, requestedAt: s.requestedAt }) as { id: string; name: string } | undefined;
       if (inFlight) {
         throw new SnapshotError(
           'SnapshotInProgress',
@@ -321,12 +338,22 @@ export class SqliteCatalog implements Catalog {
       this.db
         .prepare(
           `INSERT INTO snapshots (id, account_id, vm_id, vm_name, region, name, name_key, description, create_as_image,
-           status, workflow_id, created_at, idempotency_key, hold_micros, policy_id)
+           status, workflow_id, created_at, idempotency_key, request_digest, hold_micros, policy_id)
            VALUES (@id, @accountId, @vmId, @vmName, @region, @name, @nameKey, @description, @createAsImage,
-           'VALIDATING', @workflowId, @createdAt, @idempotencyKey, @holdMicros, @policyId)`,
+           'VALIDATING', @workflowId, @createdAt, @idempotencyKey, @requestDigest, @holdMicros, @policyId)`,
         )
         .run({
-          ...s,
+          id: s.id,
+          accountId: s.accountId,
+          vmId: s.vmId,
+          vmName: s.vmName,
+          region: s.region,
+          name: s.name,
+          description: s.description,
+          workflowId: s.workflowId,
+          idempotencyKey: s.idempotencyKey,
+          requestDigest: s.requestDigest,
+          policyId: s.policyId,
           nameKey,
           holdMicros,
           createAsImage: s.createAsImage ? 1 : 0,

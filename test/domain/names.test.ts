@@ -126,6 +126,8 @@ describe('the catalog', () => {
       workflowId: `w-${vmId}`,
       idempotencyKey: null,
       policyId: null,
+      requestDigest: null,
+      requestedAt: new Date().toISOString(),
     });
   const open = () => {
     const catalog = new SqliteCatalog(path.join(dir, 'catalog.db'));

@@ -78,7 +78,6 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
     async startWorker(options = {}) {
       const { worker, pool } = await createSnapshotWorker({
         connection: temporal.nativeConnection,
-        client: temporal.client,
         namespace: temporal.client.options.namespace,
         taskQueue,
         platform: { ...platform, repositoryFor: options.repositoryFor ?? platform.repositoryFor },
