@@ -5,7 +5,7 @@ import type { LocalRepository, Repository } from '../dataplane';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
 import type { Region, Vm } from '../domain/model';
 import { damageChunk } from './helpers/repository';
-import { activityRecords, onlyActivity } from './helpers/history';
+import { activityRecords, localActivityRecords, onlyActivity } from './helpers/history';
 import { createSnapshotEnv, refusal, takeSnapshot } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 
@@ -76,13 +76,8 @@ describe('retry and timeout policies', () => {
         );
         expect(started.attempt).toBe(1);
       }
-      // Catalog stages (validation here): a minute each, five attempts, the same non-retryable types.
-      const { scheduled } = onlyActivity(history, 'validateSnapshot');
-      expect(Number(scheduled.startToCloseTimeout?.seconds)).toBe(60);
-      expect(scheduled.retryPolicy?.maximumAttempts).toBe(5);
-      expect([...(scheduled.retryPolicy?.nonRetryableErrorTypes ?? [])].sort()).toEqual(
-        [...PERMANENT_ERROR_TYPES].sort(),
-      );
+      // Validation is a local activity (its options are not in the history): it ran once, in its first attempt.
+      expect(localActivityRecords(history, 'validateSnapshot').map((v) => v.attempt)).toEqual([1]);
     } finally {
       await worker.stop();
     }

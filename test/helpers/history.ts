@@ -1,4 +1,5 @@
 import type { temporal } from '@temporalio/proto';
+import { defaultPayloadConverter } from '@temporalio/common';
 
 type History = temporal.api.history.v1.IHistory;
 
@@ -43,4 +44,24 @@ export function onlyActivity(history: History, activityType: string): ActivityRe
   const records = activityRecords(history, activityType);
   expect(records).toHaveLength(1);
   return records[0]!;
+}
+
+/** What a workflow's history records of one local activity: its marker's data (type, last attempt) and its failure. */
+export interface LocalActivityRecord {
+  activityType: string;
+  /** The attempt the marker records: the last one that ran. */
+  attempt: number;
+  failure?: temporal.api.failure.v1.IFailure;
+}
+
+/** Every local activity of `activityType` the history records (one marker each, written when it ended), in order. */
+export function localActivityRecords(history: History, activityType: string): LocalActivityRecord[] {
+  return (history.events ?? []).flatMap((event) => {
+    const marker = event.markerRecordedEventAttributes;
+    const data = marker?.markerName === 'core_local_activity' ? marker.details?.data?.payloads?.[0] : undefined;
+    if (!data) return [];
+    const fields = defaultPayloadConverter.fromPayload<{ activity_type: string; attempt: number }>(data);
+    if (fields.activity_type !== activityType) return [];
+    return [{ activityType, attempt: fields.attempt, failure: marker?.failure ?? undefined }];
+  });
 }
