@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import {
   ChunkCorruptError,
   ChunkMissingError,
+  ManifestCorruptError,
   ManifestMissingError,
   collectGarbage,
   verifyManifest,
@@ -9,6 +10,8 @@ import {
 import type { GcResult } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { ActivityDeps } from './deps';
+import { withFailureTypes } from './failures';
+import { manifestDigests } from './manifests';
 
 export interface ReverifyOutcome {
   snapshotId: string;
@@ -25,15 +28,21 @@ export interface ReverifyOutcome {
  */
 export function createMaintenanceActivities(deps: ActivityDeps) {
   return {
-    /** Frees the chunks nothing references any more and that are older than the grace period. */
+    /**
+     * Frees the chunks nothing references any more and that are older than the grace period. A corrupt manifest
+     * stops it, non-retryably (ManifestCorrupt naming the snapshot), before anything is deleted.
+     */
     async collectRegionGarbage(input: { region: Region; graceMinutes: number }): Promise<GcResult> {
-      const context = Context.current();
-      const result = await collectGarbage(deps.repositoryFor(input.region), {
-        graceMs: input.graceMinutes * 60_000,
-        onProgress: (progress) => context.heartbeat(progress),
+      return withFailureTypes(async () => {
+        const context = Context.current();
+        const result = await collectGarbage(deps.repositoryFor(input.region), {
+          graceMs: input.graceMinutes * 60_000,
+          onProgress: (progress) => context.heartbeat(progress),
+          manifestDigests: manifestDigests(deps, input.region),
+        });
+        context.log.info('garbage collected', { region: input.region, ...result });
+        return result;
       });
-      context.log.info('garbage collected', { region: input.region, ...result });
-      return result;
     },
 
     /** SUCCESS snapshots of the region not verified within `olderThanDays` days (never verified ones first). */
@@ -48,7 +57,7 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
 
     /**
      * Reads back every chunk of a SUCCESS snapshot. Intact: its verification time is recorded. Missing or corrupt
-     * data: the snapshot becomes DAMAGED with the reason (visible in listings; no longer restorable), never silently.
+     * data (chunks, or the manifest itself): the snapshot becomes DAMAGED with the reason (visible in listings; no longer restorable), never silently.
      */
     async reverifySnapshot(snapshotId: string): Promise<ReverifyOutcome> {
       const context = Context.current();
@@ -65,7 +74,7 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
       const repository = deps.repositoryFor(snapshot.region);
       try {
         await verifyManifest({
-          manifest: await repository.readManifest(snapshotId),
+          manifest: await repository.readManifest(snapshotId, snapshot.manifestDigest),
           repository,
           pool: deps.pool,
           signal: context.cancellationSignal,
@@ -75,7 +84,8 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
         if (
           !(error instanceof ChunkCorruptError) &&
           !(error instanceof ChunkMissingError) &&
-          !(error instanceof ManifestMissingError)
+          !(error instanceof ManifestMissingError) &&
+          !(error instanceof ManifestCorruptError)
         ) {
           throw error;
         }

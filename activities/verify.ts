@@ -24,9 +24,9 @@ export interface VerifyCheckpoint {
 export function createVerifyActivity(deps: ActivityDeps) {
   return async function verifySnapshot(input: VerifyInput): Promise<SnapshotRecord> {
     return withFailureTypes(async () => {
-      deps.catalog.updateSnapshot(input.snapshotId, { status: 'VERIFYING' });
+      const snapshot = deps.catalog.updateSnapshot(input.snapshotId, { status: 'VERIFYING' });
       const repository = deps.repositoryFor(input.region);
-      const manifest = await repository.readManifest(input.snapshotId);
+      const manifest = await repository.readManifest(input.snapshotId, snapshot.manifestDigest);
       const stats = await manifestStats(manifest, repository);
       const from = StageReporter.checkpoint<VerifyCheckpoint>() ?? { index: 0 };
       const reporter = new StageReporter<VerifyCheckpoint>(deps.progress, 'VERIFYING', stats.distinctRawBytes);

@@ -37,6 +37,7 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   ChunkCorrupt: 500,
   ChunkMissing: 500,
   ManifestMissing: 500,
+  ManifestCorrupt: 500,
 };
 
 /** Body fields whose violations have their own domain type (the same as the client library raises). */

@@ -27,6 +27,23 @@ export class ManifestMissingError extends Error {
   }
 }
 
+/**
+ * A snapshot's stored manifest cannot be trusted: it is not a valid manifest (truncated, unparseable, wrong shape) or
+ * its bytes no longer hash to the digest recorded in the catalog when it was written. Permanent: reading it again
+ * gives the same bytes.
+ */
+export class ManifestCorruptError extends Error {
+  readonly type = 'ManifestCorrupt';
+  constructor(
+    readonly snapshotId: string,
+    readonly reason: string,
+  ) {
+    super(
+      `The stored manifest of snapshot ${snapshotId} is corrupt (${reason}); the snapshot cannot be trusted or restored.`,
+    );
+  }
+}
+
 /** Bytes read for storage no longer hash to the id recorded at capture: the point-in-time view changed. */
 export class DiskChangedError extends Error {
   readonly type = 'DiskChanged';
@@ -44,5 +61,5 @@ export class DiskChangedError extends Error {
 
 /** The stable `type` strings of the data-plane errors. */
 export type DataPlaneErrorType = (
-  ChunkCorruptError | ChunkMissingError | ManifestMissingError | DiskChangedError
+  ChunkCorruptError | ChunkMissingError | ManifestMissingError | ManifestCorruptError | DiskChangedError
 )['type'];

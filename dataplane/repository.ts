@@ -1,7 +1,8 @@
+import { blake3 } from '@napi-rs/blake-hash';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ChunkMissingError, ManifestMissingError } from './errors';
+import { ChunkMissingError, ManifestCorruptError, ManifestMissingError } from './errors';
 import {
   DIRECT_IO_BLOCK,
   alignDown,
@@ -57,9 +58,14 @@ export interface Repository {
    * chunk is kept) or finds the chunk gone (false). Other chunks stay readable throughout.
    */
   removeChunks(ids: Iterable<string>, cutoff: Date): Promise<RemoveResult>;
-  writeManifest(manifest: Manifest): Promise<void>;
-  /** The snapshot's manifest, validated with ManifestSchema; ManifestMissingError if absent. */
-  readManifest(snapshotId: string): Promise<Manifest>;
+  /** Stores a snapshot's manifest (durable when this resolves); returns the manifestDigest of the bytes stored. */
+  writeManifest(manifest: Manifest): Promise<string>;
+  /**
+   * The snapshot's manifest, validated with ManifestSchema; ManifestMissingError if absent. ManifestCorruptError if
+   * it is not a valid manifest of that snapshot, or if `digest` (what writeManifest returned) is given and the stored
+   * bytes do not hash to it.
+   */
+  readManifest(snapshotId: string, digest?: string | null): Promise<Manifest>;
   deleteManifest(snapshotId: string): Promise<void>;
   listManifestIds(): Promise<string[]>;
   /** Appends refs to a snapshot's named chunk-list journal, used to resume a capture; durable when this resolves. */
@@ -269,23 +275,25 @@ export class LocalRepository implements Repository {
     return location && { file: this.packPath(location.pack), offset: location.offset, length: location.length };
   }
 
-  async writeManifest(manifest: Manifest): Promise<void> {
+  async writeManifest(manifest: Manifest): Promise<string> {
     const valid = ManifestSchema.parse(manifest);
     const target = this.manifestPath(valid.snapshotId);
+    const bytes = Buffer.from(JSON.stringify(valid));
     await this.writeAtomically(target, (tmp) =>
       withHandle(fs.open(tmp, 'wx'), async (handle) => {
-        await writeExactly(handle, Buffer.from(JSON.stringify(valid)), 0);
+        await writeExactly(handle, bytes, 0);
         await handle.sync();
       }),
     );
     await syncDir(path.dirname(target));
+    return manifestDigest(bytes);
   }
 
-  async readManifest(snapshotId: string): Promise<Manifest> {
-    const text = await fs.readFile(this.manifestPath(snapshotId), 'utf8').catch((error: unknown) => {
+  async readManifest(snapshotId: string, digest?: string | null): Promise<Manifest> {
+    const bytes = await fs.readFile(this.manifestPath(snapshotId)).catch((error: unknown) => {
       throw isNotFound(error) ? new ManifestMissingError(snapshotId) : error;
     });
-    return ManifestSchema.parse(JSON.parse(text));
+    return parseManifest(snapshotId, bytes, digest);
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {
@@ -590,6 +598,42 @@ function roomIn(into?: Buffer): (bytes: number) => Buffer {
     used += bytes;
     return into.subarray(used - bytes, used);
   };
+}
+
+/** The digest of a manifest's stored bytes that the catalog records: 64-hex BLAKE3, as chunk ids are. */
+export function manifestDigest(bytes: Buffer): string {
+  return blake3(bytes).toString('hex');
+}
+
+/**
+ * A stored manifest's bytes as the snapshot's manifest: checked against `digest` when the caller has one, then
+ * parsed and validated; any failure is a ManifestCorruptError (the same bytes never become valid by retrying).
+ */
+export function parseManifest(snapshotId: string, bytes: Buffer, digest?: string | null): Manifest {
+  if (digest && manifestDigest(bytes) !== digest) {
+    throw new ManifestCorruptError(
+      snapshotId,
+      `its bytes do not match the digest ${digest} recorded when it was written`,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(bytes.toString('utf8'));
+  } catch (error) {
+    throw new ManifestCorruptError(snapshotId, `not valid JSON: ${(error as Error).message}`);
+  }
+  const parsed = ManifestSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ManifestCorruptError(
+      snapshotId,
+      `not a valid manifest: ${issue.path.join('.') || 'root'}: ${issue.message}`,
+    );
+  }
+  if (parsed.data.snapshotId !== snapshotId) {
+    throw new ManifestCorruptError(snapshotId, `it names snapshot ${parsed.data.snapshotId}`);
+  }
+  return parsed.data;
 }
 
 function safeName(name: string): string {

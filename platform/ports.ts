@@ -43,6 +43,7 @@ export type SnapshotPatch = Partial<
     | 'dedupRatio'
     | 'completedAt'
     | 'verifiedAt'
+    | 'manifestDigest'
   >
 >;
 
