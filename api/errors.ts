@@ -9,7 +9,7 @@ import type { ApiError } from './schemas';
  * HTTP status of each domain error type: 400 the request itself is wrong; 402 the account lacks credits; 403 the
  * account's profile is incomplete; 404 the thing does not exist in this account (another account's snapshot included);
  * 409 the request conflicts with the current state (name taken, snapshot in progress, VM not ACTIVE); 500 stored data
- * is damaged.
+ * is damaged; 507 the repository is out of space.
  */
 export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   InvalidRequest: 400,
@@ -38,6 +38,7 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   ChunkMissing: 500,
   ManifestMissing: 500,
   ManifestCorrupt: 500,
+  StorageFull: 507,
 };
 
 /** Body fields whose violations have their own domain type (the same as the client library raises). */

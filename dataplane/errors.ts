@@ -44,6 +44,25 @@ export class ManifestCorruptError extends Error {
   }
 }
 
+/**
+ * A repository write found its file system full (ENOSPC) or the quota used up (EDQUOT). Permanent for the operation:
+ * retrying cannot succeed until someone frees space.
+ */
+export class StorageFullError extends Error {
+  readonly type = 'StorageFull';
+  constructor(
+    /** The repository's location (the local adapter: its directory). */
+    readonly where: string,
+    /** Bytes the failed write needed. */
+    readonly bytesNeeded: number,
+  ) {
+    super(
+      `The repository at ${where} is out of space: a write of ${bytesNeeded} bytes did not fit. Free space there ` +
+        '(delete snapshots, then run garbage collection) or enlarge it, then take the snapshot again.',
+    );
+  }
+}
+
 /** Bytes read for storage no longer hash to the id recorded at capture: the point-in-time view changed. */
 export class DiskChangedError extends Error {
   readonly type = 'DiskChanged';
@@ -61,5 +80,10 @@ export class DiskChangedError extends Error {
 
 /** The stable `type` strings of the data-plane errors. */
 export type DataPlaneErrorType = (
-  ChunkCorruptError | ChunkMissingError | ManifestMissingError | ManifestCorruptError | DiskChangedError
+  | ChunkCorruptError
+  | ChunkMissingError
+  | ManifestMissingError
+  | ManifestCorruptError
+  | StorageFullError
+  | DiskChangedError
 )['type'];

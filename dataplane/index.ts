@@ -9,6 +9,7 @@ export {
   DiskChangedError,
   ManifestCorruptError,
   ManifestMissingError,
+  StorageFullError,
 } from './errors';
 export type { DataPlaneErrorType } from './errors';
 export { DEFAULT_CHUNK_SIZE, ManifestSchema, ZERO_CHUNK, distinctChunks } from './manifest';

@@ -2,7 +2,7 @@ import { blake3 } from '@napi-rs/blake-hash';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ChunkMissingError, ManifestCorruptError, ManifestMissingError } from './errors';
+import { ChunkMissingError, ManifestCorruptError, ManifestMissingError, StorageFullError } from './errors';
 import {
   DIRECT_IO_BLOCK,
   alignDown,
@@ -110,7 +110,7 @@ interface Location extends PackEntry {
  * The repository in a local directory. Layout: `packs/<uuid>.pack` (compressed chunks, see pack.ts),
  * `manifests/<snapshot>.json`, `staging/<snapshot>/<journal>.refs`, `tmp/`. Packs and manifests are written to a
  * unique file in `tmp/`, fsynced and renamed into place (then the directory is fsynced), so a reader never sees a
- * partial file.
+ * partial file. A write that finds the file system full (or the quota used up) fails with StorageFullError.
  *
  * Chunks are found through an in-memory index of every pack's entries, loaded on first use. Other processes (the
  * worker, garbage collection, the CLI) add and remove packs, so a lookup that misses reloads the index when the packs
@@ -279,7 +279,7 @@ export class LocalRepository implements Repository {
     const valid = ManifestSchema.parse(manifest);
     const target = this.manifestPath(valid.snapshotId);
     const bytes = Buffer.from(JSON.stringify(valid));
-    await this.writeAtomically(target, (tmp) =>
+    await this.writeAtomically(target, bytes.length, (tmp) =>
       withHandle(fs.open(tmp, 'wx'), async (handle) => {
         await writeExactly(handle, bytes, 0);
         await handle.sync();
@@ -307,17 +307,25 @@ export class LocalRepository implements Repository {
 
   async appendJournal(snapshotId: string, name: string, refs: ChunkRef[]): Promise<void> {
     const file = this.journalPath(snapshotId, name);
-    await fs.mkdir(path.dirname(file), { recursive: true });
-    const handle = await fs.open(file, 'a');
-    let created: boolean;
-    try {
-      created = (await handle.stat()).size === 0;
-      await handle.write(refs.map((ref) => `${ref.padEnd(JOURNAL_LINE - 1)}\n`).join(''));
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    if (created) await syncDir(path.dirname(file));
+    await this.spaceFor(refs.length * JOURNAL_LINE, async () => {
+      await fs.mkdir(path.dirname(file), { recursive: true });
+      const handle = await fs.open(file, 'a');
+      let created: boolean;
+      let size: number | undefined;
+      try {
+        size = (await handle.stat()).size;
+        created = size === 0;
+        await handle.write(refs.map((ref) => `${ref.padEnd(JOURNAL_LINE - 1)}\n`).join(''));
+        await handle.sync();
+      } catch (error) {
+        // No partial line is left by a failed append (the file's size is known once the append started).
+        if (size !== undefined) await handle.truncate(size).catch(() => undefined);
+        throw error;
+      } finally {
+        await handle.close();
+      }
+      if (created) await syncDir(path.dirname(file));
+    });
   }
 
   async readJournal(snapshotId: string, name: string): Promise<ChunkRef[]> {
@@ -500,7 +508,7 @@ export class LocalRepository implements Repository {
         copied.copy(room, used);
         blocks.push(room.subarray(used, (used += alignUp(copied.length))));
       }
-      await this.writeAtomically(this.packPath(pack), async (tmp) => {
+      await this.writeAtomically(this.packPath(pack), layout.tailOffset + layout.tail.length, async (tmp) => {
         const { O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
         await withHandle(openDirect(tmp, O_WRONLY | O_CREAT | O_EXCL), async (handle) => {
           await writevExactly(handle, blocks, 0);
@@ -571,17 +579,33 @@ export class LocalRepository implements Repository {
     return path.join(this.root, 'staging', safeName(snapshotId), `${safeName(name)}.refs`);
   }
 
-  /** Has `write` create and fill a temp file (durably), then renames it to `target`; the temp file goes on failure. */
-  private async writeAtomically(target: string, write: (tmp: string) => Promise<void>): Promise<void> {
+  /**
+   * Has `write` create and fill a temp file (durably) of `bytes` bytes, then renames it to `target`; the temp file
+   * goes on failure.
+   */
+  private async writeAtomically(target: string, bytes: number, write: (tmp: string) => Promise<void>): Promise<void> {
     const tmpDir = path.join(this.root, 'tmp');
-    await this.makeDir(tmpDir);
-    await this.makeDir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
+    await this.spaceFor(bytes, async () => {
+      await this.makeDir(tmpDir);
+      await this.makeDir(path.dirname(target));
+      try {
+        await write(tmp);
+        await fs.rename(tmp, target);
+      } catch (error) {
+        await fs.rm(tmp, { force: true });
+        throw error;
+      }
+    });
+  }
+
+  /** Runs a write of `bytes` bytes: a full file system or quota (ENOSPC, EDQUOT) is a StorageFullError. */
+  private async spaceFor<T>(bytes: number, write: () => Promise<T>): Promise<T> {
     try {
-      await write(tmp);
-      await fs.rename(tmp, target);
+      return await write();
     } catch (error) {
-      await fs.rm(tmp, { force: true });
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new StorageFullError(this.root, bytes);
       throw error;
     }
   }
