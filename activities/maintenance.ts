@@ -12,6 +12,7 @@ import type { Region } from '../domain/model';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
 import { manifestDigests } from './manifests';
+import { quarantineCorrupt } from './verify';
 
 export interface ReverifyOutcome {
   snapshotId: string;
@@ -45,24 +46,29 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
       });
     },
 
-    /** SUCCESS snapshots of the region not verified within `olderThanDays` days (never verified ones first). */
+    /**
+     * SUCCESS snapshots of the region not verified within `olderThanDays` days (never verified ones first), then every
+     * DAMAGED one (each run checks whether it has healed).
+     */
     async listSnapshotsToReverify(input: { region: Region; olderThanDays: number }): Promise<string[]> {
       const cutoff = Date.now() - input.olderThanDays * 24 * 60 * 60 * 1000;
+      const damaged = deps.catalog.listSnapshots({ region: input.region, status: 'DAMAGED' }).map((s) => s.id);
       return deps.catalog
         .listSnapshots({ region: input.region, status: 'SUCCESS' })
         .filter((s) => s.verifiedAt === null || Date.parse(s.verifiedAt) <= cutoff)
         .sort((a, b) => (a.verifiedAt ?? '').localeCompare(b.verifiedAt ?? ''))
-        .map((s) => s.id);
+        .map((s) => s.id)
+        .concat(damaged);
     },
 
     /**
-     * Reads back every chunk of a SUCCESS snapshot. Intact: its verification time is recorded. Missing or corrupt
+     * Reads back every chunk of a SUCCESS or DAMAGED snapshot (a corrupt chunk is quarantined). Intact: its verification time is recorded. Missing or corrupt
      * data (chunks, or the manifest itself): the snapshot becomes DAMAGED with the reason (visible in listings; no longer restorable), never silently.
      */
     async reverifySnapshot(snapshotId: string): Promise<ReverifyOutcome> {
       const context = Context.current();
       const snapshot = deps.catalog.getSnapshot(snapshotId);
-      if (!snapshot || snapshot.status !== 'SUCCESS') {
+      if (!snapshot || (snapshot.status !== 'SUCCESS' && snapshot.status !== 'DAMAGED')) {
         return {
           snapshotId,
           name: snapshot?.name ?? snapshotId,
@@ -73,13 +79,16 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
       }
       const repository = deps.repositoryFor(snapshot.region);
       try {
-        await verifyManifest({
-          manifest: await repository.readManifest(snapshotId, snapshot.manifestDigest),
+        await quarantineCorrupt(
           repository,
-          pool: deps.pool,
-          signal: context.cancellationSignal,
-          onProgress: ({ index, total }) => context.heartbeat({ index, total }),
-        });
+          verifyManifest({
+            manifest: await repository.readManifest(snapshotId, snapshot.manifestDigest),
+            repository,
+            pool: deps.pool,
+            signal: context.cancellationSignal,
+            onProgress: ({ index, total }) => context.heartbeat({ index, total }),
+          }),
+        );
       } catch (error) {
         if (
           !(error instanceof ChunkCorruptError) &&
@@ -103,7 +112,11 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
           failureReason: error.message,
         };
       }
-      deps.catalog.updateSnapshot(snapshotId, { verifiedAt: new Date().toISOString() });
+      // A DAMAGED snapshot whose data is all intact again (its bad chunks stored anew by a later capture) is healed.
+      deps.catalog.updateSnapshot(snapshotId, {
+        verifiedAt: new Date().toISOString(),
+        ...(snapshot.status === 'DAMAGED' && { status: 'SUCCESS', failureType: null, failureReason: null }),
+      });
       return { snapshotId, name: snapshot.name, result: 'INTACT', failureType: null, failureReason: null };
     },
   };

@@ -2,7 +2,13 @@ import { blake3 } from '@napi-rs/blake-hash';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ChunkMissingError, ManifestCorruptError, ManifestMissingError, StorageFullError } from './errors';
+import {
+  ChunkCorruptError,
+  ChunkMissingError,
+  ManifestCorruptError,
+  ManifestMissingError,
+  StorageFullError,
+} from './errors';
 import {
   DIRECT_IO_BLOCK,
   alignDown,
@@ -33,17 +39,17 @@ export interface Repository {
    * Ids already stored, or repeated in `chunks`, are skipped; returns the ids written (idempotent).
    */
   putChunks(chunks: { id: string; frame: Buffer }[]): Promise<string[]>;
-  /** The stored frame; ChunkMissingError if absent. */
+  /** The stored frame; ChunkMissingError if absent, ChunkCorruptError if only quarantined copies are stored. */
   getChunk(id: string): Promise<Buffer>;
   /**
-   * The stored frames of `ids`, in order (read together: one open per pack); ChunkMissingError for an absent one. With
+   * The stored frames of `ids`, in order (read together: one open per pack); as getChunk for an absent one. With
    * `into` (page-aligned memory, such as workingMemory hands out), the frames are read into it and returned as views
    * of it, as far as they fit (the rest, and a frame found again after garbage collection moved it, come in buffers
    * of their own). Frames that neighbour in storage are read together, in whole direct I/O blocks, so `into` needs
    * up to 2 DIRECT_IO_BLOCKs more per such run than the frames' bytes.
    */
   getChunks(ids: string[], into?: Buffer): Promise<Buffer[]>;
-  /** Compressed size of a stored chunk; ChunkMissingError if absent. */
+  /** Compressed size of a stored chunk; as getChunk if absent. */
   chunkStoredSize(id: string): Promise<number>;
   /** Every stored copy of every chunk with its size and last write or touch; never a partial write. */
   listChunks(): AsyncIterable<StoredChunk>;
@@ -80,6 +86,12 @@ export interface Repository {
   listStagingIds(): Promise<string[]>;
   /** Removes a snapshot's staging area; no error if absent. */
   dropStaging(snapshotId: string): Promise<void>;
+  /**
+   * Marks the stored copy of a chunk that was found corrupt as bad, durably: from then on lookups (hasChunk,
+   * touchChunks, putChunks' dedup check) and reads use another copy, or treat the chunk as absent, so the next
+   * capture that produces the content stores it again. No error if the chunk is not stored.
+   */
+  quarantineChunk(id: string): Promise<void>;
 }
 
 /** What removeChunks did: chunk copies removed, their compressed bytes, and copies kept as recently used. */
@@ -116,6 +128,8 @@ interface Location extends PackEntry {
  * worker, garbage collection, the CLI) add and remove packs, so a lookup that misses reloads the index when the packs
  * directory changed since (one stat; only new packs are read), and a read whose pack vanished (garbage collection
  * rewrote it) reloads and retries. A chunk's modifiedAt is its pack's mtime: touching a chunk touches its pack.
+ * Copies found corrupt are listed in `quarantine` (appended, fsynced; part of the reload's stamp) and left out of the
+ * index; listChunks still lists them, so garbage collection may remove them as it would any copy.
  */
 export class LocalRepository implements Repository {
   /** Directories known to exist, so a write costs no mkdir calls after the first in its directory. */
@@ -128,6 +142,8 @@ export class LocalRepository implements Repository {
   private readonly damagedPacks = new Set<string>();
   /** The packs directory's mtime and size when the index was last loaded. */
   private loadedStamp: string | undefined;
+  /** Quarantined chunk copies, as `<pack> <id>` (the lines of the `quarantine` file). */
+  private quarantined = new Set<string>();
   /** The last index load; loads run one after the other. */
   private loading: Promise<void> | undefined;
 
@@ -153,13 +169,13 @@ export class LocalRepository implements Repository {
     const frame = await this.withChunk(id, (location) =>
       this.readFrames(this.packPath(location.pack), [location]).then(([read]) => read!),
     );
-    if (frame === undefined) throw new ChunkMissingError(id);
+    if (frame === undefined) throw this.absent(id);
     return frame;
   }
 
   async getChunks(ids: string[], into?: Buffer): Promise<Buffer[]> {
     const locations = (await this.locateAll(ids)).map((location, i) => {
-      if (!location) throw new ChunkMissingError(ids[i]!);
+      if (!location) throw this.absent(ids[i]!);
       return location;
     });
     const room = roomIn(into);
@@ -187,7 +203,7 @@ export class LocalRepository implements Repository {
 
   async chunkStoredSize(id: string): Promise<number> {
     const location = await this.locate(id);
-    if (!location) throw new ChunkMissingError(id);
+    if (!location) throw this.absent(id);
     return location.length;
   }
 
@@ -267,6 +283,22 @@ export class LocalRepository implements Repository {
     }
     if (result.removed > 0) await syncDir(this.packsDir());
     return result;
+  }
+
+  async quarantineChunk(id: string): Promise<void> {
+    const location = await this.locate(id);
+    if (!location) return;
+    const line = `${location.pack} ${id}`;
+    const file = path.join(this.root, 'quarantine');
+    await this.spaceFor(line.length + 1, async () => {
+      await withHandle(fs.open(file, 'a'), async (handle) => {
+        await handle.write(`${line}\n`);
+        await handle.sync();
+      });
+    });
+    await syncDir(this.root);
+    this.quarantined.add(line);
+    this.rebuildIndex();
   }
 
   /** Where a chunk's frame is stored (pack file, offset, length), for tools that inspect or damage it on purpose. */
@@ -427,8 +459,17 @@ export class LocalRepository implements Repository {
       if (isNotFound(error)) return null;
       throw error;
     });
-    const stamp = stat ? `${stat.mtimeMs}/${stat.size}` : 'none';
+    const quarantine = await fs.readFile(path.join(this.root, 'quarantine'), 'utf8').catch((error: unknown) => {
+      if (isNotFound(error)) return '';
+      throw error;
+    });
+    const stamp = `${stat ? `${stat.mtimeMs}/${stat.size}` : 'none'}/${quarantine.length}`;
     if (!always && stamp === this.loadedStamp) return;
+    const quarantined = new Set(quarantine.split('\n').filter((line) => line !== ''));
+    if (quarantined.size !== this.quarantined.size) {
+      this.quarantined = quarantined;
+      this.rebuildIndex();
+    }
     const present = new Set((await listDir(this.packsDir())).filter((f) => PACK_FILE.test(f)));
     for (const pack of [...this.packs.keys()]) if (!present.has(pack)) this.forgetPack(pack);
     for (const pack of present) {
@@ -465,7 +506,23 @@ export class LocalRepository implements Repository {
 
   private addPack(pack: string, entries: PackEntry[]): void {
     this.packs.set(pack, entries);
-    for (const e of entries) if (!this.index.has(e.id)) this.index.set(e.id, { ...e, pack });
+    for (const e of entries) {
+      if (!this.index.has(e.id) && !this.quarantined.has(`${pack} ${e.id}`)) this.index.set(e.id, { ...e, pack });
+    }
+  }
+
+  /** Why a chunk cannot be read: its only copies are quarantined (ChunkCorrupt), or it is not stored (ChunkMissing). */
+  private absent(id: string): Error {
+    const quarantined = [...this.quarantined].some((line) => line.endsWith(` ${id}`));
+    return quarantined
+      ? new ChunkCorruptError(id, 'quarantined: its stored copy was found corrupt')
+      : new ChunkMissingError(id);
+  }
+
+  /** The index again from every known pack, leaving quarantined copies out. */
+  private rebuildIndex(): void {
+    this.index.clear();
+    for (const [pack, entries] of [...this.packs]) this.addPack(pack, entries);
   }
 
   /** Drops a pack from the index; its chunks that another known pack also holds point there instead. */
@@ -478,7 +535,8 @@ export class LocalRepository implements Repository {
     if (orphans.size === 0) return;
     for (const [other, otherEntries] of this.packs) {
       for (const e of otherEntries)
-        if (orphans.has(e.id) && !this.index.has(e.id)) this.index.set(e.id, { ...e, pack: other });
+        if (orphans.has(e.id) && !this.index.has(e.id) && !this.quarantined.has(`${other} ${e.id}`))
+          this.index.set(e.id, { ...e, pack: other });
     }
   }
 

@@ -5,6 +5,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
+  ChunkCorruptError,
   ChunkMissingError,
   LocalRepository,
   ManifestCorruptError,
@@ -323,4 +324,24 @@ test('staging areas are listed per snapshot and dropped with their journals', as
   await repository.dropStaging('snap-5');
   expect(await repository.listStagingIds()).toEqual(['snap-6']);
   expect(await repository.readJournal('snap-5', 'root')).toEqual([]);
+});
+
+test('a quarantined copy is absent to lookups (ChunkCorrupt to reads), is stored again, and stays quarantined on reopen', async () => {
+  const [a, b] = ['qa', 'qb'].map(chunk) as [ReturnType<typeof chunk>, ReturnType<typeof chunk>];
+  await repository.putChunks([a, b]);
+  await repository.quarantineChunk(a.id);
+  expect(await repository.hasChunk(a.id)).toBe(false);
+  expect(await repository.touchChunks([a.id, b.id])).toEqual([false, true]);
+  await expect(repository.getChunk(a.id)).rejects.toThrow(
+    new ChunkCorruptError(a.id, 'quarantined: its stored copy was found corrupt'),
+  );
+  const other = new LocalRepository(repository.root); // another process
+  expect(await other.hasChunk(a.id)).toBe(false);
+  expect(await other.hasChunk(b.id)).toBe(true);
+
+  const good = { id: a.id, frame: Buffer.from('good frame of qa') };
+  expect(await repository.putChunks([good, b])).toEqual([a.id]);
+  expect(await packFiles()).toHaveLength(2);
+  expect(await repository.getChunk(a.id)).toEqual(good.frame);
+  expect(await new LocalRepository(repository.root).getChunk(a.id)).toEqual(good.frame);
 });
