@@ -1,8 +1,9 @@
 import { Context } from '@temporalio/activity';
-import { ZERO_CHUNK, distinctChunks } from '../dataplane';
+import { ManifestCorruptError, ManifestMissingError, ZERO_CHUNK, distinctChunks } from '../dataplane';
 import type { Repository } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { ActivityDeps } from './deps';
+import { manifestDigests } from './manifests';
 
 /**
  * Bookkeeping activities: the success path's release of resources, and the compensations that run (in reverse
@@ -30,7 +31,8 @@ export function createCleanupActivities(deps: ActivityDeps) {
 
     /**
      * After a failure: remove the snapshot's manifest and journals, and every chunk it listed that no committed
-     * manifest and no other in-flight snapshot's journal references, so a failed snapshot leaves no stored bytes.
+     * manifest and no other in-flight snapshot's journal references, so a failed snapshot leaves no stored bytes. If
+     * some manifest cannot be read, no chunk is removed (garbage collection, which then stops and reports it, decides).
      */
     async discardSnapshotData(snapshotId: string, region: Region): Promise<{ chunksDeleted: number }> {
       // A chunk another snapshot reuses (touches) from now on is kept, as garbage collection would keep it.
@@ -40,8 +42,20 @@ export function createCleanupActivities(deps: ActivityDeps) {
       const candidates = new Set(await journalRefs(repository, snapshotId));
       candidates.delete(ZERO_CHUNK);
       if (candidates.size > 0) {
+        const digests = manifestDigests(deps, region);
         for (const id of await repository.listManifestIds()) {
-          for (const ref of distinctChunks(await repository.readManifest(id))) candidates.delete(ref);
+          const manifest = await repository.readManifest(id, digests.get(id)).catch((error: unknown) => {
+            if (error instanceof ManifestMissingError) return null; // deleted since listed
+            if (error instanceof ManifestCorruptError) return undefined;
+            throw error;
+          });
+          if (manifest === undefined) {
+            // It may reference any of them: none is provably unreferenced, so garbage collection decides later.
+            Context.current().log.warn('unreadable manifest: chunks of the failed snapshot left to GC', { id });
+            candidates.clear();
+            break;
+          }
+          if (manifest) for (const ref of distinctChunks(manifest)) candidates.delete(ref);
         }
         for (const id of await repository.listStagingIds()) {
           if (id === snapshotId) continue;

@@ -74,7 +74,7 @@ export function createCompressActivity(deps: ActivityDeps) {
         result.addedBytes += stored.storedBytesWritten;
       }
 
-      await repository.writeManifest({
+      const manifestDigest = await repository.writeManifest({
         version: 1,
         snapshotId: snapshot.id,
         accountId: snapshot.accountId,
@@ -85,6 +85,7 @@ export function createCompressActivity(deps: ActivityDeps) {
         vmConfig,
         disks,
       });
+      deps.catalog.updateSnapshot(snapshot.id, { manifestDigest });
       reporter.update(bytesTotal, { disk: input.disks.length, index: 0 });
       return result;
     });

@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import {
   ChunkCorruptError,
   ChunkMissingError,
+  ManifestCorruptError,
   ManifestMissingError,
   collectGarbage,
   verifyManifest,
@@ -9,6 +10,9 @@ import {
 import type { GcResult } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { ActivityDeps } from './deps';
+import { withFailureTypes } from './failures';
+import { manifestDigests } from './manifests';
+import { quarantineCorrupt } from './verify';
 
 export interface ReverifyOutcome {
   snapshotId: string;
@@ -25,35 +29,46 @@ export interface ReverifyOutcome {
  */
 export function createMaintenanceActivities(deps: ActivityDeps) {
   return {
-    /** Frees the chunks nothing references any more and that are older than the grace period. */
+    /**
+     * Frees the chunks nothing references any more and that are older than the grace period. A corrupt manifest
+     * stops it, non-retryably (ManifestCorrupt naming the snapshot), before anything is deleted.
+     */
     async collectRegionGarbage(input: { region: Region; graceMinutes: number }): Promise<GcResult> {
-      const context = Context.current();
-      const result = await collectGarbage(deps.repositoryFor(input.region), {
-        graceMs: input.graceMinutes * 60_000,
-        onProgress: (progress) => context.heartbeat(progress),
+      return withFailureTypes(async () => {
+        const context = Context.current();
+        const result = await collectGarbage(deps.repositoryFor(input.region), {
+          graceMs: input.graceMinutes * 60_000,
+          onProgress: (progress) => context.heartbeat(progress),
+          manifestDigests: manifestDigests(deps, input.region),
+        });
+        context.log.info('garbage collected', { region: input.region, ...result });
+        return result;
       });
-      context.log.info('garbage collected', { region: input.region, ...result });
-      return result;
     },
 
-    /** SUCCESS snapshots of the region not verified within `olderThanDays` days (never verified ones first). */
+    /**
+     * SUCCESS snapshots of the region not verified within `olderThanDays` days (never verified ones first), then every
+     * DAMAGED one (each run checks whether it has healed).
+     */
     async listSnapshotsToReverify(input: { region: Region; olderThanDays: number }): Promise<string[]> {
       const cutoff = Date.now() - input.olderThanDays * 24 * 60 * 60 * 1000;
+      const damaged = deps.catalog.listSnapshots({ region: input.region, status: 'DAMAGED' }).map((s) => s.id);
       return deps.catalog
         .listSnapshots({ region: input.region, status: 'SUCCESS' })
         .filter((s) => s.verifiedAt === null || Date.parse(s.verifiedAt) <= cutoff)
         .sort((a, b) => (a.verifiedAt ?? '').localeCompare(b.verifiedAt ?? ''))
-        .map((s) => s.id);
+        .map((s) => s.id)
+        .concat(damaged);
     },
 
     /**
-     * Reads back every chunk of a SUCCESS snapshot. Intact: its verification time is recorded. Missing or corrupt
-     * data: the snapshot becomes DAMAGED with the reason (visible in listings; no longer restorable), never silently.
+     * Reads back every chunk of a SUCCESS or DAMAGED snapshot (a corrupt chunk is quarantined). Intact: its verification time is recorded. Missing or corrupt
+     * data (chunks, or the manifest itself): the snapshot becomes DAMAGED with the reason (visible in listings; no longer restorable), never silently.
      */
     async reverifySnapshot(snapshotId: string): Promise<ReverifyOutcome> {
       const context = Context.current();
       const snapshot = deps.catalog.getSnapshot(snapshotId);
-      if (!snapshot || snapshot.status !== 'SUCCESS') {
+      if (!snapshot || (snapshot.status !== 'SUCCESS' && snapshot.status !== 'DAMAGED')) {
         return {
           snapshotId,
           name: snapshot?.name ?? snapshotId,
@@ -64,18 +79,22 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
       }
       const repository = deps.repositoryFor(snapshot.region);
       try {
-        await verifyManifest({
-          manifest: await repository.readManifest(snapshotId),
+        await quarantineCorrupt(
           repository,
-          pool: deps.pool,
-          signal: context.cancellationSignal,
-          onProgress: ({ index, total }) => context.heartbeat({ index, total }),
-        });
+          verifyManifest({
+            manifest: await repository.readManifest(snapshotId, snapshot.manifestDigest),
+            repository,
+            pool: deps.pool,
+            signal: context.cancellationSignal,
+            onProgress: ({ index, total }) => context.heartbeat({ index, total }),
+          }),
+        );
       } catch (error) {
         if (
           !(error instanceof ChunkCorruptError) &&
           !(error instanceof ChunkMissingError) &&
-          !(error instanceof ManifestMissingError)
+          !(error instanceof ManifestMissingError) &&
+          !(error instanceof ManifestCorruptError)
         ) {
           throw error;
         }
@@ -93,7 +112,11 @@ export function createMaintenanceActivities(deps: ActivityDeps) {
           failureReason: error.message,
         };
       }
-      deps.catalog.updateSnapshot(snapshotId, { verifiedAt: new Date().toISOString() });
+      // A DAMAGED snapshot whose data is all intact again (its bad chunks stored anew by a later capture) is healed.
+      deps.catalog.updateSnapshot(snapshotId, {
+        verifiedAt: new Date().toISOString(),
+        ...(snapshot.status === 'DAMAGED' && { status: 'SUCCESS', failureType: null, failureReason: null }),
+      });
       return { snapshotId, name: snapshot.name, result: 'INTACT', failureType: null, failureReason: null };
     },
   };

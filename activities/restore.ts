@@ -6,6 +6,7 @@ import { RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requ
 import { checkOwnSnapshot } from '../domain/rules';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
+import { readSnapshotManifest } from './manifests';
 import { StageReporter } from './progress';
 
 /** What a new VM is restored from: a snapshot's manifest in its region. */
@@ -42,7 +43,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
 
   const restoreOneDisk = async (source: RestoreSource, diskName: string, targetPath: string) => {
     const repository = deps.repositoryFor(source.region);
-    const manifest = await repository.readManifest(source.manifestId);
+    const manifest = await readSnapshotManifest(deps, source.region, source.manifestId);
     const disk = manifest.disks.find((d) => d.name === diskName);
     if (!disk) {
       const names = manifest.disks.map((d) => d.name).join(', ');
@@ -108,7 +109,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
         if (deps.catalog.listVms({ accountId }).some((vm) => vm.name === vmName)) {
           throw new SnapshotError('InvalidVmName', `Account ${accountId} already has a VM named "${vmName}".`);
         }
-        const manifest = await deps.repositoryFor(from.region).readManifest(from.manifestId);
+        const manifest = await readSnapshotManifest(deps, from.region, from.manifestId);
         const disks = await deps.hypervisor.diskPaths(input.vmId, manifest.disks);
         const config = manifest.vmConfig;
         deps.catalog.putVm({

@@ -1,4 +1,5 @@
-import { manifestStats, verifyManifest } from '../dataplane';
+import { ChunkCorruptError, manifestStats, verifyManifest } from '../dataplane';
+import type { Repository } from '../dataplane';
 import type { Region, SnapshotRecord } from '../domain/model';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
@@ -19,25 +20,28 @@ export interface VerifyCheckpoint {
  * Stage 5, verification: reads back every chunk the manifest references, decompresses it (zstd frame checksum) and
  * re-hashes it. Only when all pass is the snapshot marked SUCCESS, with its sizes (and registered as a boot image if
  * it was made with "Create as Image"); a missing or corrupt chunk fails the activity non-retryably and the snapshot
- * becomes FAILED.
+ * becomes FAILED. A corrupt chunk is quarantined, so the next snapshot stores its content again.
  */
 export function createVerifyActivity(deps: ActivityDeps) {
   return async function verifySnapshot(input: VerifyInput): Promise<SnapshotRecord> {
     return withFailureTypes(async () => {
-      deps.catalog.updateSnapshot(input.snapshotId, { status: 'VERIFYING' });
+      const snapshot = deps.catalog.updateSnapshot(input.snapshotId, { status: 'VERIFYING' });
       const repository = deps.repositoryFor(input.region);
-      const manifest = await repository.readManifest(input.snapshotId);
+      const manifest = await repository.readManifest(input.snapshotId, snapshot.manifestDigest);
       const stats = await manifestStats(manifest, repository);
       const from = StageReporter.checkpoint<VerifyCheckpoint>() ?? { index: 0 };
       const reporter = new StageReporter<VerifyCheckpoint>('VERIFYING', stats.distinctRawBytes);
-      await verifyManifest({
-        manifest,
+      await quarantineCorrupt(
         repository,
-        pool: deps.pool,
-        fromIndex: from.index,
-        signal: reporter.signal,
-        onProgress: ({ index, bytesDone }) => reporter.update(bytesDone, { index }),
-      });
+        verifyManifest({
+          manifest,
+          repository,
+          pool: deps.pool,
+          fromIndex: from.index,
+          signal: reporter.signal,
+          onProgress: ({ index, bytesDone }) => reporter.update(bytesDone, { index }),
+        }),
+      );
       reporter.update(stats.distinctRawBytes, { index: stats.distinctChunks });
       const record = deps.catalog.updateSnapshot(input.snapshotId, {
         status: 'SUCCESS',
@@ -55,4 +59,17 @@ export function createVerifyActivity(deps: ActivityDeps) {
       return record;
     });
   };
+}
+
+/**
+ * Awaits a verification; a chunk it found corrupt is quarantined in the repository before the error goes on, so no
+ * later snapshot deduplicates against that copy (healing: the next capture of the content stores it again).
+ */
+export async function quarantineCorrupt<T>(repository: Repository, verification: Promise<T>): Promise<T> {
+  try {
+    return await verification;
+  } catch (error) {
+    if (error instanceof ChunkCorruptError) await repository.quarantineChunk(error.chunkId);
+    throw error;
+  }
 }

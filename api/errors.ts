@@ -9,7 +9,7 @@ import type { ApiError } from './schemas';
  * HTTP status of each domain error type: 400 the request itself is wrong; 402 the account lacks credits; 403 the
  * account's profile is incomplete; 404 the thing does not exist in this account (another account's snapshot included);
  * 409 the request conflicts with the current state (name taken, snapshot in progress, VM not ACTIVE); 500 stored data
- * is damaged; 503 the service cannot run it now (Temporal server or workers down).
+ * is damaged; 503 the service cannot run it now (Temporal server or workers down); 507 the repository is out of space.
  */
 export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   InvalidRequest: 400,
@@ -40,6 +40,8 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   ManifestMissing: 500,
   TemporalUnavailable: 503,
   WorkerUnavailable: 503,
+  ManifestCorrupt: 500,
+  StorageFull: 507,
 };
 
 /** Body fields whose violations have their own domain type (the same as the client library raises). */

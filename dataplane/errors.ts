@@ -27,6 +27,42 @@ export class ManifestMissingError extends Error {
   }
 }
 
+/**
+ * A snapshot's stored manifest cannot be trusted: it is not a valid manifest (truncated, unparseable, wrong shape) or
+ * its bytes no longer hash to the digest recorded in the catalog when it was written. Permanent: reading it again
+ * gives the same bytes.
+ */
+export class ManifestCorruptError extends Error {
+  readonly type = 'ManifestCorrupt';
+  constructor(
+    readonly snapshotId: string,
+    readonly reason: string,
+  ) {
+    super(
+      `The stored manifest of snapshot ${snapshotId} is corrupt (${reason}); the snapshot cannot be trusted or restored.`,
+    );
+  }
+}
+
+/**
+ * A repository write found its file system full (ENOSPC) or the quota used up (EDQUOT). Permanent for the operation:
+ * retrying cannot succeed until someone frees space.
+ */
+export class StorageFullError extends Error {
+  readonly type = 'StorageFull';
+  constructor(
+    /** The repository's location (the local adapter: its directory). */
+    readonly where: string,
+    /** Bytes the failed write needed. */
+    readonly bytesNeeded: number,
+  ) {
+    super(
+      `The repository at ${where} is out of space: a write of ${bytesNeeded} bytes did not fit. Free space there ` +
+        '(delete snapshots, then run garbage collection) or enlarge it, then take the snapshot again.',
+    );
+  }
+}
+
 /** Bytes read for storage no longer hash to the id recorded at capture: the point-in-time view changed. */
 export class DiskChangedError extends Error {
   readonly type = 'DiskChanged';
@@ -44,5 +80,10 @@ export class DiskChangedError extends Error {
 
 /** The stable `type` strings of the data-plane errors. */
 export type DataPlaneErrorType = (
-  ChunkCorruptError | ChunkMissingError | ManifestMissingError | DiskChangedError
+  | ChunkCorruptError
+  | ChunkMissingError
+  | ManifestMissingError
+  | ManifestCorruptError
+  | StorageFullError
+  | DiskChangedError
 )['type'];

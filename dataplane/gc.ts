@@ -1,4 +1,4 @@
-import { ManifestMissingError } from './errors';
+import { ManifestCorruptError, ManifestMissingError } from './errors';
 import { distinctChunks } from './manifest';
 import type { Repository, StoredChunk } from './repository';
 
@@ -26,7 +26,7 @@ export interface GcResult {
  * in-flight snapshot) and no `extraRoots` id references, and that was last written or touched before
  * `now - graceMs` (`now` defaults to the current time; tests pass a later one).
  *
- * Safe while snapshots run: a snapshot journals its refs before it stores or reuses the chunks, and storeChunks
+ * Deletes nothing if any manifest is unreadable (see mark). Safe while snapshots run: a snapshot journals its refs before it stores or reuses the chunks, and storeChunks
  * touches every chunk it reuses. The mark runs again once the candidates are listed, so roots written meanwhile are
  * seen. A snapshot that reuses a candidate after that touches it, and removeChunks re-checks the mtime atomically:
  * the chunk is kept, or the touch finds it gone and the snapshot stores it again.
@@ -38,11 +38,14 @@ export async function collectGarbage(
     now?: Date;
     onProgress?: (p: GcProgress) => Promise<void> | void;
     extraRoots?: Iterable<string>;
+    /** The recorded digest of each manifest, by snapshot id; each manifest read is checked against its own. */
+    manifestDigests?: ReadonlyMap<string, string>;
   },
 ): Promise<GcResult> {
   const cutoff = new Date((options.now ?? new Date()).getTime() - options.graceMs);
   const marked = new Set(options.extraRoots);
-  await mark(repository, marked, (done, total) => options.onProgress?.({ phase: 'mark', done, total }));
+  const digests = options.manifestDigests ?? new Map<string, string>();
+  await mark(repository, marked, digests, (done, total) => options.onProgress?.({ phase: 'mark', done, total }));
 
   const result: GcResult = {
     chunksScanned: 0,
@@ -60,7 +63,7 @@ export async function collectGarbage(
   }
 
   await options.onProgress?.({ phase: 'sweep', done: 0, total: candidates.length });
-  await mark(repository, marked);
+  await mark(repository, marked, digests);
   const doomed = new Set<string>();
   for (const chunk of candidates) {
     if (marked.has(chunk.id)) result.chunksReferenced++;
@@ -77,11 +80,13 @@ export async function collectGarbage(
 /**
  * Adds to `marked` every chunk that a staging journal or a manifest references. Journals first: a snapshot writes
  * its manifest before it drops its journals, so one whose journals are gone by the time they are read is listed in
- * the manifests.
+ * the manifests. A manifest that cannot be read (or does not match its digest) might reference any chunk, so
+ * nothing could be proven unreferenced: the collection stops with a ManifestCorruptError naming it, before the sweep.
  */
 async function mark(
   repository: Repository,
   marked: Set<string>,
+  digests: ReadonlyMap<string, string>,
   onManifest?: (done: number, total: number) => Promise<void> | void,
 ): Promise<void> {
   for (const snapshotId of await repository.listStagingIds()) {
@@ -91,8 +96,15 @@ async function mark(
   }
   const manifestIds = await repository.listManifestIds();
   for (const [index, snapshotId] of manifestIds.entries()) {
-    const manifest = await repository.readManifest(snapshotId).catch((error: unknown) => {
+    const manifest = await repository.readManifest(snapshotId, digests.get(snapshotId)).catch((error: unknown) => {
       if (error instanceof ManifestMissingError) return null; // deleted since listed: references nothing
+      if (error instanceof ManifestCorruptError) {
+        throw new ManifestCorruptError(
+          snapshotId,
+          `${error.reason}; garbage collection of this repository deleted nothing and cannot run until the ` +
+            'snapshot is deleted or its manifest restored',
+        );
+      }
       throw error;
     });
     if (manifest) for (const id of distinctChunks(manifest)) marked.add(id);

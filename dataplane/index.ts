@@ -3,7 +3,14 @@
  * manifests, verification, restore and garbage collection. A plain library with no Temporal imports; activities and
  * the benchmark call it.
  */
-export { ChunkCorruptError, ChunkMissingError, DiskChangedError, ManifestMissingError } from './errors';
+export {
+  ChunkCorruptError,
+  ChunkMissingError,
+  DiskChangedError,
+  ManifestCorruptError,
+  ManifestMissingError,
+  StorageFullError,
+} from './errors';
 export type { DataPlaneErrorType } from './errors';
 export { DEFAULT_CHUNK_SIZE, ManifestSchema, ZERO_CHUNK, distinctChunks } from './manifest';
 export type { ChunkRef, Manifest } from './manifest';

@@ -1,7 +1,14 @@
+import { blake3 } from '@napi-rs/blake-hash';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ChunkMissingError, ManifestMissingError } from './errors';
+import {
+  ChunkCorruptError,
+  ChunkMissingError,
+  ManifestCorruptError,
+  ManifestMissingError,
+  StorageFullError,
+} from './errors';
 import {
   DIRECT_IO_BLOCK,
   alignDown,
@@ -32,17 +39,17 @@ export interface Repository {
    * Ids already stored, or repeated in `chunks`, are skipped; returns the ids written (idempotent).
    */
   putChunks(chunks: { id: string; frame: Buffer }[]): Promise<string[]>;
-  /** The stored frame; ChunkMissingError if absent. */
+  /** The stored frame; ChunkMissingError if absent, ChunkCorruptError if only quarantined copies are stored. */
   getChunk(id: string): Promise<Buffer>;
   /**
-   * The stored frames of `ids`, in order (read together: one open per pack); ChunkMissingError for an absent one. With
+   * The stored frames of `ids`, in order (read together: one open per pack); as getChunk for an absent one. With
    * `into` (page-aligned memory, such as workingMemory hands out), the frames are read into it and returned as views
    * of it, as far as they fit (the rest, and a frame found again after garbage collection moved it, come in buffers
    * of their own). Frames that neighbour in storage are read together, in whole direct I/O blocks, so `into` needs
    * up to 2 DIRECT_IO_BLOCKs more per such run than the frames' bytes.
    */
   getChunks(ids: string[], into?: Buffer): Promise<Buffer[]>;
-  /** Compressed size of a stored chunk; ChunkMissingError if absent. */
+  /** Compressed size of a stored chunk; as getChunk if absent. */
   chunkStoredSize(id: string): Promise<number>;
   /** Every stored copy of every chunk with its size and last write or touch; never a partial write. */
   listChunks(): AsyncIterable<StoredChunk>;
@@ -57,9 +64,14 @@ export interface Repository {
    * chunk is kept) or finds the chunk gone (false). Other chunks stay readable throughout.
    */
   removeChunks(ids: Iterable<string>, cutoff: Date): Promise<RemoveResult>;
-  writeManifest(manifest: Manifest): Promise<void>;
-  /** The snapshot's manifest, validated with ManifestSchema; ManifestMissingError if absent. */
-  readManifest(snapshotId: string): Promise<Manifest>;
+  /** Stores a snapshot's manifest (durable when this resolves); returns the manifestDigest of the bytes stored. */
+  writeManifest(manifest: Manifest): Promise<string>;
+  /**
+   * The snapshot's manifest, validated with ManifestSchema; ManifestMissingError if absent. ManifestCorruptError if
+   * it is not a valid manifest of that snapshot, or if `digest` (what writeManifest returned) is given and the stored
+   * bytes do not hash to it.
+   */
+  readManifest(snapshotId: string, digest?: string | null): Promise<Manifest>;
   deleteManifest(snapshotId: string): Promise<void>;
   listManifestIds(): Promise<string[]>;
   /** Appends refs to a snapshot's named chunk-list journal, used to resume a capture; durable when this resolves. */
@@ -74,6 +86,12 @@ export interface Repository {
   listStagingIds(): Promise<string[]>;
   /** Removes a snapshot's staging area; no error if absent. */
   dropStaging(snapshotId: string): Promise<void>;
+  /**
+   * Marks the stored copy of a chunk that was found corrupt as bad, durably: from then on lookups (hasChunk,
+   * touchChunks, putChunks' dedup check) and reads use another copy, or treat the chunk as absent, so the next
+   * capture that produces the content stores it again. No error if the chunk is not stored.
+   */
+  quarantineChunk(id: string): Promise<void>;
 }
 
 /** What removeChunks did: chunk copies removed, their compressed bytes, and copies kept as recently used. */
@@ -104,12 +122,14 @@ interface Location extends PackEntry {
  * The repository in a local directory. Layout: `packs/<uuid>.pack` (compressed chunks, see pack.ts),
  * `manifests/<snapshot>.json`, `staging/<snapshot>/<journal>.refs`, `tmp/`. Packs and manifests are written to a
  * unique file in `tmp/`, fsynced and renamed into place (then the directory is fsynced), so a reader never sees a
- * partial file.
+ * partial file. A write that finds the file system full (or the quota used up) fails with StorageFullError.
  *
  * Chunks are found through an in-memory index of every pack's entries, loaded on first use. Other processes (the
  * worker, garbage collection, the CLI) add and remove packs, so a lookup that misses reloads the index when the packs
  * directory changed since (one stat; only new packs are read), and a read whose pack vanished (garbage collection
  * rewrote it) reloads and retries. A chunk's modifiedAt is its pack's mtime: touching a chunk touches its pack.
+ * Copies found corrupt are listed in `quarantine` (appended, fsynced; part of the reload's stamp) and left out of the
+ * index; listChunks still lists them, so garbage collection may remove them as it would any copy.
  */
 export class LocalRepository implements Repository {
   /** Directories known to exist, so a write costs no mkdir calls after the first in its directory. */
@@ -122,6 +142,8 @@ export class LocalRepository implements Repository {
   private readonly damagedPacks = new Set<string>();
   /** The packs directory's mtime and size when the index was last loaded. */
   private loadedStamp: string | undefined;
+  /** Quarantined chunk copies, as `<pack> <id>` (the lines of the `quarantine` file). */
+  private quarantined = new Set<string>();
   /** The last index load; loads run one after the other. */
   private loading: Promise<void> | undefined;
 
@@ -147,13 +169,13 @@ export class LocalRepository implements Repository {
     const frame = await this.withChunk(id, (location) =>
       this.readFrames(this.packPath(location.pack), [location]).then(([read]) => read!),
     );
-    if (frame === undefined) throw new ChunkMissingError(id);
+    if (frame === undefined) throw this.absent(id);
     return frame;
   }
 
   async getChunks(ids: string[], into?: Buffer): Promise<Buffer[]> {
     const locations = (await this.locateAll(ids)).map((location, i) => {
-      if (!location) throw new ChunkMissingError(ids[i]!);
+      if (!location) throw this.absent(ids[i]!);
       return location;
     });
     const room = roomIn(into);
@@ -181,7 +203,7 @@ export class LocalRepository implements Repository {
 
   async chunkStoredSize(id: string): Promise<number> {
     const location = await this.locate(id);
-    if (!location) throw new ChunkMissingError(id);
+    if (!location) throw this.absent(id);
     return location.length;
   }
 
@@ -263,29 +285,47 @@ export class LocalRepository implements Repository {
     return result;
   }
 
+  async quarantineChunk(id: string): Promise<void> {
+    const location = await this.locate(id);
+    if (!location) return;
+    const line = `${location.pack} ${id}`;
+    const file = path.join(this.root, 'quarantine');
+    await this.spaceFor(line.length + 1, async () => {
+      await withHandle(fs.open(file, 'a'), async (handle) => {
+        await handle.write(`${line}\n`);
+        await handle.sync();
+      });
+    });
+    await syncDir(this.root);
+    this.quarantined.add(line);
+    this.rebuildIndex();
+  }
+
   /** Where a chunk's frame is stored (pack file, offset, length), for tools that inspect or damage it on purpose. */
   async chunkLocation(id: string): Promise<{ file: string; offset: number; length: number } | undefined> {
     const location = await this.locate(id);
     return location && { file: this.packPath(location.pack), offset: location.offset, length: location.length };
   }
 
-  async writeManifest(manifest: Manifest): Promise<void> {
+  async writeManifest(manifest: Manifest): Promise<string> {
     const valid = ManifestSchema.parse(manifest);
     const target = this.manifestPath(valid.snapshotId);
-    await this.writeAtomically(target, (tmp) =>
+    const bytes = Buffer.from(JSON.stringify(valid));
+    await this.writeAtomically(target, bytes.length, (tmp) =>
       withHandle(fs.open(tmp, 'wx'), async (handle) => {
-        await writeExactly(handle, Buffer.from(JSON.stringify(valid)), 0);
+        await writeExactly(handle, bytes, 0);
         await handle.sync();
       }),
     );
     await syncDir(path.dirname(target));
+    return manifestDigest(bytes);
   }
 
-  async readManifest(snapshotId: string): Promise<Manifest> {
-    const text = await fs.readFile(this.manifestPath(snapshotId), 'utf8').catch((error: unknown) => {
+  async readManifest(snapshotId: string, digest?: string | null): Promise<Manifest> {
+    const bytes = await fs.readFile(this.manifestPath(snapshotId)).catch((error: unknown) => {
       throw isNotFound(error) ? new ManifestMissingError(snapshotId) : error;
     });
-    return ManifestSchema.parse(JSON.parse(text));
+    return parseManifest(snapshotId, bytes, digest);
   }
 
   async deleteManifest(snapshotId: string): Promise<void> {
@@ -299,17 +339,25 @@ export class LocalRepository implements Repository {
 
   async appendJournal(snapshotId: string, name: string, refs: ChunkRef[]): Promise<void> {
     const file = this.journalPath(snapshotId, name);
-    await fs.mkdir(path.dirname(file), { recursive: true });
-    const handle = await fs.open(file, 'a');
-    let created: boolean;
-    try {
-      created = (await handle.stat()).size === 0;
-      await handle.write(refs.map((ref) => `${ref.padEnd(JOURNAL_LINE - 1)}\n`).join(''));
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    if (created) await syncDir(path.dirname(file));
+    await this.spaceFor(refs.length * JOURNAL_LINE, async () => {
+      await fs.mkdir(path.dirname(file), { recursive: true });
+      const handle = await fs.open(file, 'a');
+      let created: boolean;
+      let size: number | undefined;
+      try {
+        size = (await handle.stat()).size;
+        created = size === 0;
+        await handle.write(refs.map((ref) => `${ref.padEnd(JOURNAL_LINE - 1)}\n`).join(''));
+        await handle.sync();
+      } catch (error) {
+        // No partial line is left by a failed append (the file's size is known once the append started).
+        if (size !== undefined) await handle.truncate(size).catch(() => undefined);
+        throw error;
+      } finally {
+        await handle.close();
+      }
+      if (created) await syncDir(path.dirname(file));
+    });
   }
 
   async readJournal(snapshotId: string, name: string): Promise<ChunkRef[]> {
@@ -411,8 +459,17 @@ export class LocalRepository implements Repository {
       if (isNotFound(error)) return null;
       throw error;
     });
-    const stamp = stat ? `${stat.mtimeMs}/${stat.size}` : 'none';
+    const quarantine = await fs.readFile(path.join(this.root, 'quarantine'), 'utf8').catch((error: unknown) => {
+      if (isNotFound(error)) return '';
+      throw error;
+    });
+    const stamp = `${stat ? `${stat.mtimeMs}/${stat.size}` : 'none'}/${quarantine.length}`;
     if (!always && stamp === this.loadedStamp) return;
+    const quarantined = new Set(quarantine.split('\n').filter((line) => line !== ''));
+    if (quarantined.size !== this.quarantined.size) {
+      this.quarantined = quarantined;
+      this.rebuildIndex();
+    }
     const present = new Set((await listDir(this.packsDir())).filter((f) => PACK_FILE.test(f)));
     for (const pack of [...this.packs.keys()]) if (!present.has(pack)) this.forgetPack(pack);
     for (const pack of present) {
@@ -449,7 +506,23 @@ export class LocalRepository implements Repository {
 
   private addPack(pack: string, entries: PackEntry[]): void {
     this.packs.set(pack, entries);
-    for (const e of entries) if (!this.index.has(e.id)) this.index.set(e.id, { ...e, pack });
+    for (const e of entries) {
+      if (!this.index.has(e.id) && !this.quarantined.has(`${pack} ${e.id}`)) this.index.set(e.id, { ...e, pack });
+    }
+  }
+
+  /** Why a chunk cannot be read: its only copies are quarantined (ChunkCorrupt), or it is not stored (ChunkMissing). */
+  private absent(id: string): Error {
+    const quarantined = [...this.quarantined].some((line) => line.endsWith(` ${id}`));
+    return quarantined
+      ? new ChunkCorruptError(id, 'quarantined: its stored copy was found corrupt')
+      : new ChunkMissingError(id);
+  }
+
+  /** The index again from every known pack, leaving quarantined copies out. */
+  private rebuildIndex(): void {
+    this.index.clear();
+    for (const [pack, entries] of [...this.packs]) this.addPack(pack, entries);
   }
 
   /** Drops a pack from the index; its chunks that another known pack also holds point there instead. */
@@ -462,7 +535,8 @@ export class LocalRepository implements Repository {
     if (orphans.size === 0) return;
     for (const [other, otherEntries] of this.packs) {
       for (const e of otherEntries)
-        if (orphans.has(e.id) && !this.index.has(e.id)) this.index.set(e.id, { ...e, pack: other });
+        if (orphans.has(e.id) && !this.index.has(e.id) && !this.quarantined.has(`${other} ${e.id}`))
+          this.index.set(e.id, { ...e, pack: other });
     }
   }
 
@@ -492,7 +566,7 @@ export class LocalRepository implements Repository {
         copied.copy(room, used);
         blocks.push(room.subarray(used, (used += alignUp(copied.length))));
       }
-      await this.writeAtomically(this.packPath(pack), async (tmp) => {
+      await this.writeAtomically(this.packPath(pack), layout.tailOffset + layout.tail.length, async (tmp) => {
         const { O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
         await withHandle(openDirect(tmp, O_WRONLY | O_CREAT | O_EXCL), async (handle) => {
           await writevExactly(handle, blocks, 0);
@@ -563,17 +637,33 @@ export class LocalRepository implements Repository {
     return path.join(this.root, 'staging', safeName(snapshotId), `${safeName(name)}.refs`);
   }
 
-  /** Has `write` create and fill a temp file (durably), then renames it to `target`; the temp file goes on failure. */
-  private async writeAtomically(target: string, write: (tmp: string) => Promise<void>): Promise<void> {
+  /**
+   * Has `write` create and fill a temp file (durably) of `bytes` bytes, then renames it to `target`; the temp file
+   * goes on failure.
+   */
+  private async writeAtomically(target: string, bytes: number, write: (tmp: string) => Promise<void>): Promise<void> {
     const tmpDir = path.join(this.root, 'tmp');
-    await this.makeDir(tmpDir);
-    await this.makeDir(path.dirname(target));
     const tmp = path.join(tmpDir, randomUUID());
+    await this.spaceFor(bytes, async () => {
+      await this.makeDir(tmpDir);
+      await this.makeDir(path.dirname(target));
+      try {
+        await write(tmp);
+        await fs.rename(tmp, target);
+      } catch (error) {
+        await fs.rm(tmp, { force: true });
+        throw error;
+      }
+    });
+  }
+
+  /** Runs a write of `bytes` bytes: a full file system or quota (ENOSPC, EDQUOT) is a StorageFullError. */
+  private async spaceFor<T>(bytes: number, write: () => Promise<T>): Promise<T> {
     try {
-      await write(tmp);
-      await fs.rename(tmp, target);
+      return await write();
     } catch (error) {
-      await fs.rm(tmp, { force: true });
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new StorageFullError(this.root, bytes);
       throw error;
     }
   }
@@ -590,6 +680,42 @@ function roomIn(into?: Buffer): (bytes: number) => Buffer {
     used += bytes;
     return into.subarray(used - bytes, used);
   };
+}
+
+/** The digest of a manifest's stored bytes that the catalog records: 64-hex BLAKE3, as chunk ids are. */
+export function manifestDigest(bytes: Buffer): string {
+  return blake3(bytes).toString('hex');
+}
+
+/**
+ * A stored manifest's bytes as the snapshot's manifest: checked against `digest` when the caller has one, then
+ * parsed and validated; any failure is a ManifestCorruptError (the same bytes never become valid by retrying).
+ */
+export function parseManifest(snapshotId: string, bytes: Buffer, digest?: string | null): Manifest {
+  if (digest && manifestDigest(bytes) !== digest) {
+    throw new ManifestCorruptError(
+      snapshotId,
+      `its bytes do not match the digest ${digest} recorded when it was written`,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(bytes.toString('utf8'));
+  } catch (error) {
+    throw new ManifestCorruptError(snapshotId, `not valid JSON: ${(error as Error).message}`);
+  }
+  const parsed = ManifestSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new ManifestCorruptError(
+      snapshotId,
+      `not a valid manifest: ${issue.path.join('.') || 'root'}: ${issue.message}`,
+    );
+  }
+  if (parsed.data.snapshotId !== snapshotId) {
+    throw new ManifestCorruptError(snapshotId, `it names snapshot ${parsed.data.snapshotId}`);
+  }
+  return parsed.data;
 }
 
 function safeName(name: string): string {

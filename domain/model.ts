@@ -120,6 +120,11 @@ export interface SnapshotRecord {
   deletedAt: string | null;
   /** Who deleted it: `user`, or `retention of policy <id>`. */
   deletedReason: string | null;
+  /**
+   * BLAKE3 of the snapshot's stored manifest bytes, recorded when compression wrote it; every read of the manifest
+   * checks it (null: not written yet, or a snapshot from before manifests were digested).
+   */
+  manifestDigest: string | null;
 }
 
 /**

@@ -48,6 +48,7 @@ export type SnapshotPatch = Partial<
     | 'dedupRatio'
     | 'completedAt'
     | 'verifiedAt'
+    | 'manifestDigest'
   >
 >;
 

@@ -132,8 +132,51 @@ describe('garbage collection and re-verification', () => {
     expect(refused).toBeInstanceOf(SnapshotError);
     expect((refused as SnapshotError).type).toBe('SnapshotNotRestorable');
 
-    // Recently verified snapshots are skipped: with a 7-day horizon nothing is re-read right after a run.
-    expect((await env.maintenance.reverify(vm.region, 7)).checked).toBe(0);
+    // Recently verified snapshots are skipped: with a 7-day horizon only the DAMAGED ones (every snapshot that shares
+    // the chunk, now quarantined) are re-read right after a run, and stay DAMAGED.
+    const stillDamaged = env.platform.catalog.listSnapshots({ region: vm.region, status: 'DAMAGED' }).map((s) => s.id);
+    expect(stillDamaged).toContain(record.id);
+    const rerun = await env.maintenance.reverify(vm.region, 7);
+    expect(rerun.checked).toBe(stillDamaged.length);
+    expect(rerun.damaged.map((d) => [d.snapshotId, d.failureType]).sort()).toEqual(
+      stillDamaged.sort().map((id) => [id, 'ChunkCorrupt']),
+    );
+  });
+
+  test('a corrupt chunk heals: quarantined, stored again by the next snapshot, and the DAMAGED one is SUCCESS again', async () => {
+    const vm = vmNamed('vm-trainer-02');
+    const repository = env.platform.repositoryFor(vm.region);
+    const hashes = await Promise.all(vm.disks.map((d) => fileHash(d.path)));
+    const record = await takeSnapshot(env, vm, 'to-be-healed');
+    const victim = (await repository.readManifest(record.id)).disks[1]!.chunks.find((c) => c !== 'zero')!;
+    await damageChunk(repository, victim);
+    const report = await env.maintenance.reverify(vm.region, 0);
+    expect(report.damaged.map((d) => d.snapshotId)).toContain(record.id);
+    expect(await repository.hasChunk(victim)).toBe(false); // the bad copy is quarantined: lookups miss it
+
+    // The same content again: stored anew instead of deduplicated against the bad copy, and verified good.
+    const healer = await takeSnapshot(env, vm, 'healer');
+    expect(healer.status).toBe('SUCCESS');
+    expect(await repository.hasChunk(victim)).toBe(true);
+
+    const healed = await env.maintenance.reverify(vm.region, 7);
+    expect(healed.damaged.map((d) => d.snapshotId)).not.toContain(record.id);
+    expect(env.platform.catalog.getSnapshot(record.id)).toMatchObject({
+      status: 'SUCCESS',
+      failureType: null,
+      failureReason: null,
+    });
+    for (const [source, name] of [
+      [record.id, 'healed-restore'],
+      [healer.id, 'healer-restore'],
+    ] as const) {
+      const { vm: restored } = await env.snapshots.restoreVm({
+        accountId: 'acme',
+        source: { snapshotId: source },
+        vmName: name,
+      });
+      expect(await Promise.all(restored.disks.map((d) => fileHash(d.path)))).toEqual(hashes);
+    }
   });
 
   test('every region has daily GC and re-verification Schedules', async () => {

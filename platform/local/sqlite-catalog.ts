@@ -114,6 +114,7 @@ interface SnapshotRow {
   verified_at: string | null;
   deleted_at: string | null;
   deleted_reason: string | null;
+  manifest_digest: string | null;
 }
 
 function toRecord(row: SnapshotRow): SnapshotRecord {
@@ -145,6 +146,7 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
     verifiedAt: row.verified_at,
     deletedAt: row.deleted_at,
     deletedReason: row.deleted_reason,
+    manifestDigest: row.manifest_digest,
   };
 }
 
@@ -161,6 +163,7 @@ const PATCH_COLUMNS: Record<keyof SnapshotPatch, string> = {
   dedupRatio: 'dedup_ratio',
   completedAt: 'completed_at',
   verifiedAt: 'verified_at',
+  manifestDigest: 'manifest_digest',
 };
 
 /** Columns added after the first release, with their definitions: catalogs made before them gain them on open. */
@@ -170,6 +173,7 @@ const ADDED_COLUMNS: Record<string, string> = {
   deleted_at: 'TEXT',
   deleted_reason: 'TEXT',
   request_digest: 'TEXT',
+  manifest_digest: 'TEXT',
 };
 
 /**

@@ -5,6 +5,7 @@ import type { GcProgress, Manifest } from '../../dataplane';
 import {
   ChunkPool,
   LocalRepository,
+  ManifestCorruptError,
   ZERO_CHUNK,
   collectGarbage,
   distinctChunks,
@@ -94,6 +95,27 @@ test('after one of two manifests is deleted, GC frees exactly its own chunks and
     { phase: 'sweep', done: 0, total: 2 },
     { phase: 'sweep', done: 2, total: 2 },
   ]);
+});
+
+test('a manifest GC cannot read, or that does not match its digest, stops it before it deletes anything', async () => {
+  const { repository, a } = await twoSnapshots();
+  const digest = await repository.writeManifest(a);
+  await repository.deleteManifest('b'); // b's own chunks are garbage
+  const before = await storedIds(repository);
+  const file = path.join(repository.root, 'manifests', 'a.json');
+  const original = await fs.readFile(file, 'utf8');
+
+  await fs.writeFile(file, original.replace(`"sizeBytes":`, `"sizeBytes":1`)); // valid, but not what was written
+  const altered = await collectGarbage(repository, { graceMs: 0, manifestDigests: new Map([['a', digest]]) }).catch(
+    (e: unknown) => e,
+  );
+  expect(altered).toBeInstanceOf(ManifestCorruptError);
+  expect(altered).toMatchObject({ type: 'ManifestCorrupt', snapshotId: 'a' });
+  expect((altered as Error).message).toContain('garbage collection of this repository deleted nothing');
+
+  await fs.writeFile(file, original.slice(0, 40)); // truncated: unreadable with or without a digest
+  await expect(collectGarbage(repository, { graceMs: 0 })).rejects.toThrow(ManifestCorruptError);
+  expect(await storedIds(repository)).toEqual(before);
 });
 
 test('GC is idempotent: a second run frees nothing', async () => {

@@ -4,7 +4,14 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { ChunkMissingError, LocalRepository, ManifestMissingError, ZERO_CHUNK } from '../../dataplane';
+import {
+  ChunkCorruptError,
+  ChunkMissingError,
+  LocalRepository,
+  ManifestCorruptError,
+  ManifestMissingError,
+  ZERO_CHUNK,
+} from '../../dataplane';
 import { DIRECT_IO_BLOCK } from '../../dataplane/files';
 import { sharedBuffer } from '../../dataplane/memory';
 import { makeTempDir, manifestOf } from './helpers';
@@ -246,7 +253,36 @@ test('a manifest that does not match the schema is refused on write and on read'
   await expect(repository.writeManifest(bad)).rejects.toThrow();
   await repository.writeManifest(manifestOf('snap-bad', []));
   await fs.writeFile(path.join(repository.root, 'manifests', 'snap-bad.json'), JSON.stringify(bad));
-  await expect(repository.readManifest('snap-bad')).rejects.toThrow();
+  const refused = await repository.readManifest('snap-bad').catch((e: unknown) => e);
+  expect(refused).toBeInstanceOf(ManifestCorruptError);
+  expect(refused).toMatchObject({ type: 'ManifestCorrupt', snapshotId: 'snap-bad' });
+  expect((refused as Error).message).toContain('not a valid manifest: version');
+});
+
+test('a manifest is checked against the digest writeManifest returned; truncated or altered it is ManifestCorrupt', async () => {
+  const manifest = manifestOf('snap-d', [{ name: 'root', sizeBytes: 10, chunkSize: 8, chunks: [chunk('d').id] }]);
+  const digest = await repository.writeManifest(manifest);
+  const file = path.join(repository.root, 'manifests', 'snap-d.json');
+  expect(digest).toBe(blake3(await fs.readFile(file)).toString('hex'));
+  expect(await repository.readManifest('snap-d', digest)).toEqual(manifest);
+
+  const original = await fs.readFile(file, 'utf8');
+  await fs.writeFile(file, original.replace('"sizeBytes":10', '"sizeBytes":11')); // still a valid manifest
+  expect(await repository.readManifest('snap-d')).toMatchObject({ disks: [{ sizeBytes: 11 }] }); // no digest: unchecked
+  await expect(repository.readManifest('snap-d', digest)).rejects.toThrow(
+    new ManifestCorruptError('snap-d', `its bytes do not match the digest ${digest} recorded when it was written`),
+  );
+
+  await fs.writeFile(file, original.slice(0, original.length - 7));
+  const truncated = await repository.readManifest('snap-d').catch((e: unknown) => e);
+  expect(truncated).toBeInstanceOf(ManifestCorruptError);
+  expect((truncated as Error).message).toMatch(/^The stored manifest of snapshot snap-d is corrupt \(not valid JSON: /);
+
+  await repository.writeManifest(manifestOf('snap-e', []));
+  await fs.copyFile(path.join(repository.root, 'manifests', 'snap-e.json'), file);
+  await expect(repository.readManifest('snap-d')).rejects.toThrow(
+    new ManifestCorruptError('snap-d', 'it names snapshot snap-e'),
+  );
 });
 
 test('a manifest write that cannot be renamed into place fails and leaves no temp file', async () => {
@@ -288,4 +324,24 @@ test('staging areas are listed per snapshot and dropped with their journals', as
   await repository.dropStaging('snap-5');
   expect(await repository.listStagingIds()).toEqual(['snap-6']);
   expect(await repository.readJournal('snap-5', 'root')).toEqual([]);
+});
+
+test('a quarantined copy is absent to lookups (ChunkCorrupt to reads), is stored again, and stays quarantined on reopen', async () => {
+  const [a, b] = ['qa', 'qb'].map(chunk) as [ReturnType<typeof chunk>, ReturnType<typeof chunk>];
+  await repository.putChunks([a, b]);
+  await repository.quarantineChunk(a.id);
+  expect(await repository.hasChunk(a.id)).toBe(false);
+  expect(await repository.touchChunks([a.id, b.id])).toEqual([false, true]);
+  await expect(repository.getChunk(a.id)).rejects.toThrow(
+    new ChunkCorruptError(a.id, 'quarantined: its stored copy was found corrupt'),
+  );
+  const other = new LocalRepository(repository.root); // another process
+  expect(await other.hasChunk(a.id)).toBe(false);
+  expect(await other.hasChunk(b.id)).toBe(true);
+
+  const good = { id: a.id, frame: Buffer.from('good frame of qa') };
+  expect(await repository.putChunks([good, b])).toEqual([a.id]);
+  expect(await packFiles()).toHaveLength(2);
+  expect(await repository.getChunk(a.id)).toEqual(good.frame);
+  expect(await new LocalRepository(repository.root).getChunk(a.id)).toEqual(good.frame);
 });
