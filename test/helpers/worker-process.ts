@@ -1,0 +1,44 @@
+/**
+ * A snapshot worker in a process of its own, for tests that SIGKILL it: `node --import tsx worker-process.ts
+ * <dataDir> <taskQueue>`, connected to the test run's Temporal server (the TEST_ENV variables the jest global setup
+ * sets, inherited). Prints `ready` once it polls. Fault wrappers, chosen by environment variables:
+ * - SNAP_TEST_SLOW_OPEN_VIEWS_MS: openViews waits this long after opening the views, so the guest stays frozen.
+ * - SNAP_TEST_CAPTURE_BYTES_PER_SECOND: caps the capture's read rate, so a capture lasts long enough to be killed.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DiskView } from '../../platform/ports';
+import { openEmbeddedPlatform } from '../../platform/local';
+import type { LocalHypervisor } from '../../platform/local';
+import { createSnapshotWorker } from '../../worker/worker';
+import { connectTestClient, testWorkflowBundle } from '../support/temporal';
+
+async function main(): Promise<void> {
+  const [dataDir, taskQueue] = process.argv.slice(2);
+  if (!dataDir || !taskQueue) throw new Error('usage: worker-process.ts <dataDir> <taskQueue>');
+  const platform = openEmbeddedPlatform(dataDir);
+  const slowOpenViewsMs = Number(process.env.SNAP_TEST_SLOW_OPEN_VIEWS_MS ?? 0);
+  const hypervisor: LocalHypervisor = Object.create(platform.hypervisor) as LocalHypervisor;
+  hypervisor.openViews = async (vm, viewId): Promise<DiskView[]> => {
+    const views = await platform.hypervisor.openViews(vm, viewId);
+    await sleep(slowOpenViewsMs);
+    return views;
+  };
+  const temporal = await connectTestClient();
+  const { worker } = await createSnapshotWorker({
+    connection: temporal.nativeConnection,
+    client: temporal.client,
+    namespace: temporal.client.options.namespace,
+    taskQueue,
+    platform: { ...platform, hypervisor },
+    captureMaxBytesPerSecond: Number(process.env.SNAP_TEST_CAPTURE_BYTES_PER_SECOND ?? 0),
+    workflowBundle: testWorkflowBundle(),
+  });
+  const running = worker.run();
+  process.stdout.write('ready\n');
+  await running;
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});
