@@ -1,8 +1,12 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { createActivities } from '../activities';
+import { ChunkPool } from '../dataplane';
 import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
+import type { LocalHypervisor } from '../platform/local';
 import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 
@@ -66,4 +70,44 @@ test('a worker SIGKILLed while the guest is frozen: guest writes pass again with
   const record = await env.snapshots.watchProgress(started);
   expect(record.status).toBe('SUCCESS');
   expect(await env.platform.hypervisor.isFrozen(vm)).toBe(false);
+});
+
+test('a failure between freeze and thaw leaves the guest thawed: initiation fails, the VM is not frozen, writes pass', async () => {
+  const hypervisor = Object.create(env.platform.hypervisor) as LocalHypervisor;
+  hypervisor.openViews = async () => {
+    expect(await env.platform.hypervisor.isFrozen(vm)).toBe(true);
+    throw new Error('injected: opening the views failed');
+  };
+  const pool = new ChunkPool();
+  try {
+    const activities = createActivities({
+      catalog: env.platform.catalog,
+      hypervisor,
+      repositoryFor: env.platform.repositoryFor,
+      pool,
+      progress: { report: async () => undefined },
+      captureMaxBytesPerSecond: 0,
+    });
+    env.platform.catalog.reserveSnapshot({
+      id: 'snap-fails-frozen',
+      accountId: vm.accountId,
+      vmId: vm.id,
+      vmName: vm.name,
+      region: vm.region,
+      name: 'fails-frozen',
+      description: '',
+      createAsImage: false,
+      workflowId: 'snap-fails-frozen',
+      idempotencyKey: null,
+      policyId: null,
+    });
+    await expect(new MockActivityEnvironment().run(activities.initiateSnapshot, 'snap-fails-frozen')).rejects.toThrow(
+      'injected: opening the views failed',
+    );
+    // Thawed at once by initiation itself, not by the lease running out nor by a workflow compensation.
+    expect(await env.platform.hypervisor.isFrozen(vm)).toBe(false);
+    await writeGuestBlocks(env.platform.hypervisor, vm, 'root', [{ offset: 0, data: Buffer.from('after failure') }]);
+  } finally {
+    await pool.destroy();
+  }
 });
