@@ -1,13 +1,14 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { defaultPayloadConverter } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createActivities } from '../activities';
 import { ChunkPool } from '../dataplane';
 import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
 import type { LocalHypervisor } from '../platform/local';
-import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
+import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 
 jest.setTimeout(120_000);
@@ -110,4 +111,63 @@ test('a failure between freeze and thaw leaves the guest thawed: initiation fail
   } finally {
     await pool.destroy();
   }
+});
+
+/** The checkpoint the pending attempt of `activityType` last heartbeated, once there is one. */
+async function pendingCheckpoint(
+  workflowId: string,
+  activityType: string,
+): Promise<Record<string, number> | undefined> {
+  const description = await env.client.workflow.getHandle(workflowId).describe();
+  const pending = description.raw.pendingActivities?.find((a) => a.activityType?.name === activityType);
+  const payload = pending?.heartbeatDetails?.payloads?.[0];
+  return payload ? defaultPayloadConverter.fromPayload<Record<string, number>>(payload) : undefined;
+}
+
+describe.each([
+  ['capture', 'captureSnapshot', { SNAP_TEST_CAPTURE_BYTES_PER_SECOND: String(16e6) }],
+  ['compression', 'compressSnapshot', { SNAP_TEST_PUT_DELAY_MS: '3000' }],
+  ['verification', 'verifySnapshot', { SNAP_TEST_GET_DELAY_MS: '300' }],
+])('a %s whose worker is SIGKILLed', (_stage, activityType, faults) => {
+  test('resumes on a new worker from its checkpoint after the heartbeat timeout: SUCCESS, byte-identical restore', async () => {
+    const expected: Record<string, string> = {};
+    for (const disk of vm.disks) expected[disk.name] = await fileHash(disk.path);
+    const slow = await startWorkerProcess(faults);
+    const started = await env.snapshots.createSnapshot({
+      accountId: vm.accountId,
+      vmId: vm.id,
+      region: vm.region,
+      name: `killed-in-${activityType}`,
+    });
+    // Killed once the stage has a checkpoint past its start: the retry must go on from there, not from zero.
+    const checkpoint = await waitFor(async () => {
+      const details = await pendingCheckpoint(started.workflowId, activityType);
+      return details && Object.values(details).some((n) => n > 0) ? details : undefined;
+    });
+    await kill(slow);
+    await startWorkerProcess();
+    const record = await env.snapshots.watchProgress(started);
+    expect(record.status).toBe('SUCCESS');
+    const result = (await env.client.workflow.getHandle(started.workflowId).result()) as {
+      captureBytesRead: number;
+      logicalBytes: number;
+    };
+    if (activityType === 'captureSnapshot') {
+      expect(result.captureBytesRead).toBeGreaterThan(0);
+      expect(result.captureBytesRead).toBeLessThan(result.logicalBytes);
+    }
+    console.log(`${activityType} killed at checkpoint ${JSON.stringify(checkpoint)}`);
+    const restored: Record<string, string> = {};
+    for (const disk of vm.disks) {
+      const target = path.join(env.platform.dataDir, `restored-${disk.name}.raw`);
+      await env.snapshots.restoreDisk({
+        accountId: vm.accountId,
+        snapshotId: record.id,
+        diskName: disk.name,
+        targetPath: target,
+      });
+      restored[disk.name] = await fileHash(target);
+    }
+    expect(restored).toEqual(expected);
+  });
 });

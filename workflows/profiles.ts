@@ -29,7 +29,7 @@ export const CATALOG_ACTIVITY: ActivityOptions = {
  */
 export const DATA_ACTIVITY: ActivityOptions = {
   startToCloseTimeout: '12 hours',
-  heartbeatTimeout: '30 seconds',
+  heartbeatTimeout: '10 seconds',
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: {
     initialInterval: '1s',

@@ -4,8 +4,12 @@
  * sets, inherited). Prints `ready` once it polls. Fault wrappers, chosen by environment variables:
  * - SNAP_TEST_SLOW_OPEN_VIEWS_MS: openViews waits this long after opening the views, so the guest stays frozen.
  * - SNAP_TEST_CAPTURE_BYTES_PER_SECOND: caps the capture's read rate, so a capture lasts long enough to be killed.
+ * - SNAP_TEST_PUT_DELAY_MS / SNAP_TEST_GET_DELAY_MS: each repository putChunks / getChunks call waits this long first,
+ *   so a compression / verification lasts long enough to be killed.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Repository } from '../../dataplane';
+import type { Region } from '../../domain/model';
 import type { DiskView } from '../../platform/ports';
 import { openEmbeddedPlatform } from '../../platform/local';
 import type { LocalHypervisor } from '../../platform/local';
@@ -23,13 +27,22 @@ async function main(): Promise<void> {
     await sleep(slowOpenViewsMs);
     return views;
   };
+  const putDelayMs = Number(process.env.SNAP_TEST_PUT_DELAY_MS ?? 0);
+  const getDelayMs = Number(process.env.SNAP_TEST_GET_DELAY_MS ?? 0);
+  const repositoryFor = (region: Region): Repository => {
+    const repository = platform.repositoryFor(region);
+    const slowed = Object.create(repository) as Repository;
+    slowed.putChunks = async (chunks) => (await sleep(putDelayMs), repository.putChunks(chunks));
+    slowed.getChunks = async (ids, into) => (await sleep(getDelayMs), repository.getChunks(ids, into));
+    return slowed;
+  };
   const temporal = await connectTestClient();
   const { worker } = await createSnapshotWorker({
     connection: temporal.nativeConnection,
     client: temporal.client,
     namespace: temporal.client.options.namespace,
     taskQueue,
-    platform: { ...platform, hypervisor },
+    platform: { ...platform, hypervisor, repositoryFor },
     captureMaxBytesPerSecond: Number(process.env.SNAP_TEST_CAPTURE_BYTES_PER_SECOND ?? 0),
     workflowBundle: testWorkflowBundle(),
   });
