@@ -23,7 +23,7 @@ export const CATALOG_ACTIVITY: ActivityOptions = {
 };
 
 /**
- * Activities whose work scales with disk size (capture, compression, verification, restores): long timeouts, a 30 s
+ * Activities whose work scales with disk size (capture, compression, verification, restores): long timeouts, a 10 s
  * heartbeat timeout so a dead worker is noticed quickly and the retry resumes from the last heartbeated checkpoint,
  * and cancellation that waits for the activity to stop (cleanup must not run while it still writes).
  */
