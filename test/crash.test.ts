@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { defaultPayloadConverter } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createActivities } from '../activities';
-import { ChunkPool } from '../dataplane';
+import { ChunkPool, distinctChunks } from '../dataplane';
 import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
 import type { LocalHypervisor } from '../platform/local';
@@ -145,9 +146,22 @@ describe.each([
       return details && Object.values(details).some((n) => n > 0) ? details : undefined;
     });
     await kill(slow);
-    await startWorkerProcess();
+    const countsFile = path.join(env.platform.dataDir, 'resumed-counts.json');
+    await startWorkerProcess({ SNAP_TEST_COUNTS_FILE: countsFile });
     const record = await env.snapshots.watchProgress(started);
     expect(record.status).toBe('SUCCESS');
+    // What the new worker re-read before the restores below: less than the whole stage, had it started over.
+    const resumed = JSON.parse(await fs.readFile(countsFile, 'utf8').catch(() => '{}')) as {
+      viewBytesRead?: number;
+      chunksRead?: number;
+    };
+    const diskBytes = vm.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
+    const chunks = distinctChunks(await env.platform.repositoryFor(vm.region).readManifest(record.id)).length;
+    console.log(
+      `${activityType} resumed from ${JSON.stringify(checkpoint)}: the new worker read ${JSON.stringify(resumed)} of ${diskBytes} view bytes and ${chunks} chunks`,
+    );
+    if (activityType === 'compressSnapshot') expect(resumed.viewBytesRead).toBeLessThan(diskBytes);
+    if (activityType === 'verifySnapshot') expect(resumed.chunksRead).toBeLessThan(chunks);
     const result = (await env.client.workflow.getHandle(started.workflowId).result()) as {
       captureBytesRead: number;
       logicalBytes: number;
@@ -156,7 +170,6 @@ describe.each([
       expect(result.captureBytesRead).toBeGreaterThan(0);
       expect(result.captureBytesRead).toBeLessThan(result.logicalBytes);
     }
-    console.log(`${activityType} killed at checkpoint ${JSON.stringify(checkpoint)}`);
     const restored: Record<string, string> = {};
     for (const disk of vm.disks) {
       const target = path.join(env.platform.dataDir, `restored-${disk.name}.raw`);

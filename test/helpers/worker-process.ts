@@ -6,9 +6,12 @@
  * - SNAP_TEST_CAPTURE_BYTES_PER_SECOND: caps the capture's read rate, so a capture lasts long enough to be killed.
  * - SNAP_TEST_PUT_DELAY_MS / SNAP_TEST_GET_DELAY_MS: each repository putChunks / getChunks call waits this long first,
  *   so a compression / verification lasts long enough to be killed.
+ * - SNAP_TEST_COUNTS_FILE: after every view read and getChunks call, the process's totals so far (`viewBytesRead`,
+ *   `chunksRead`) are written there as JSON, so a test sees how much a resumed stage re-read.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Repository } from '../../dataplane';
+import { writeFileSync } from 'node:fs';
+import type { DiskReader, Repository } from '../../dataplane';
 import type { Region } from '../../domain/model';
 import type { DiskView } from '../../platform/ports';
 import { openEmbeddedPlatform } from '../../platform/local';
@@ -21,7 +24,20 @@ async function main(): Promise<void> {
   if (!dataDir || !taskQueue) throw new Error('usage: worker-process.ts <dataDir> <taskQueue>');
   const platform = openEmbeddedPlatform(dataDir);
   const slowOpenViewsMs = Number(process.env.SNAP_TEST_SLOW_OPEN_VIEWS_MS ?? 0);
+  const countsFile = process.env.SNAP_TEST_COUNTS_FILE;
+  const counts = { viewBytesRead: 0, chunksRead: 0 };
+  const count = (key: keyof typeof counts, n: number): void => {
+    counts[key] += n;
+    if (countsFile) writeFileSync(countsFile, JSON.stringify(counts));
+  };
   const hypervisor: LocalHypervisor = Object.create(platform.hypervisor) as LocalHypervisor;
+  hypervisor.readView = async (view): Promise<DiskReader> => {
+    const reader = await platform.hypervisor.readView(view);
+    return {
+      read: async (buffer, position) => (await reader.read(buffer, position), count('viewBytesRead', buffer.length)),
+      close: () => reader.close(),
+    };
+  };
   hypervisor.openViews = async (vm, viewId): Promise<DiskView[]> => {
     const views = await platform.hypervisor.openViews(vm, viewId);
     await sleep(slowOpenViewsMs);
@@ -33,7 +49,12 @@ async function main(): Promise<void> {
     const repository = platform.repositoryFor(region);
     const slowed = Object.create(repository) as Repository;
     slowed.putChunks = async (chunks) => (await sleep(putDelayMs), repository.putChunks(chunks));
-    slowed.getChunks = async (ids, into) => (await sleep(getDelayMs), repository.getChunks(ids, into));
+    slowed.getChunks = async (ids, into) => {
+      await sleep(getDelayMs);
+      const frames = await repository.getChunks(ids, into);
+      count('chunksRead', ids.length);
+      return frames;
+    };
     return slowed;
   };
   const temporal = await connectTestClient();
