@@ -128,9 +128,26 @@ export interface DiskView {
  * blockdev snapshots exported over NBD.
  */
 export interface Hypervisor {
-  /** Flush and freeze the guest's file systems (guest-agent fsfreeze). Idempotent. */
-  freeze(vm: Vm): Promise<void>;
-  /** Undo freeze. Idempotent, always safe to call. */
+  /**
+   * Flush and freeze the guest's file systems (guest-agent fsfreeze) under a lease: the guest is thawed at the latest
+   * `leaseMs` after the freeze or its last `renewFreeze`, even if the caller's process dies and nobody calls `thaw`.
+   * Freezing a VM that is already frozen restarts its lease (a retried initiation freezes again). How each driver
+   * keeps the promise:
+   * - embedded (LocalHypervisor): the lock file that stands for fsfreeze records the lease's deadline, and the guest's
+   *   write path treats a freeze past its deadline as thawed (breaks it);
+   * - QEMU/KVM (qemu-guest-agent has no auto-thaw): a per-host guard, a small daemon on each hypervisor host that the
+   *   driver asks to hold the lease (over a local socket) before it sends guest-fsfreeze-freeze; renewals go to the
+   *   guard, and when a deadline passes unrenewed the guard itself sends guest-fsfreeze-thaw over the VM's agent
+   *   socket. It records its leases in a file and, when it restarts, thaws every VM it finds there (thaw is
+   *   idempotent), so neither a dead worker nor a dead guard leaves a guest frozen.
+   */
+  freeze(vm: Vm, lease: { leaseMs: number }): Promise<void>;
+  /**
+   * Extend the freeze's lease to `leaseMs` from now. Fails if the VM is no longer frozen (thawed, or the lease expired),
+   * so a renewal that succeeds proves the guest stayed frozen since `freeze`.
+   */
+  renewFreeze(vm: Vm, lease: { leaseMs: number }): Promise<void>;
+  /** Undo freeze (end the lease). Idempotent, always safe to call. */
   thaw(vm: Vm): Promise<void>;
   /**
    * Open (or reopen after a retry) the point-in-time views of the VM's disks under `viewId`, while it is frozen: they

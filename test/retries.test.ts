@@ -66,7 +66,7 @@ describe('retry and timeout policies', () => {
       const history = await env.client.workflow.getHandle(record.workflowId).fetchHistory();
       for (const stage of ['captureSnapshot', 'compressSnapshot', 'verifySnapshot']) {
         const { scheduled, started } = onlyActivity(history, stage);
-        expect(Number(scheduled.heartbeatTimeout?.seconds)).toBe(30);
+        expect(Number(scheduled.heartbeatTimeout?.seconds)).toBe(10);
         expect(Number(scheduled.startToCloseTimeout?.seconds)).toBe(12 * 3600);
         expect(scheduled.retryPolicy).toMatchObject({ maximumAttempts: 10, backoffCoefficient: 2 });
         expect(Number(scheduled.retryPolicy?.initialInterval?.seconds)).toBe(1);

@@ -87,8 +87,8 @@ export class WorkerMetrics {
 
   /** The hypervisor, timing each guest's freeze from `freeze` to its first `thaw`; every other call passes through. */
   timeFreezes(hypervisor: Hypervisor): Hypervisor {
-    const freeze: Hypervisor['freeze'] = async (vm) => {
-      await hypervisor.freeze(vm);
+    const freeze: Hypervisor['freeze'] = async (vm, lease) => {
+      await hypervisor.freeze(vm, lease);
       this.frozenAt.set(vm.id, performance.now());
     };
     const thaw: Hypervisor['thaw'] = async (vm) => {

@@ -131,7 +131,7 @@ export async function createSnapshotWorker(
       connection: options.connection,
       namespace: options.namespace,
       shutdownGraceTime: options.shutdownGraceTime ?? '5 seconds',
-      // Send heartbeats (and so resume checkpoints) to the server at least every second, not every 24 s (80 % of the
+      // Send heartbeats (and so resume checkpoints) to the server at least every second, not every 8 s (80 % of the
       // heartbeat timeout): a retry after a crash then re-reads at most about a second of work.
       maxHeartbeatThrottleInterval: '1 second',
     } as const;

@@ -23,13 +23,13 @@ export const CATALOG_ACTIVITY: ActivityOptions = {
 };
 
 /**
- * Activities whose work scales with disk size (capture, compression, verification, restores): long timeouts, a 30 s
+ * Activities whose work scales with disk size (capture, compression, verification, restores): long timeouts, a 10 s
  * heartbeat timeout so a dead worker is noticed quickly and the retry resumes from the last heartbeated checkpoint,
  * and cancellation that waits for the activity to stop (cleanup must not run while it still writes).
  */
 export const DATA_ACTIVITY: ActivityOptions = {
   startToCloseTimeout: '12 hours',
-  heartbeatTimeout: '30 seconds',
+  heartbeatTimeout: '10 seconds',
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: {
     initialInterval: '1s',

@@ -31,10 +31,12 @@ const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 const checks = proxyLocalActivities<Activities>(CATALOG_ACTIVITY);
 
 // Initiation freezes the guest and opens point-in-time views (copy-before-write or blockdev snapshots: instant
-// whatever the disk size); the freeze may wait up to 30 s for a guest write in progress. Few attempts: each one
-// freezes the guest again.
+// whatever the disk size); the freeze may wait up to 30 s for a guest write in progress. It heartbeats every second
+// (FREEZE_RENEW_MS), so a dead worker is noticed after 5 s and the attempt retried, while the guest it froze thaws by
+// itself when the freeze lease (5 s) runs out. Few attempts: each one freezes the guest again.
 const initiation = proxyActivities<Activities>({
   startToCloseTimeout: '5 minutes',
+  heartbeatTimeout: '5 seconds',
   // On cancellation, compensations must not run while the activity still works (it would recreate what they remove).
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes },

@@ -8,7 +8,7 @@ import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { VmLoadSchema } from '../../domain/model';
 import type { DiskView, Hypervisor } from '../ports';
 import { CowViewReader, createCowFiles, preserveBlocks } from './cow-view';
-import { acquireVmLock, isFrozen, releaseVmLock } from './vm-lock';
+import { acquireVmLock, isFrozen, releaseVmLock, renewFreezeLease } from './vm-lock';
 
 /** How long a freeze waits for a guest write in progress to finish. */
 const FREEZE_TIMEOUT_MS = 30_000;
@@ -24,7 +24,8 @@ const ViewInfoSchema = z.object({
  *
  * - freeze/thaw: the embedded guests have no guest agent; a lock file per VM (`locks/<vm>`) stands for fsfreeze. The
  *   guest's write path (`writeGuestBlocks`) takes the same lock for every write, so a freeze waits for a write in
- *   progress and writes wait while the VM is frozen.
+ *   progress and writes wait while the VM is frozen. The file records the freeze lease's deadline, and the write path
+ *   treats a freeze past it as thawed: a freezer that died blocks the guest for at most the rest of its lease.
  * - point-in-time views: copy-before-write (see cow-view.ts). Opening a view copies nothing (the freeze lasts
  *   milliseconds whatever the disk's size); while it is open, the guest's write path preserves each block it first
  *   overwrites into `views/<view>/`, and `readView` lays those blocks over the live disk. `vm-views/<vm>/<view>` lists
@@ -36,8 +37,17 @@ const ViewInfoSchema = z.object({
 export class LocalHypervisor implements Hypervisor {
   constructor(private readonly root: string) {}
 
-  async freeze(vm: Vm): Promise<void> {
-    await acquireVmLock(this.lockFile(vm.id), 'freeze', FREEZE_TIMEOUT_MS);
+  async freeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
+    await acquireVmLock(this.lockFile(vm.id), 'freeze', FREEZE_TIMEOUT_MS, lease.leaseMs);
+  }
+
+  async renewFreeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
+    await renewFreezeLease(this.lockFile(vm.id), lease.leaseMs);
+  }
+
+  /** Whether the VM is frozen now: a freeze whose lease has not expired (for the demo and tests). */
+  async isFrozen(vm: Vm): Promise<boolean> {
+    return isFrozen(this.lockFile(vm.id));
   }
 
   async thaw(vm: Vm): Promise<void> {
@@ -50,7 +60,7 @@ export class LocalHypervisor implements Hypervisor {
     const views = vm.disks.map((disk) => ({ viewId, name: disk.name, sizeBytes: disk.sizeBytes }));
     if (await exists(done)) return views;
     // Only a frozen guest has no write in flight: a view opened otherwise could miss one.
-    if (!(await isFrozen(this.lockFile(vm.id)))) throw new Error(`VM ${vm.name} must be frozen to open views`);
+    if (!(await this.isFrozen(vm))) throw new Error(`VM ${vm.name} must be frozen to open views`);
     // A half-made view from an interrupted attempt is redone from scratch.
     await fs.rm(dir, { recursive: true, force: true });
     await fs.mkdir(dir, { recursive: true });

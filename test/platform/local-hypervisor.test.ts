@@ -5,9 +5,12 @@ import path from 'node:path';
 import type { Vm } from '../../domain/model';
 import { LocalHypervisor, writeGuestBlocks } from '../../platform/local';
 import type { DiskView } from '../../platform/ports';
+import { waitFor } from '../helpers/snapshot-env';
 
 /** 1 MiB and a bit: the last 64 KiB copy-before-write block is a short one. */
 const DISK_BYTES = 1024 * 1024 + 1000;
+/** A lease longer than any test here, for the tests about something else than its expiry. */
+const LEASE = { leaseMs: 60_000 };
 
 let root: string;
 let hypervisor: LocalHypervisor;
@@ -42,7 +45,7 @@ afterEach(async () => {
 });
 
 async function openView(viewId: string): Promise<DiskView> {
-  await hypervisor.freeze(vm);
+  await hypervisor.freeze(vm, LEASE);
   try {
     const [view] = await hypervisor.openViews(vm, viewId);
     return view!;
@@ -161,7 +164,7 @@ test('views are opened only while the VM is frozen, and reopening a complete vie
 });
 
 test('guest writes wait while the VM is frozen, and a freeze waits for a guest write in progress', async () => {
-  await hypervisor.freeze(vm);
+  await hypervisor.freeze(vm, LEASE);
   const write = writeGuestBlocks(hypervisor, vm, 'root', [{ offset: 0, data: Buffer.from('written after thaw') }]);
   await new Promise((resolve) => setTimeout(resolve, 200));
   expect((await fs.readFile(vm.disks[0]!.path)).subarray(0, 18).equals(original.subarray(0, 18))).toBe(true);
@@ -174,7 +177,7 @@ test('guest writes wait while the VM is frozen, and a freeze waits for a guest w
   const inProgress = hypervisor.guestWrite(vm, vm.disks[0]!, [], () => gate, 1000);
   await new Promise((resolve) => setTimeout(resolve, 50));
   let frozen = false;
-  const freeze = hypervisor.freeze(vm).then(() => (frozen = true));
+  const freeze = hypervisor.freeze(vm, LEASE).then(() => (frozen = true));
   await new Promise((resolve) => setTimeout(resolve, 200));
   expect(frozen).toBe(false);
   release();
@@ -188,7 +191,33 @@ test('a guest write lock left behind by a process that is gone does not block a 
   const gone = spawnSync(process.execPath, ['-e', 'process.pid']).pid;
   await fs.mkdir(path.join(root, 'locks'), { recursive: true });
   await fs.writeFile(path.join(root, 'locks', vm.id), `guest ${gone}`);
-  await hypervisor.freeze(vm);
+  await hypervisor.freeze(vm, LEASE);
+  await hypervisor.thaw(vm);
+  await expect(fs.access(path.join(root, 'locks', vm.id))).rejects.toThrow();
+});
+
+test('a freeze lease that nobody renews expires by itself: guest writes pass again and the lease cannot be renewed', async () => {
+  await hypervisor.freeze(vm, { leaseMs: 60_000 });
+  // A retried initiation freezes again: the lease restarts, here shorter.
+  await hypervisor.freeze(vm, { leaseMs: 400 });
+  await hypervisor.renewFreeze(vm, { leaseMs: 400 });
+  expect(await hypervisor.isFrozen(vm)).toBe(true);
+  // The write waits for the lease to run out, then goes through without any thaw.
+  await writeGuestBlocks(hypervisor, vm, 'root', [{ offset: 0, data: Buffer.from('written after expiry') }]);
+  expect((await fs.readFile(vm.disks[0]!.path)).subarray(0, 20).toString()).toBe('written after expiry');
+  expect(await hypervisor.isFrozen(vm)).toBe(false);
+  await expect(hypervisor.renewFreeze(vm, { leaseMs: 400 })).rejects.toThrow(
+    'the VM is no longer frozen (it was thawed): freeze it again',
+  );
+  await expect(hypervisor.openViews(vm, 'snap-late')).rejects.toThrow('VM one must be frozen to open views');
+});
+
+test('renewing a freeze whose lease expired fails, though no guest write broke it yet', async () => {
+  await hypervisor.freeze(vm, { leaseMs: 50 });
+  await waitFor(async () => ((await hypervisor.isFrozen(vm)) ? undefined : true));
+  await expect(hypervisor.renewFreeze(vm, { leaseMs: 50 })).rejects.toThrow(
+    'the VM is no longer frozen (its freeze lease expired): freeze it again',
+  );
   await hypervisor.thaw(vm);
   await expect(fs.access(path.join(root, 'locks', vm.id))).rejects.toThrow();
 });
