@@ -8,7 +8,7 @@ import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
 import { activityRecords, localActivityRecords } from './helpers/history';
 import { damageChunk, loseChunk } from './helpers/repository';
-import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
+import { createSnapshotEnv, fileHash, scribble, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import { testWorkflowBundle } from './support/temporal';
 import type { snapshotWorkflow } from '../workflows';
@@ -124,6 +124,8 @@ describe('snapshot workflow on a real Temporal server', () => {
     const manifest = await repository.readManifest(base.record.id);
     const victim = manifest.disks[0]!.chunks.find((c) => c !== 'zero')!;
     await damageChunk(repository, victim);
+    await scribble(env, other, 'new chunks of a snapshot that fails');
+    const storedBefore = await storedIds(repository);
 
     // The next snapshot dedupes against the corrupted chunk; verification reads it back and must refuse it.
     const started = await env.snapshots.createSnapshot({
@@ -141,6 +143,20 @@ describe('snapshot workflow on a real Temporal server', () => {
     // Its manifest is gone and the name is free again.
     await expect(repository.readManifest(started.snapshotId)).rejects.toMatchObject({ type: 'ManifestMissing' });
     expect(env.platform.catalog.findSnapshotByName(other.accountId, 'corrupt-next')).toBeUndefined();
+    // Exactly what was stored before is stored after: the chunks it added are gone, the ones it shared are kept.
+    expect(await storedIds(repository)).toEqual(storedBefore);
+
+    // The corrupt copy was quarantined: the same content snapshotted again is stored anew and verifies (healing).
+    // Its chunks that the base lacks are exactly the ones the failed snapshot had added (and removed again).
+    const healed = await snapshot('corrupt-healed', other);
+    expect(healed.record.status).toBe('SUCCESS');
+    const inBase = new Set(manifest.disks.flatMap((d) => d.chunks));
+    const added = (await repository.readManifest(healed.record.id)).disks
+      .flatMap((d) => d.chunks)
+      .filter((c) => !inBase.has(c));
+    expect(added.length).toBeGreaterThan(0);
+    expect(added.filter((id) => storedBefore.has(id))).toEqual([]);
+    for (const id of inBase) if (id !== 'zero') expect(storedBefore.has(id)).toBe(true);
     await loseChunk(repository, victim);
   });
 
@@ -238,3 +254,10 @@ describe('retries and resumption', () => {
     }
   });
 });
+
+/** The ids of every stored chunk (every copy) of a repository. */
+async function storedIds(repository: Repository): Promise<Set<string>> {
+  const ids = new Set<string>();
+  for await (const chunk of repository.listChunks()) ids.add(chunk.id);
+  return ids;
+}
