@@ -131,6 +131,7 @@ program
           bar.stop();
         }
       },
+      { needsWorker: true },
     ),
   );
 

@@ -27,7 +27,6 @@ import type {
 import { deletionWorkflowId } from '../workflows/lifecycle';
 import { JOINED_REFUSED_RUN, acceptedUpdate, restoreStateQuery } from '../workflows/messages';
 import { snapshotStartOptions } from '../workflows/start-options';
-import { requireWorkers } from './workers';
 
 export { NO_ACTIVE_VMS };
 
@@ -109,8 +108,6 @@ export class SnapshotClient {
    */
   async createSnapshot(input: CreateSnapshotRequest): Promise<StartedSnapshot> {
     const request = parseOrThrow(CreateSnapshotRequestSchema, input, undefined, 'request');
-    // Without a worker the update would wait, silently, until one comes: say so at once instead.
-    await requireWorkers(this.options.client, [this.options.taskQueue]);
     const snapshotId = `snap-${randomUUID()}`;
     // The VM only labels the run in the Web UI; whether it may be snapshotted is validation's to say.
     const vm = this.options.catalog.getVm(request.vmId) ?? {
