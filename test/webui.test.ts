@@ -70,17 +70,17 @@ describe('Web UI inspection of snapshot workflows', () => {
     const handle = env.client.workflow.getHandle(started.workflowId);
     // What the Web UI shows of the pending activity: its type and its last heartbeat details.
     const pending = await waitFor(async () => {
+      // Initiation is pending first, and heartbeats without details: wait for the capture's first progress.
       const activity = (await handle.describe()).raw.pendingActivities?.[0];
       const payloads = activity?.heartbeatDetails?.payloads;
-      if (!payloads?.length) return undefined;
-      const details = defaultPayloadConverter.fromPayload<StageHeartbeat<unknown>>(payloads[0]!);
-      return details.progress.stage === 'CAPTURING' && details.progress.bytesDone > 0
-        ? { type: activity!.activityType!.name, details }
+      if (activity?.activityType?.name !== 'captureSnapshot' || !payloads?.length) return undefined;
+      const details = defaultPayloadConverter.fromPayload<StageHeartbeat<unknown> | undefined>(payloads[0]!);
+      return details?.progress?.stage === 'CAPTURING' && details.progress.bytesDone > 0
+        ? details
         : undefined;
     });
-    expect(pending.type).toBe('captureSnapshot');
-    expect(pending.details.progress).toMatchObject({ stage: 'CAPTURING', bytesTotal: 96 * MiB });
-    expect(pending.details.checkpoint).toBeDefined();
+    expect(pending.progress).toMatchObject({ stage: 'CAPTURING', bytesTotal: 96 * MiB });
+    expect(pending.checkpoint).toBeDefined();
     const during = await currentDetails(started.workflowId);
     expect(during).toMatch(/^\*\*CAPTURING\*\* — /);
     expect(during).toContain(name);
