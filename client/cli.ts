@@ -131,7 +131,6 @@ program
           bar.stop();
         }
       },
-      { needsWorker: true },
     ),
   );
 

@@ -27,6 +27,7 @@ import type {
 import { deletionWorkflowId } from '../workflows/lifecycle';
 import { JOINED_REFUSED_RUN, acceptedUpdate, restoreStateQuery } from '../workflows/messages';
 import { snapshotStartOptions } from '../workflows/start-options';
+import { requireWorkers } from './workers';
 
 export { NO_ACTIVE_VMS };
 
@@ -104,10 +105,13 @@ export class SnapshotClient {
    * update-with-start call. The workflow id is derived from the account and the name, so concurrent and retried
    * requests for one name meet in one run: the one that started it gets validation's answer, one that repeats it
    * (same idempotency key and fields) the same snapshot, any other `SnapshotNameTaken` (`IdempotencyKeyReused` with
-   * the same key). A retry after the snapshot ended is answered from the catalog's record of the key.
+   * the same key). A retry after the snapshot ended is answered from the catalog's record of the key. Refuses
+   * `WorkerUnavailable` (and starts nothing) when no worker polls the task queue.
    */
   async createSnapshot(input: CreateSnapshotRequest): Promise<StartedSnapshot> {
     const request = parseOrThrow(CreateSnapshotRequestSchema, input, undefined, 'request');
+    // Without a worker the update would wait, silently, until one comes: refuse at once instead, starting nothing.
+    await requireWorkers(this.options.client, [this.options.taskQueue]);
     const snapshotId = `snap-${randomUUID()}`;
     // The VM only labels the run in the Web UI; whether it may be snapshotted is validation's to say.
     const vm = this.options.catalog.getVm(request.vmId) ?? {

@@ -42,11 +42,23 @@ export async function queuesWithoutWorkers(
 }
 
 /**
- * Refuses at once (`WorkerUnavailable`) when no worker polls one of `taskQueues`: a command that starts a workflow
- * and waits for it would otherwise wait silently until a worker comes.
+ * How long a queue without pollers is re-checked before the refusal: a worker started a moment ago (as the demo and
+ * the tests do) has its first poll on the way. Short enough that the answer still comes within the 2 s promised.
+ */
+const NEW_WORKER_GRACE_MS = 1_000;
+const RECHECK_MS = 100;
+
+/**
+ * Refuses (`WorkerUnavailable`, within about a second) when no worker polls one of `taskQueues`: a command that
+ * starts a workflow and waits for it would otherwise wait silently until a worker comes.
  */
 export async function requireWorkers(client: Client, taskQueues: readonly string[]): Promise<void> {
-  const idle = await queuesWithoutWorkers(client, taskQueues);
+  const deadline = Date.now() + NEW_WORKER_GRACE_MS;
+  let idle = await queuesWithoutWorkers(client, taskQueues);
+  while (idle.length > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, RECHECK_MS));
+    idle = await queuesWithoutWorkers(client, taskQueues);
+  }
   if (idle.length === 0) return;
   throw new SnapshotError(
     'WorkerUnavailable',

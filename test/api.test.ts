@@ -1,6 +1,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import type { z } from 'zod';
+import { snapshotWorkflowId } from '../domain/requests';
 import { hashApiKey } from '../platform/api-keys';
 import type {
   ApiError,
@@ -367,5 +369,36 @@ describe('HTTP API', () => {
     expect(response.status).toBe(404);
     expect(response.body.type).toBe('NotFound');
     expect(response.body.message).toContain('/api/openapi.json');
+  });
+});
+
+describe('HTTP API with no worker on its task queue', () => {
+  let idle: SnapshotEnv;
+  let idleApi: RunningApi;
+
+  beforeAll(async () => {
+    idle = await createSnapshotEnv();
+    idleApi = await startApiServer(idle);
+  });
+
+  afterAll(async () => {
+    await idleApi?.close();
+    await idle?.close();
+  });
+
+  test('a create is refused 503 WorkerUnavailable within seconds and starts nothing', async () => {
+    const name = uniqueId('unpolled');
+    const refused = await idleApi.call('acme', 'POST', '/api/snapshots', createBody(name));
+    expect(refused.status).toBe(503);
+    expect(refused.body).toEqual({
+      type: 'WorkerUnavailable',
+      message:
+        `No worker polls the task queue ${idle.taskQueue} (workflow tasks), ${idle.taskQueue} (activity tasks) ` +
+        `in namespace ${idle.client.options.namespace}: nothing would run. ` +
+        'Start one with `npm run worker` (or `npm run demo`), then try again.',
+    });
+    expect(idle.platform.catalog.findSnapshotByName('acme', name)).toBeUndefined();
+    const workflow = idle.client.workflow.getHandle(snapshotWorkflowId('acme', name));
+    await expect(workflow.describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
   });
 });
