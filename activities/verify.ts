@@ -1,5 +1,6 @@
 import { ChunkCorruptError, manifestStats, verifyManifest } from '../dataplane';
 import type { Repository } from '../dataplane';
+import { imageIdOfSnapshot } from '../domain/ids';
 import type { Region, SnapshotRecord } from '../domain/model';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
@@ -54,8 +55,7 @@ export function createVerifyActivity(deps: ActivityDeps) {
         verifiedAt: new Date().toISOString(),
       });
       // "Create as Image": listed among the boot sources as soon as the snapshot is SUCCESS (idempotent on retry).
-      if (record.createAsImage)
-        deps.catalog.putImage(imageOf(record, `img-${record.id.replace(/^snap-/, '')}`, record.name));
+      if (record.createAsImage) deps.catalog.putImage(imageOf(record, imageIdOfSnapshot(record.id), record.name));
       return record;
     });
   };

@@ -7,7 +7,7 @@ import type { z } from 'zod';
 import { NO_ACTIVE_VMS } from '../domain/acceptance';
 import { MIN_COVERED_HOURS, formatMoney } from '../domain/billing';
 import { SnapshotError, isSnapshotErrorType } from '../domain/errors';
-import { isIdOf } from '../domain/ids';
+import { imageIdFrom, isIdOf, snapshotIdFrom } from '../domain/ids';
 import type { ImageRecord, Region, SnapshotProgress, SnapshotRecord, StageProgress, Vm } from '../domain/model';
 import { RegionSchema, SnapshotStatusSchema, isInFlight } from '../domain/model';
 import type { CreateSnapshotRequest, RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
@@ -112,7 +112,7 @@ export class SnapshotClient {
     const request = parseOrThrow(CreateSnapshotRequestSchema, input, undefined, 'request');
     // Without a worker the update would wait, silently, until one comes: refuse at once instead, starting nothing.
     await requireWorkers(this.options.client, [this.options.taskQueue]);
-    const snapshotId = `snap-${randomUUID()}`;
+    const snapshotId = snapshotIdFrom(randomUUID());
     // The VM only labels the run in the Web UI; whether it may be snapshotted is validation's to say.
     const vm = this.options.catalog.getVm(request.vmId) ?? {
       id: request.vmId,
@@ -310,7 +310,7 @@ export class SnapshotClient {
     const handle = await this.options.client.workflow.start<typeof createImageWorkflow>('createImageWorkflow', {
       workflowId: `create-image/${snapshotId}`,
       taskQueue: this.options.taskQueue,
-      args: [{ accountId, snapshotId, imageId: `img-${randomUUID()}`, name: name ?? snapshot?.name ?? snapshotId }],
+      args: [{ accountId, snapshotId, imageId: imageIdFrom(randomUUID()), name: name ?? snapshot?.name ?? snapshotId }],
       workflowIdConflictPolicy: 'USE_EXISTING',
       workflowIdReusePolicy: 'ALLOW_DUPLICATE',
     });

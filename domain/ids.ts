@@ -19,3 +19,14 @@ export type IdKind = keyof typeof ID_SHAPES;
 export function isIdOf(kind: IdKind, ref: string): boolean {
   return ID_SHAPES[kind].test(ref);
 }
+
+/**
+ * The ids themselves, minted from a random UUID that the caller supplies (`crypto.randomUUID()` in a client,
+ * `uuid4()` in a workflow, whose randomness must be replayable): these functions stay pure, so workflows can use them.
+ */
+export const snapshotIdFrom = (uuid: string): string => `snap-${uuid}`;
+export const imageIdFrom = (uuid: string): string => `img-${uuid}`;
+/** The image that "Create as Image" makes of a snapshot at verification: one per snapshot, named by its UUID. */
+export const imageIdOfSnapshot = (snapshotId: string): string => imageIdFrom(snapshotId.replace(/^snap-/, ''));
+/** A restored VM: `vm-` and the first 8 hex digits of a UUID (short, as VM ids are typed by hand). */
+export const restoredVmIdFrom = (uuid: string): string => `vm-${uuid.slice(0, 8)}`;

@@ -49,7 +49,7 @@ function foldedName(name: string): string {
 }
 
 /** The version of the `snapshotNameKey` rule: raise it whenever the key changes, and catalogs recompute theirs. */
-export const NAME_KEY_RULE = 2;
+export const NAME_KEY_RULE = 3;
 
 /**
  * The key two names collide on, and a name is looked up by: the confusable-safe `confusableKey` of the name, so

@@ -22,12 +22,15 @@ export function caseFold(text: string): string {
 /**
  * The key names are told apart by when a person reads them: NFKC (fullwidth `Ｎ` → `N`, `ﬁ` → `fi`), the case fold,
  * then the UTS #39 skeleton (Unicode's confusables.txt mapping, through `unhomoglyph`: Cyrillic `а` → `a`, `rn` and
- * `m` alike, `l` → `I`) on the decomposed form, folded again as the skeleton's targets have case. Not meant to be
- * read: two names are confusable exactly when their keys are equal.
+ * `m` alike, `1` and `l` alike) on the decomposed form, folded again as the skeleton's targets have case. As
+ * confusables.txt is case-sensitive (`I` looks like `l`, `i` does not) while the fold makes `I` and `i` one, the
+ * skeleton is taken once more of the upper-case form, so that look-alikes of either case collide (`NightIy`,
+ * `NIGHTLY`, `nightly`). Not meant to be read: two names are confusable exactly when their keys are equal.
  */
 export function confusableKey(text: string): string {
-  const folded = caseFold(text.normalize('NFKC')).normalize('NFD');
-  return caseFold(unhomoglyph(folded).normalize('NFD'));
+  const skeleton = (s: string) => unhomoglyph(s.normalize('NFD')).normalize('NFD');
+  const lower = caseFold(skeleton(caseFold(text.normalize('NFKC'))));
+  return caseFold(skeleton(lower.toUpperCase()));
 }
 
 /**

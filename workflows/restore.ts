@@ -1,5 +1,6 @@
 import { CancellationScope, proxyActivities, setCurrentDetails, setHandler, uuid4 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
+import { restoredVmIdFrom } from '../domain/ids';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { restoreStateQuery } from './messages';
 import { CATALOG_ACTIVITY, dataActivities } from './profiles';
@@ -25,7 +26,7 @@ export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vm
   // The disk being restored reports its bytes in its heartbeat details; the workflow knows the disks before it.
   const state = { finishedBytes: 0, bytesTotal: 0, done: false };
   setHandler(restoreStateQuery, () => state);
-  const vmId = `vm-${uuid4().slice(0, 8)}`;
+  const vmId = restoredVmIdFrom(uuid4());
   setCurrentDetails(`Restoring VM \`${request.vmName}\` (${vmId}) from ${JSON.stringify(request.source)}`);
   const created = await restoreCatalog.createRestoredVm({ request, vmId });
   state.bytesTotal = created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);

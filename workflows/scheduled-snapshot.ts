@@ -13,6 +13,7 @@ import {
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { TargetVm } from '../activities/scheduling';
+import { snapshotIdFrom } from '../domain/ids';
 import { formatLoad, isQuiet, policyScheduleId, runDeadline, SnapshotPolicySchema } from '../domain/policies';
 import type { SnapshotPolicy } from '../domain/policies';
 import { formatWindow } from '../domain/windows';
@@ -89,7 +90,7 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
     }
 
     const name = await catalog.nameScheduledSnapshot({ policy, vm, scheduledAt: scheduledAt.toISOString() });
-    const snapshotId = `snap-${uuid4()}`;
+    const snapshotId = snapshotIdFrom(uuid4());
     decide(`starting snapshot "${name}" of ${vm.name}`);
     const request = {
       accountId: policy.accountId,

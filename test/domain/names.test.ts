@@ -1,8 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { SnapshotError } from '../../domain/errors';
+import { imageIdFrom, imageIdOfSnapshot, isIdOf, restoredVmIdFrom, snapshotIdFrom } from '../../domain/ids';
 import {
   CreateSnapshotRequestSchema,
   SnapshotNameSchema,
@@ -55,6 +57,23 @@ describe('snapshot names', () => {
     expect(accepted(`snap-${uuid}-old`)).toBe(`snap-${uuid}-old`);
   });
 
+  test('refuse every id the service mints, and each minted id is looked up as an id', () => {
+    const uuid = randomUUID();
+    const snapshotId = snapshotIdFrom(uuid);
+    expect([snapshotId, imageIdFrom(uuid), imageIdOfSnapshot(snapshotId)]).toEqual([
+      `snap-${uuid}`,
+      `img-${uuid}`,
+      `img-${uuid}`,
+    ]);
+    expect([isIdOf('snapshot', snapshotId), isIdOf('image', imageIdFrom(uuid))]).toEqual([true, true]);
+    expect(refusal(snapshotId)).toMatch(/^must not look like a snapshot or image id/);
+    expect(refusal(imageIdFrom(uuid))).toMatch(/^must not look like a snapshot or image id/);
+    const vmId = restoredVmIdFrom(uuid);
+    expect(vmId).toBe(`vm-${uuid.slice(0, 8)}`);
+    expect(isIdOf('vm', vmId)).toBe(true);
+    expect(VmNameSchema.safeParse(vmId).success).toBe(false);
+  });
+
   test('refuse lone surrogates instead of letting them be replaced', () => {
     expect(refusal('ab\ud800')).toBe('must be well-formed Unicode text (it has a lone surrogate)');
   });
@@ -71,6 +90,12 @@ describe('the name key', () => {
     expect(accepted('\u0440\u043e\u0435')).toBe('рое');
     expect(snapshotNameKey('\u0440\u043e\u0435')).toBe(snapshotNameKey('POE'));
     expect(snapshotNameKey('Nightly')).not.toBe(snapshotNameKey('Daily'));
+  });
+
+  test('makes look-alikes of either case collide: a capital I, a digit 1 or an l, in any case', () => {
+    // confusables.txt maps I and 1 to l but leaves i alone; with the case fold, all of them are one.
+    expect(new Set(['Nightly', 'NightIy', 'Night1y', 'NIGHTLY', 'nightiy'].map(snapshotNameKey)).size).toBe(1);
+    expect(snapshotNameKey('Nightly')).not.toBe(snapshotNameKey('Nightfy'));
   });
 
   test('leaves the workflow id readable: the NFKC case-folded name', () => {
