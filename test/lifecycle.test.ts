@@ -2,7 +2,15 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Vm } from '../domain/model';
 import { damageChunk } from './helpers/repository';
-import { createSnapshotEnv, fileHash, refusal, scribble, takeSnapshot, waitFor } from './helpers/snapshot-env';
+import {
+  CaptureGate,
+  createSnapshotEnv,
+  fileHash,
+  refusal,
+  scribble,
+  takeSnapshot,
+  waitFor,
+} from './helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 
 let env: SnapshotEnv;
@@ -169,7 +177,8 @@ describe('restore, images and deletion', () => {
 
   test('deleting a snapshot in flight cancels its workflow cleanly', async () => {
     await worker.stop();
-    const slow = await env.startWorker({ captureMaxBytesPerSecond: 8e6 });
+    const capture = new CaptureGate();
+    const held = await env.startWorker({ captureGate: capture });
     try {
       const source = vmNamed('vm-trainer-01');
       const started = await env.snapshots.createSnapshot({
@@ -178,17 +187,24 @@ describe('restore, images and deletion', () => {
         region: source.region,
         name: 'doomed',
       });
-      await waitFor(() => env.platform.catalog.getSnapshot(started.snapshotId)?.status === 'CAPTURING');
-      await env.snapshots.deleteSnapshot('acme', started.snapshotId);
+      await capture.reached;
+      const deleting = env.snapshots.deleteSnapshot('acme', started.snapshotId);
+      // The capture goes on once the workflow has been asked to cancel, and notices it at its next heartbeat.
+      const handle = env.client.workflow.getHandle(started.workflowId);
+      await waitFor(async () =>
+        (await handle.fetchHistory()).events?.some((e) => e.workflowExecutionCancelRequestedEventAttributes),
+      );
+      capture.release();
+      await deleting;
 
       expect(env.platform.catalog.getSnapshot(started.snapshotId)).toMatchObject({ status: 'DELETED' });
-      const ended = await env.client.workflow.getHandle(started.workflowId).describe();
+      const ended = await handle.describe();
       expect(ended.status.name).toBe('FAILED');
       // Nothing is left held: the VM can be snapshotted again, and the deleted snapshot stored nothing.
       expect(await env.platform.repositoryFor(source.region).listStagingIds()).not.toContain(started.snapshotId);
       expect(env.platform.catalog.heldCredits('acme')).toBe(0);
     } finally {
-      await slow.stop();
+      await held.stop();
       worker = await env.startWorker();
     }
   });

@@ -141,6 +141,41 @@ test('20 requests for one VM from 4 processes: one snapshot, the rest SnapshotIn
   expect(env.platform.catalog.heldCredits('acme')).toBe(0);
 });
 
+test('20 requests with one idempotency key under distinct workflow ids from 4 processes: all answered by one snapshot', async () => {
+  const request = { ...trainer, name: 'raced-key', idempotencyKey: 'raced-key-1' };
+  const outcomes = await race(
+    Array.from({ length: 20 }, () => request),
+    true,
+  );
+  const ids = accepted(outcomes);
+  expect(ids).toHaveLength(20);
+  expect(new Set(ids).size).toBe(1);
+  await settle();
+  const made = env.platform.catalog.listSnapshots({ accountId: 'acme' }).filter((s) => s.name === 'raced-key');
+  expect(made.map((s) => [s.id, s.status, s.idempotencyKey])).toEqual([[ids[0], 'SUCCESS', 'raced-key-1']]);
+  expect(env.platform.catalog.heldCredits('acme')).toBe(0);
+});
+
+test('one idempotency key with two sets of fields, 10 requests each, raced: one set answered by one snapshot, the other IdempotencyKeyReused', async () => {
+  const requests = Array.from({ length: 20 }, (_, i) => ({
+    ...trainer,
+    name: 'raced-key-fields',
+    description: i % 2 ? 'odd' : 'even',
+    idempotencyKey: 'raced-key-2',
+  }));
+  const outcomes = await race(requests, true);
+  const ids = accepted(outcomes);
+  expect(ids).toHaveLength(10);
+  expect(new Set(ids).size).toBe(1);
+  expect(refusals(outcomes)).toEqual(Array(10).fill('IdempotencyKeyReused'));
+  // The accepted ten are exactly the requests with the winner's fields.
+  const winners = new Set(outcomes.flatMap((o, i) => ('snapshotId' in o ? [requests[i]!.description] : [])));
+  expect(winners.size).toBe(1);
+  await settle();
+  const made = env.platform.catalog.listSnapshots({ accountId: 'acme' }).filter((s) => s.name === 'raced-key-fields');
+  expect(made.map((s) => [s.id, s.status, s.description])).toEqual([[ids[0], 'SUCCESS', [...winners][0]]]);
+});
+
 test('money for 5 snapshots, 20 requests on 20 VMs from 4 processes: exactly 5 accepted, 15 InsufficientCredits, no hold left', async () => {
   // 20 small VMs of one account (a 4 MiB disk each), and credit for five holds and a half.
   const vms: Vm[] = [];

@@ -8,7 +8,7 @@ import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
 import { activityRecords, localActivityRecords } from './helpers/history';
 import { damageChunk, loseChunk } from './helpers/repository';
-import { createSnapshotEnv, fileHash, scribble, waitFor } from './helpers/snapshot-env';
+import { CaptureGate, createSnapshotEnv, fileHash, scribble, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import { testWorkflowBundle } from './support/temporal';
 import type { snapshotWorkflow } from '../workflows';
@@ -226,8 +226,9 @@ describe('retries and resumption', () => {
 
   test('guest writes while the snapshot runs do not reach it: it restores the disks as they were at initiation', async () => {
     const expected = await sourceHashes();
-    // Capture throttled as above, so the guest writes land while it runs: behind the capture and ahead of it.
-    const slow = await env.startWorker({ captureMaxBytesPerSecond: 24e6 });
+    // Capture held 16 MiB into the root disk, so the guest writes land while it runs: behind the capture and ahead.
+    const capture = new CaptureGate(16 * 1024 * 1024);
+    const held = await env.startWorker({ captureGate: capture });
     try {
       const started = await env.snapshots.createSnapshot({
         accountId: vm.accountId,
@@ -235,22 +236,20 @@ describe('retries and resumption', () => {
         region: vm.region,
         name: 'point-in-time',
       });
-      await waitFor(async () => {
-        const s = await env.snapshots.getSnapshot(vm.accountId, started.snapshotId).catch(() => undefined);
-        return s?.progress?.status === 'CAPTURING' && s.progress.bytesDone > 16 * 1024 * 1024;
-      });
+      await capture.reached;
       const root = vm.disks[0]!;
       const writes = Array.from({ length: 32 }, (_, i) => ({
         offset: Math.floor((i * root.sizeBytes) / 32 / 4096) * 4096,
         data: Buffer.alloc(4096, `written during the snapshot ${i}\n`),
       }));
       await writeGuestBlocks(env.platform.hypervisor, vm, 'root', writes);
+      capture.release();
       const record = await env.snapshots.watchProgress(started);
       expect(record.status).toBe('SUCCESS');
       expect(await restoreAll(record.id, env.platform.dataDir)).toEqual(expected);
       expect(await fileHash(root.path)).not.toBe(expected.root);
     } finally {
-      await slow.stop();
+      await held.stop();
     }
   });
 });

@@ -14,6 +14,7 @@ import type { ChunkPool } from '../../dataplane';
 import { SnapshotError } from '../../domain/errors';
 import type { Region, SnapshotRecord, Vm } from '../../domain/model';
 import type { EmbeddedPlatform } from '../../platform/local';
+import type { Hypervisor } from '../../platform/ports';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../../platform/local';
 import { createSnapshotWorker } from '../../worker/worker';
 import type { SnapshotWorker } from '../../worker/worker';
@@ -42,15 +43,62 @@ export interface SnapshotEnv {
   taskQueue: string;
   /**
    * Starts a worker (its main and data workers) on the env's task queue; `repositoryFor` lets a test wrap a
-   * repository (fault injection).
+   * repository (fault injection), `captureGate` holds its captures where a test needs them.
    */
   startWorker(options?: {
+    captureGate?: CaptureGate;
     captureMaxBytesPerSecond?: number;
     shutdownGraceTime?: Duration;
     dataMemoryMiB?: number;
     repositoryFor?: (region: Region) => Repository;
   }): Promise<RunningWorker>;
   close(): Promise<void>;
+}
+
+/**
+ * Holds a worker's captures at a point: every read of a disk view from `fromByte` on waits until `release()`, so a
+ * snapshot stays in data capture, with its progress up to there heartbeated, for as long as the test needs it there
+ * (a condition, where a throttled capture is merely slow). Release it within the data stages' 10 s heartbeat timeout,
+ * or the capture is retried.
+ */
+export class CaptureGate {
+  private released = false;
+  private open!: () => void;
+  private readonly opened = new Promise<void>((resolve) => (this.open = resolve));
+  private hold!: () => void;
+  /** Resolves once a capture read has reached the hold. */
+  readonly reached = new Promise<void>((resolve) => (this.hold = resolve));
+
+  constructor(private readonly fromByte = 0) {}
+
+  release(): void {
+    this.released = true;
+    this.open();
+  }
+
+  /** `hypervisor` with its views' reads held here. */
+  wrap<H extends Hypervisor>(hypervisor: H): H {
+    const readView: Hypervisor['readView'] = async (view) => {
+      const reader = await hypervisor.readView(view);
+      return {
+        read: async (buffer, position) => {
+          if (!this.released && position + buffer.length > this.fromByte) {
+            this.hold();
+            await this.opened;
+          }
+          return reader.read(buffer, position);
+        },
+        close: () => reader.close(),
+      };
+    };
+    return new Proxy(hypervisor, {
+      get(target, property) {
+        if (property === 'readView') return readView;
+        const value: unknown = Reflect.get(target, property);
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+  }
 }
 
 export interface RunningWorker {
@@ -80,7 +128,11 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
         connection: temporal.nativeConnection,
         namespace: temporal.client.options.namespace,
         taskQueue,
-        platform: { ...platform, repositoryFor: options.repositoryFor ?? platform.repositoryFor },
+        platform: {
+          ...platform,
+          repositoryFor: options.repositoryFor ?? platform.repositoryFor,
+          hypervisor: options.captureGate ? options.captureGate.wrap(platform.hypervisor) : platform.hypervisor,
+        },
         captureMaxBytesPerSecond: options.captureMaxBytesPerSecond,
         shutdownGraceTime: options.shutdownGraceTime,
         dataMemoryMiB: options.dataMemoryMiB,
