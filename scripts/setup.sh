@@ -24,6 +24,20 @@ fi
 if ! command -v fincore >/dev/null; then
   missing+=(util-linux-extra) # fincore: a test checks that packs bypass the page cache
 fi
+# QEMU 7.2: the protocol clients' tests run real qemu-storage-daemon, qemu-nbd and qemu-ga processes; nbdinfo and
+# nbdcopy cross-check the NBD client and are its benchmark's reference.
+if ! command -v qemu-storage-daemon >/dev/null; then
+  missing+=(qemu-system-x86)
+fi
+if ! command -v qemu-nbd >/dev/null || ! command -v qemu-img >/dev/null; then
+  missing+=(qemu-utils)
+fi
+if ! command -v qemu-ga >/dev/null && [[ ! -x /usr/sbin/qemu-ga ]]; then
+  missing+=(qemu-guest-agent)
+fi
+if ! command -v nbdcopy >/dev/null || ! command -v nbdinfo >/dev/null; then
+  missing+=(libnbd-bin)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${missing[*]}"
