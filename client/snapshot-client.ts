@@ -27,7 +27,7 @@ import type {
 import { deletionWorkflowId } from '../workflows/lifecycle';
 import { JOINED_REFUSED_RUN, acceptedUpdate, restoreStateQuery } from '../workflows/messages';
 import { snapshotStartOptions } from '../workflows/start-options';
-import { requireWorkers } from './workers';
+import { workerCheck } from './workers';
 
 export { NO_ACTIVE_VMS };
 
@@ -70,7 +70,12 @@ const MAX_CREATE_ATTEMPTS = 10;
  * parsed with zod; the rules are checked by the workflow's validation, whose answer createSnapshot awaits.
  */
 export class SnapshotClient {
-  constructor(private readonly options: SnapshotClientOptions) {}
+  /** Refuses `WorkerUnavailable` when no worker polls the task queue (one check shared by concurrent creates). */
+  private readonly requireWorkers: () => Promise<void>;
+
+  constructor(private readonly options: SnapshotClientOptions) {
+    this.requireWorkers = workerCheck(options.client, [options.taskQueue]);
+  }
 
   /** ACTIVE VMs of an account in a region, labelled as the Create Snapshot dropdown shows them. */
   listEligibleVms(accountId: string, region: Region): EligibleVm[] {
@@ -111,7 +116,7 @@ export class SnapshotClient {
   async createSnapshot(input: CreateSnapshotRequest): Promise<StartedSnapshot> {
     const request = parseOrThrow(CreateSnapshotRequestSchema, input, undefined, 'request');
     // Without a worker the update would wait, silently, until one comes: refuse at once instead, starting nothing.
-    await requireWorkers(this.options.client, [this.options.taskQueue]);
+    await this.requireWorkers();
     const snapshotId = snapshotIdFrom(randomUUID());
     // The VM only labels the run in the Web UI; whether it may be snapshotted is validation's to say.
     const vm = this.options.catalog.getVm(request.vmId) ?? {

@@ -66,3 +66,28 @@ export async function requireWorkers(client: Client, taskQueues: readonly string
       'nothing would run. Start one with `npm run worker` (or `npm run demo`), then try again.',
   );
 }
+
+/**
+ * How long a passed worker check stands: creates under load (50 at once) then share one check instead of each asking
+ * the server twice, while a worker that goes away is still noticed within seconds.
+ */
+const PASSED_CHECK_MS = 5_000;
+
+/**
+ * `requireWorkers` for repeated use: concurrent callers share one check, a passed check stands for 5 s, a refusal is
+ * not kept (the next caller asks again).
+ */
+export function workerCheck(client: Client, taskQueues: readonly string[]): () => Promise<void> {
+  let passed: { at: number; check: Promise<void> } | undefined;
+  return () => {
+    if (!passed || Date.now() - passed.at > PASSED_CHECK_MS) {
+      const check = requireWorkers(client, taskQueues);
+      const entry = { at: Date.now(), check };
+      passed = entry;
+      check.catch(() => {
+        if (passed === entry) passed = undefined;
+      });
+    }
+    return passed.check;
+  };
+}
