@@ -311,7 +311,9 @@ describe('HTTP API', () => {
     );
     expect(restored.status).toBe(201);
     expect(restored.body.vm).toMatchObject({ name: 'api-restored-01', region: 'CANADA-1', status: 'ACTIVE' });
-    expect(restored.body.bytesRestored).toBeGreaterThan(0);
+    // Every disk of the source VM, in full (holes included).
+    const trainerBytes = env.platform.catalog.getVm('vm-trainer-02')!.disks.reduce((sum, d) => sum + d.sizeBytes, 0);
+    expect(restored.body.bytesRestored).toBe(trainerBytes);
 
     const deleted = await api.call('acme', 'DELETE', `/api/snapshots/${final.id}`);
     expect([deleted.status, deleted.body]).toEqual([204, null]);

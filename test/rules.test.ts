@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { SnapshotError } from '../domain/errors';
 import { MAX_DESCRIPTION_LENGTH } from '../domain/requests';
 import type { CreateSnapshotRequest } from '../domain/requests';
+import { creditHoldFor } from '../domain/rules';
 import type { snapshotWorkflow } from '../workflows';
 import { createSnapshotEnv } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
@@ -18,6 +19,10 @@ beforeAll(async () => {
 afterAll(async () => {
   await env.close();
 });
+
+/** The credit hold a snapshot of `vmId` takes (priced on the VM's provisioned bytes, 720 hours). */
+const holdOf = (vmId: string) =>
+  creditHoldFor(env.platform.catalog.getAccount('acme')!, env.platform.catalog.getVm(vmId)!).hold;
 
 const trainer: CreateSnapshotRequest = { accountId: 'acme', vmId: 'vm-trainer-01', region: 'CANADA-1', name: 'x' };
 
@@ -203,7 +208,7 @@ describe('race-free reservations', () => {
     const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     expect(accepted).toHaveLength(1);
     expect(new Set(refused.map((r) => (r.reason as SnapshotError).type))).toEqual(new Set(['SnapshotInProgress']));
-    expect(env.platform.catalog.heldCredits('acme')).toBeGreaterThan(0);
+    expect(env.platform.catalog.heldCredits('acme')).toBe(holdOf('vm-trainer-01'));
     await env.snapshots.watchProgress(
       (accepted[0] as PromiseFulfilledResult<{ snapshotId: string; workflowId: string }>).value,
     );
@@ -247,9 +252,9 @@ describe('race-free reservations', () => {
       region: 'NORWAY-1',
       name: 'held',
     });
-    expect(env.platform.catalog.heldCredits('acme')).toBeGreaterThan(0);
+    expect(env.platform.catalog.heldCredits('acme')).toBe(holdOf('vm-infer-01'));
     const record = await env.snapshots.watchProgress(started);
-    expect(record.creditHoldMicros).toBeGreaterThan(0);
+    expect(record.creditHoldMicros).toBe(holdOf('vm-infer-01'));
     expect(env.platform.catalog.heldCredits('acme')).toBe(0);
   });
 });
