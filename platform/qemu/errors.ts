@@ -7,10 +7,6 @@
 /** The protocol an error comes from. */
 export type QemuProtocol = 'QMP' | 'guest agent';
 
-/** The closed set of `type` strings these errors carry. */
-export type QemuProtocolErrorType = `${'Qmp' | 'GuestAgent'}${
-  'Unavailable' | 'CommandFailed' | 'Timeout' | 'ConnectionClosed' | 'ProtocolViolation'}`;
-
 function typeOf<T extends string>(protocol: QemuProtocol, kind: T): `${'Qmp' | 'GuestAgent'}${T}` {
   return `${protocol === 'QMP' ? 'Qmp' : 'GuestAgent'}${kind}`;
 }
