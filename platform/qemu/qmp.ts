@@ -43,7 +43,7 @@ export interface QmpEvent {
 
 /** Options of {@link QmpClient.connect}. */
 export interface QmpConnectOptions {
-  /** Deadline for connecting, the greeting and `qmp_capabilities`. Default 5 s. */
+  /** Deadline for the greeting, and again for `qmp_capabilities` (a unix socket connects at once). Default 5 s. */
   timeoutMs?: number;
 }
 
