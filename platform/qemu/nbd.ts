@@ -231,6 +231,7 @@ export class NbdClient {
 
   private readonly pending = new Map<number, Pending>();
   private nextCookie = 1;
+  private corked = false;
   /** Why the connection is closed, once it is. */
   private closedReason?: string;
   private readonly closing: Promise<void>;
@@ -441,8 +442,23 @@ export class NbdClient {
         resolve,
         reject,
       });
+      this.corkUntilNextTick();
       this.socket.write(this.requestHeader(command, commandFlags, cookie, offset, length));
       if (extra.data && extra.data.length > 0) this.socket.write(extra.data);
+    });
+  }
+
+  /**
+   * Commands sent in the same tick leave in one system call: a 28-byte write each cost about as much as a 256 KiB
+   * read's reply here (a wake-up of the server per request).
+   */
+  private corkUntilNextTick(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(() => {
+      this.corked = false;
+      this.socket.uncork();
     });
   }
 
