@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
-import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
+import { socketAccepts } from './wire';
 
 // It listens within tens of milliseconds here; 10 s leaves room for a loaded 2-core CI machine.
 const READY_TIMEOUT_MS = 10_000;
@@ -92,7 +92,7 @@ export async function startStorageDaemon(options: StorageDaemonOptions): Promise
       process.removeListener('exit', killOnExit);
       throw new Error(`${binary} exited with ${exitStatus} before listening on ${qmpSocket}.${outputOf(tail)}`);
     }
-    if (await accepts(qmpSocket)) break;
+    if (await socketAccepts(qmpSocket)) break;
     if (Date.now() > deadline) {
       await stop();
       throw new Error(`${binary} did not listen on ${qmpSocket} within ${READY_TIMEOUT_MS} ms.${outputOf(tail)}`);
@@ -105,18 +105,6 @@ export async function startStorageDaemon(options: StorageDaemonOptions): Promise
 /** QEMU's option syntax ends a value at a comma; a literal comma is written twice. */
 function escapeOption(value: string): string {
   return value.replaceAll(',', ',,');
-}
-
-/** True if something accepts a connection on the unix socket now (the probe disconnects at once). */
-function accepts(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = net.createConnection(socketPath);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
 }
 
 function outputOf(tail: readonly string[]): string {

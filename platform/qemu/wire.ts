@@ -1,4 +1,5 @@
 // Wire helpers shared by the QMP and guest-agent clients.
+import net from 'node:net';
 
 /**
  * JSON-lines framing. Both peers end every message with a newline (QMP with
@@ -55,4 +56,16 @@ export function withDeadline<T>(promise: Promise<T>, timeoutMs: number, onTimeou
 export function preview(line: Buffer): string {
   const text = line.toString('utf8');
   return text.length > 200 ? `${text.slice(0, 200)}…` : text;
+}
+
+/** True if something accepts a connection on the unix socket now (the probe disconnects at once). */
+export function socketAccepts(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = net.createConnection(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
 }

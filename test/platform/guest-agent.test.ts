@@ -4,6 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { GuestAgentClient } from '../../platform/qemu/guest-agent';
+import { socketAccepts } from '../../platform/qemu/wire';
 
 /**
  * The agent runs on this host, not in a guest, so it must never be able to freeze this machine's file systems: both
@@ -57,22 +58,11 @@ async function startAgent(): Promise<Agent> {
   let alive = true;
   void exited.then(() => (alive = false));
   // Ready once its socket accepts a connection (the probe disconnects at once; the agent then listens again).
-  while (!(await accepts(socketPath))) {
+  while (!(await socketAccepts(socketPath))) {
     if (!alive) throw new Error(`qemu-ga exited before listening; see ${path.join(dir, 'qga.log')}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   return { socketPath, process: child, exited };
-}
-
-function accepts(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = net.createConnection(socketPath);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
 }
 
 async function stopAgent(stopping: Agent): Promise<void> {
