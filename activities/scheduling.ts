@@ -1,7 +1,7 @@
 import type { Region, VmLoad, VmStatus } from '../domain/model';
 import { renderSnapshotName } from '../domain/naming';
 import type { SnapshotPolicy } from '../domain/policies';
-import { policyScheduleId, selectPolicyVms } from '../domain/policies';
+import { parsePolicy, policyScheduleId, selectPolicyVms } from '../domain/policies';
 import { selectRetained } from '../domain/retention';
 import { SnapshotError } from '../domain/errors';
 import type { ActivityDeps } from './deps';
@@ -16,6 +16,8 @@ export interface TargetVm {
 }
 
 export interface PolicyTargets {
+  /** The policy as validated, with its defaults. */
+  policy: SnapshotPolicy;
   vms: TargetVm[];
   /** VMs the policy names but cannot snapshot now, with why. */
   skipped: { vmId: string; reason: string }[];
@@ -33,8 +35,13 @@ export interface RetentionOutcome {
  */
 export function createSchedulingActivities(deps: ActivityDeps) {
   return {
-    async resolvePolicyTargets(policy: SnapshotPolicy): Promise<PolicyTargets> {
+    /**
+     * Validates the run's policy (the Schedule's argument: `InvalidPolicy` if it was edited into something invalid)
+     * and resolves its VMs. Workflow code validates nothing itself: zod is not used inside the workflow sandbox.
+     */
+    async resolvePolicyTargets(input: unknown): Promise<PolicyTargets> {
       return withFailureTypes(async () => {
+        const policy = parsePolicy(input);
         if (!deps.catalog.getAccount(policy.accountId)) {
           throw new SnapshotError('AccountNotFound', `Account ${policy.accountId} does not exist.`);
         }
@@ -51,7 +58,7 @@ export function createSchedulingActivities(deps: ActivityDeps) {
           if (vm.status === 'ACTIVE') vms.push({ id: vm.id, name: vm.name, flavor: vm.flavor, region: vm.region });
           else skipped.push({ vmId: vm.id, reason: notActive(vm.name, vm.status) });
         }
-        return { vms, skipped };
+        return { policy, vms, skipped };
       });
     },
 

@@ -9,6 +9,7 @@ import { startDevServer } from '../devserver/dev-server';
 import { ensureTemporalCli } from '../devserver/temporal-cli';
 import type { Vm } from '../domain/model';
 import { openEmbeddedPlatform } from '../platform/local';
+import { WORKFLOW_BUNDLE_OPTIONS } from '../worker/bundle';
 import { ACCOUNT, copySlice, registerVm } from './service';
 import { MiB, timed } from './util';
 
@@ -49,7 +50,7 @@ export async function benchConcurrency(options: {
   const bundle = path.join(options.workDir, 'workflow-bundle.js');
   // Webpack's progress chatter off; warnings and errors still show.
   const logger = new DefaultLogger('WARN');
-  const { code } = await bundleWorkflowCode({ workflowsPath: require.resolve('../workflows'), logger });
+  const { code } = await bundleWorkflowCode({ ...WORKFLOW_BUNDLE_OPTIONS, logger });
   await fs.writeFile(bundle, code);
   try {
     const measure = async (snapshots: number): Promise<ConcurrencyRun> => {

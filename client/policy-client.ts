@@ -6,7 +6,13 @@ import { estimatedStoredBytes } from '../domain/billing';
 import { SnapshotError } from '../domain/errors';
 import { hourlyChargeMicros } from '../domain/metering';
 import type { SnapshotPolicy, SnapshotPolicyInput } from '../domain/policies';
-import { policyScheduleId, selectPolicyVms, SnapshotPolicySchema, windowMinutes } from '../domain/policies';
+import {
+  parsePolicy,
+  policyScheduleId,
+  selectPolicyVms,
+  SnapshotPolicySchema,
+  windowMinutes,
+} from '../domain/policies';
 import { SnapshotAccount } from '../domain/search-attributes';
 import type { Weekday } from '../domain/windows';
 import { formatWindow, inTimeZone, shiftedOpenings } from '../domain/windows';
@@ -205,13 +211,7 @@ export class PolicyClient {
   }
 
   private validate(input: SnapshotPolicyInput): SnapshotPolicy {
-    const parsed = SnapshotPolicySchema.safeParse(input);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      const field = issue?.path.join('.') || 'policy';
-      throw new SnapshotError('InvalidPolicy', `Invalid ${field}: ${issue?.message ?? 'malformed policy'}`);
-    }
-    const policy = parsed.data;
+    const policy = parsePolicy(input);
     if (!this.options.catalog.getAccount(policy.accountId)) {
       throw new SnapshotError('AccountNotFound', `Account ${policy.accountId} does not exist.`);
     }

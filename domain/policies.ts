@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { SnapshotError } from './errors';
 import { RegionSchema } from './model';
 import type { Vm, VmLoad } from './model';
 import { DEFAULT_NAME_TEMPLATE, NameTemplateSchema, PurposeSchema } from './naming';
@@ -79,6 +80,15 @@ export const SnapshotPolicySchema = z
   });
 export type SnapshotPolicyInput = z.input<typeof SnapshotPolicySchema>;
 export type SnapshotPolicy = z.output<typeof SnapshotPolicySchema>;
+
+/** The policy `input` describes, with its defaults, or `InvalidPolicy` naming the first field at fault. */
+export function parsePolicy(input: unknown): SnapshotPolicy {
+  const parsed = SnapshotPolicySchema.safeParse(input);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  const field = issue?.path.join('.') || 'policy';
+  throw new SnapshotError('InvalidPolicy', `Invalid ${field}: ${issue?.message ?? 'malformed policy'}`);
+}
 
 /** The Temporal Schedule of a policy; also stored on the snapshots it makes (`policyId`). */
 export function policyScheduleId(accountId: string, name: string): string {

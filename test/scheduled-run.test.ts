@@ -1,6 +1,8 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { ensureTimeSkippingServer } from '../devserver/temporal-cli';
 import type { SnapshotPolicyInput } from '../domain/policies';
@@ -143,5 +145,22 @@ describe('scheduled runs wait for low load with durable timers (time-skipping se
     expect(vm!.waitedSeconds).toBeGreaterThan(2.9 * 3600);
     expect(result.decisions.some((d) => d.includes('taking the snapshot anyway, as the policy says'))).toBe(true);
     expect(platform.catalog.getSnapshot(vm!.snapshotId!)?.status).toBe('SUCCESS');
+  });
+
+  test('a run whose policy is invalid (a Schedule edited by hand) fails at once with InvalidPolicy', async () => {
+    const policy = await policyFor('vm-infer-01', { retention: { keepLast: 0 } });
+    const before = platform.catalog.listSnapshots({ vmId: 'vm-infer-01' }).length;
+    const failure = await withWorker(async (taskQueue) =>
+      (await start(taskQueue, policy)).result().then(
+        () => undefined,
+        (error: unknown) => error,
+      ),
+    );
+    expect(failure).toBeInstanceOf(WorkflowFailedError);
+    const cause = (failure as WorkflowFailedError).cause?.cause;
+    expect(cause).toBeInstanceOf(ApplicationFailure);
+    expect(cause).toMatchObject({ type: 'InvalidPolicy', nonRetryable: true });
+    expect((cause as ApplicationFailure).message).toMatch(/^Invalid retention\.keepLast: /);
+    expect(platform.catalog.listSnapshots({ vmId: 'vm-infer-01' })).toHaveLength(before);
   });
 });

@@ -5,6 +5,7 @@ import type { State } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { ChunkPool, dataActivityWorkingSet, workingMemory } from '../dataplane';
 import type { EmbeddedPlatform } from '../platform/local';
+import { WORKFLOW_BUNDLE_OPTIONS } from './bundle';
 import { WorkerMetrics } from './metrics';
 import { DATA_ACTIVITY_TYPES, dataTaskQueue } from '../workflows/profiles';
 
@@ -141,7 +142,10 @@ export async function createSnapshotWorker(
       activities: pick(false),
       ...(options.workflowBundle
         ? { workflowBundle: options.workflowBundle }
-        : { workflowsPath: require.resolve('../workflows') }),
+        : {
+            workflowsPath: WORKFLOW_BUNDLE_OPTIONS.workflowsPath,
+            bundlerOptions: { preloadModules: WORKFLOW_BUNDLE_OPTIONS.preloadModules },
+          }),
     });
     const data = await Worker.create({
       ...common,

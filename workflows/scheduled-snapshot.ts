@@ -1,5 +1,4 @@
 import {
-  ApplicationFailure,
   ParentClosePolicy,
   WorkflowIdReusePolicy,
   executeChild,
@@ -14,7 +13,7 @@ import {
 import type { Activities } from '../activities';
 import type { TargetVm } from '../activities/scheduling';
 import { snapshotIdFrom } from '../domain/ids';
-import { formatLoad, isQuiet, policyScheduleId, runDeadline, SnapshotPolicySchema } from '../domain/policies';
+import { formatLoad, isQuiet, policyScheduleId, runDeadline } from '../domain/policies';
 import type { SnapshotPolicy } from '../domain/policies';
 import { formatWindow } from '../domain/windows';
 import { deleteSnapshotWorkflow, deletionWorkflowId } from './lifecycle';
@@ -33,11 +32,10 @@ const catalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
  * activity summaries, memo updates), in the run's current details and in its result.
  */
 export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<ScheduledRunState> {
-  const parsed = SnapshotPolicySchema.safeParse(input);
-  if (!parsed.success) {
-    throw ApplicationFailure.create({ type: 'InvalidPolicy', message: parsed.error.message, nonRetryable: true });
-  }
-  const policy = parsed.data;
+  const startedAt = new Date(Date.now());
+  // The activity validates the policy (InvalidPolicy fails the run) and resolves its VMs.
+  const targets = await catalog.resolvePolicyTargets(input);
+  const { policy } = targets;
   const policyId = policyScheduleId(policy.accountId, policy.name);
   const scheduledAt = scheduledStartTime();
   const state: ScheduledRunState = { policy: policyId, scheduledAt: scheduledAt.toISOString(), vms: [], decisions: [] };
@@ -51,7 +49,7 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
     setCurrentDetails(`**Policy** ${policyId}\n\n${state.decisions.map((d) => `- ${d}`).join('\n')}`);
   };
 
-  const deadline = runDeadline(policy.window, new Date(Date.now()));
+  const deadline = runDeadline(policy.window, startedAt);
   decide(
     deadline.insideWindow
       ? `inside the window ${formatWindow(policy.window)}; may wait for low load until ${deadline.closesAt.toISOString()}`
@@ -59,7 +57,6 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
           `treating it as open until ${deadline.closesAt.toISOString()}`,
   );
 
-  const targets = await catalog.resolvePolicyTargets(policy);
   for (const { vmId, reason } of targets.skipped) {
     state.vms.push({ vmId, vmName: vmId, outcome: 'skipped', reason, waitedSeconds: 0, expired: [] });
     decide(`skipped ${vmId}: ${reason}`);

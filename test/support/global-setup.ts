@@ -4,6 +4,7 @@ import path from 'node:path';
 import { bundleWorkflowCode, DefaultLogger } from '@temporalio/worker';
 import { startDevServer } from '../../devserver/dev-server';
 import { ensureTemporalCli } from '../../devserver/temporal-cli';
+import { WORKFLOW_BUNDLE_OPTIONS } from '../../worker/bundle';
 import { TEST_ENV, setTestHarness } from './harness';
 
 /**
@@ -18,7 +19,7 @@ export default async function globalSetup(): Promise<void> {
   setTestHarness({ server, bundleDir });
   try {
     const { code } = await bundleWorkflowCode({
-      workflowsPath: require.resolve('../../workflows'),
+      ...WORKFLOW_BUNDLE_OPTIONS,
       // Webpack's progress chatter off; warnings and errors still show.
       logger: new DefaultLogger('WARN'),
     });
