@@ -53,7 +53,8 @@ const WRITER_INTERVAL_S = '0.1';
 const INIT_SCRIPT = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/sbin
-fail() { echo "snap-guest: FAILED: $*"; poweroff -f; }
+# Power off; should that fail, init exiting panics the kernel, and panic=-1 with -no-reboot ends QEMU too.
+fail() { echo "snap-guest: FAILED: $*"; poweroff -f; exit 1; }
 # Up to 30 s for a device node or file to appear (module probing and devtmpfs are asynchronous).
 wait_for() { i=0; while [ ! -e "$1" ]; do i=$((i + 1)); [ $i -gt 300 ] && return 1; sleep 0.1; done; }
 
@@ -175,8 +176,8 @@ export async function ensureGuestImage(cacheDir: string, options: GuestImageOpti
 
     await fs.rename(vmlinuz, kernel);
     await fs.rename(packed, initrd);
-    await fs.writeFile(stampFile + '.tmp' + path.basename(work), JSON.stringify({ recipe, kernelPackage }));
-    await fs.rename(stampFile + '.tmp' + path.basename(work), stampFile);
+    await fs.writeFile(path.join(work, 'stamp.json'), JSON.stringify({ recipe, kernelPackage }));
+    await fs.rename(path.join(work, 'stamp.json'), stampFile);
     return { kernel, initrd, kernelPackage };
   } finally {
     await fs.rm(work, { recursive: true, force: true });

@@ -174,3 +174,42 @@ test('a VM whose disk does not open fails to start with QEMU saying which file',
     message: expect.stringMatching(/exited with code 1 before listening[\s\S]*missing\.qcow2/) as unknown,
   });
 });
+
+test('a guest whose root disk holds no ext4 powers off, and waitForAgent says why from its console', async () => {
+  const vmDir = await fs.mkdtemp(path.join(dir, 'vm-'));
+  const blank = path.join(vmDir, 'blank.qcow2');
+  await exec('qemu-img', ['create', '-q', '-f', 'qcow2', blank, '8M']);
+  const broken = await startQemuVm({
+    dir: vmDir,
+    disks: [{ nodeName: 'root', path: blank }],
+    kernel: image.kernel,
+    initrd: image.initrd,
+  });
+  try {
+    await expect(broken.waitForAgent(BOOT_TIMEOUT_MS)).rejects.toMatchObject({
+      type: 'QemuProcessExited',
+      message: expect.stringMatching(/snap-guest: FAILED: mounting \/dev\/vda \(ext4\)/) as unknown,
+    });
+  } finally {
+    await broken.stop();
+  }
+});
+
+test('ensureGuestImage reuses a built image while its recipe is unchanged', async () => {
+  const before = await fs.stat(image.initrd);
+  expect(await ensureGuestImage(path.dirname(image.initrd))).toEqual(image);
+  expect((await fs.stat(image.initrd)).mtimeMs).toBe(before.mtimeMs);
+});
+
+test('createRootDisk refuses a size that is not whole MiB and a file name outside the disk, leaving nothing', async () => {
+  const disk = path.join(dir, 'refused.qcow2');
+  await expect(createRootDisk(disk, { sizeBytes: 2 ** 20 + 512 })).rejects.toMatchObject({
+    type: 'GuestImageBuildFailed',
+    message: expect.stringContaining('whole number of MiB') as unknown,
+  });
+  await expect(createRootDisk(disk, { sizeBytes: 8 * 2 ** 20, files: { '../x': 'x' } })).rejects.toMatchObject({
+    type: 'GuestImageBuildFailed',
+    message: expect.stringContaining("leaves the disk's root") as unknown,
+  });
+  expect((await fs.readdir(dir)).filter((name) => name.startsWith('refused'))).toEqual([]);
+});
