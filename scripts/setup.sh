@@ -38,6 +38,16 @@ fi
 if ! command -v nbdcopy >/dev/null || ! command -v nbdinfo >/dev/null; then
   missing+=(libnbd-bin)
 fi
+# The test guest (platform/qemu/guest-image.ts): a static busybox and cpio for its initramfs, e2fsprogs for its disks.
+if [[ ! -x /bin/busybox ]] || ldd /bin/busybox >/dev/null 2>&1; then
+  missing+=(busybox-static)
+fi
+if ! command -v cpio >/dev/null; then
+  missing+=(cpio)
+fi
+if ! command -v debugfs >/dev/null && [[ ! -x /sbin/debugfs && ! -x /usr/sbin/debugfs ]]; then
+  missing+=(e2fsprogs)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${missing[*]}"
@@ -86,4 +96,11 @@ say "Temporal CLI: $cli"
 # --- Time-skipping test server (tests of long durable waits; same rules: $TEMPORAL_TEST_SERVER or .tools/) ---
 test_server=$(node_modules/.bin/tsx devserver/temporal-cli.ts --test-server)
 say "Temporal test server: $test_server"
+# --- The test guest that the QEMU tests and the demo boot: Debian's kernel and a busybox initramfs, built once ---
+# Its kernel comes with apt-get download, which needs the package lists (a fresh image may have none).
+if ! apt-cache show linux-image-amd64 >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+  apt-get update -qq
+fi
+guest=$(node_modules/.bin/tsx -e "require('./platform/qemu/guest-image').ensureGuestImage('.cache/guest').then((g) => console.log(g.kernelPackage))")
+say "test guest: $guest in .cache/guest"
 say "done in $((SECONDS - started)) s"

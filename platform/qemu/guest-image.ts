@@ -124,13 +124,15 @@ export interface GuestImageOptions {
 const stampSchema = z.object({ recipe: z.string(), kernelPackage: z.string() });
 
 /**
- * Returns the guest's kernel and initramfs in `cacheDir`, building them first when they are missing or were built by
+ * Returns the guest's kernel and initramfs in `cacheFolder` (relative to the working directory, or absolute), building them first when they are missing or were built by
  * another recipe (a hash of the init script, the module list and the build steps' version, kept in a stamp file). A
  * build downloads the kernel package with `apt-get download` (about 70 MB), unpacks it with `dpkg-deb -x`, and packs
  * busybox-static, qemu-ga with the libraries `ldd` lists, the modules and /init with `cpio`. Concurrent builds into
  * one folder are safe: each works in its own temporary folder and renames its results into place, the stamp last.
  */
-export async function ensureGuestImage(cacheDir: string, options: GuestImageOptions = {}): Promise<GuestImage> {
+export async function ensureGuestImage(cacheFolder: string, options: GuestImageOptions = {}): Promise<GuestImage> {
+  // The build runs tools in folders of its own: every path it hands them is absolute.
+  const cacheDir = path.resolve(cacheFolder);
   const kernel = path.join(cacheDir, 'vmlinuz');
   const initrd = path.join(cacheDir, 'initrd.cpio');
   const stampFile = path.join(cacheDir, 'stamp.json');
