@@ -366,3 +366,39 @@ test('the temporary space is reserved at open: too little fails the open, enough
   await closeViews(q, { viewId: 'snap-1', tempDir: roomy });
   expect(await fs.readdir(roomy)).toEqual([]);
 });
+
+test('a snapshot cut short by QEMU stopping: after a clean stop abandon gives the parent every write, after a SIGKILL it drops it', async () => {
+  let q = qmp!;
+  await fullCheckpoint(q, 'snap-1', 'cp-1');
+  const [w0] = await liveWriters(q);
+  await w0!.write(5 * CLUSTER, Buffer.alloc(RECORD, 1));
+  await openViews(q, { viewId: 'snap-2', tempDir, nbdSocket, disks: disks('cp-1'), newBitmap: 'cp-2' });
+  await w0!.write(7 * CLUSTER, Buffer.alloc(RECORD, 2));
+  // A clean exit saves both bitmaps as they are: the parent's disabled, the new one with the write since.
+  await q.close();
+  await daemon!.stop();
+  q = await start();
+  expect(await bitmapsOf(q, 'disk0')).toMatchObject([
+    { name: 'cp-1', recording: false },
+    { name: 'cp-2', recording: true },
+  ]);
+  await closeViews(q, { viewId: 'snap-2', tempDir });
+  await abandonCheckpoint(q, disks('cp-1'), 'cp-2');
+  await expect(inspectCheckpoint(q, 'disk0', 'cp-1')).resolves.toEqual({ usable: true });
+  const views = await openViews(q, { viewId: 'snap-3', tempDir, nbdSocket, disks: disks('cp-1'), newBitmap: 'cp-3' });
+  expect(await dirtyRanges(views[0]!)).toEqual([
+    [5 * CLUSTER, 6 * CLUSTER],
+    [7 * CLUSTER, 8 * CLUSTER],
+  ]);
+
+  // Killed during the next one: cp-3 was never saved, cp-1 reloads inconsistent; nothing can vouch for the writes.
+  await q.close();
+  process.kill(daemon!.pid, 'SIGKILL');
+  await daemon!.exited;
+  q = await start();
+  await closeViews(q, { viewId: 'snap-3', tempDir });
+  await abandonCheckpoint(q, disks('cp-1'), 'cp-3');
+  await abandonCheckpoint(q, disks('cp-1'), 'cp-3');
+  for (const disk of DISKS) expect(await bitmapNames(q, disk)).toEqual([]);
+  expect(await leftovers(q)).toEqual(NOTHING);
+});
