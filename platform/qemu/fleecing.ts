@@ -81,7 +81,7 @@ export interface CloseViewsOptions {
 }
 
 /** The names of one disk's pieces, derived from the view id and the disk's name. */
-export interface ViewNames {
+interface ViewNames {
   /** The temporary image's node (a `file` node on the preallocated file). */
   tempNode: string;
   /** The copy-before-write filter that blockdev-backup inserts above the disk. */
@@ -103,8 +103,8 @@ function viewPrefix(viewId: string): string {
   return `${PREFIX}-${key(viewId)}-`;
 }
 
-/** The names of `diskName`'s pieces in the view set `viewId` (at most 27 characters, a letter first). */
-export function viewNames(viewId: string, diskName: string, tempDir: string): ViewNames {
+/** The names of `diskName`'s pieces in the view set `viewId` (at most 28 characters, a letter first; QEMU allows 31). */
+function viewNames(viewId: string, diskName: string, tempDir: string): ViewNames {
   const base = `${viewPrefix(viewId)}${key(`${viewId}\0${diskName}`)}`;
   return {
     tempNode: `${base}-tmp`,
