@@ -89,3 +89,63 @@ export class ProtocolViolationError extends Error {
     this.type = typeOf(protocol, 'ProtocolViolation');
   }
 }
+
+/** A disk's block node is not in the QEMU process (wrong node name, or the disk was detached). */
+export class FleecingNodeNotFoundError extends Error {
+  readonly type = 'FleecingNodeNotFound';
+  constructor(
+    readonly diskName: string,
+    readonly nodeName: string,
+  ) {
+    super(
+      `Disk ${diskName}: the QEMU process has no block node "${nodeName}"; check the disk's node name ` +
+        '(query-named-block-nodes lists them) and that the disk is still attached.',
+    );
+  }
+}
+
+/** The temporary images of a point-in-time view do not fit where they must be created. */
+export class FleecingTempSpaceError extends Error {
+  readonly type = 'FleecingTempSpaceExhausted';
+  constructor(
+    readonly tempDir: string,
+    readonly neededBytes: number,
+    readonly detail: string,
+  ) {
+    super(
+      `The point-in-time view needs ${neededBytes} bytes reserved in ${tempDir} (the disks' size, reserved up front ` +
+        `so that a guest write never fails), but ${detail}; free space there or use a larger temporary folder.`,
+    );
+  }
+}
+
+/** An NBD server already runs in the QEMU process, but not on the socket the views were to be exported on. */
+export class FleecingNbdServerElsewhereError extends Error {
+  readonly type = 'FleecingNbdServerElsewhere';
+  constructor(readonly nbdSocket: string) {
+    super(
+      `The QEMU process already runs an NBD server, and nothing accepts connections on ${nbdSocket}; export the ` +
+        'views on the socket that server listens on, or stop it (nbd-server-stop) first.',
+    );
+  }
+}
+
+/** Opening views failed, and removing what the attempt had added failed too: pieces of the view may remain. */
+export class FleecingCleanupError extends Error {
+  readonly type = 'FleecingCleanupFailed';
+  constructor(
+    readonly viewId: string,
+    readonly failure: unknown,
+    readonly cleanupFailure: unknown,
+  ) {
+    super(
+      `Opening the views ${viewId} failed (${messageOf(failure)}), and removing what the attempt added failed too ` +
+        `(${messageOf(cleanupFailure)}); run closeViews and abandonCheckpoint for this view again.`,
+      { cause: failure },
+    );
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
