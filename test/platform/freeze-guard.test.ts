@@ -346,6 +346,15 @@ test('a guard that starts thaws every VM left in the lease file by a guard that 
   expect(await leaseFile()).toEqual([]);
 });
 
+test('a guard stopped with SIGTERM thaws what it holds before exiting', async () => {
+  const { client, pid } = await startGuard();
+  await client.freeze({ vmId: 'vm-1', agentSocket: proxy.socketPath, leaseMs: 10_000 });
+  process.kill(pid, 'SIGTERM');
+  await waitFor('the guard to exit', () => !alive(pid));
+  expect(commands().at(-1)).toBe('guest-fsfreeze-thaw');
+  expect(await leaseFile()).toEqual([]);
+});
+
 test('concurrent ensureFreezeGuard calls end with one guard; the others exit', async () => {
   const clients = await Promise.all([1, 2, 3].map(() => ensureFreezeGuard(stateDir)));
   const pids = await Promise.all(clients.map(async (c) => (await c.status()).pid));
