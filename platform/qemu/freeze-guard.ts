@@ -171,6 +171,7 @@ class FreezeGuard implements FreezeGuardServer {
   readonly socketPath: string;
   private readonly leaseFile: string;
   private readonly server = net.createServer((socket) => this.serve(socket));
+  private readonly connections = new Set<net.Socket>();
   private readonly leases = new Map<string, Lease>();
   /** Each VM's operations run one after another: its agent serves one client at a time, and state changes in order. */
   private readonly queues = new Map<string, Promise<unknown>>();
@@ -202,6 +203,8 @@ class FreezeGuard implements FreezeGuardServer {
   async stop(): Promise<void> {
     this.stopping = true;
     const closed = new Promise((resolve) => this.server.close(resolve));
+    // A client that keeps its connection open must not hold the stop up.
+    for (const socket of this.connections) socket.destroy();
     await Promise.all(
       [...this.leases.values()].map((lease) =>
         this.serial(lease.vmId, async () => {
@@ -218,6 +221,8 @@ class FreezeGuard implements FreezeGuardServer {
   private serve(socket: net.Socket): void {
     const lines = new LineBuffer();
     let replies: Promise<void> = Promise.resolve();
+    this.connections.add(socket);
+    socket.once('close', () => this.connections.delete(socket));
     socket.on('error', () => undefined);
     socket.on('data', (chunk: Buffer) => {
       for (const line of lines.push(chunk)) {
