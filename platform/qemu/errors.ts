@@ -149,3 +149,86 @@ export class FleecingCleanupError extends Error {
 function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+/**
+ * The closed set of failures of the per-host freeze guard (`./freeze-guard`). They cross the guard's socket as
+ * `{ type, message, vmId?, agentError? }`, so a caller branches on `type`, not on the class.
+ */
+export const FreezeGuardErrorType = {
+  /** The agent refused the freeze or did not answer it in time; the guard thaws the guest in case it froze late. */
+  GuestFreezeFailed: 'GuestFreezeFailed',
+  /** A thaw attempt failed (agent absent or silent); the guard keeps the lease and tries again a few times. */
+  GuestThawFailed: 'GuestThawFailed',
+  /** A renewal found no live lease: the VM was never frozen, was thawed, or its lease expired (and it was thawed). */
+  FreezeLeaseLost: 'FreezeLeaseLost',
+  /** No guard answers on the socket and none could be started. */
+  FreezeGuardUnavailable: 'FreezeGuardUnavailable',
+  /** The guard did not answer a request within its deadline. */
+  FreezeGuardTimeout: 'FreezeGuardTimeout',
+  /** A request or a reply that the guard protocol does not allow. */
+  FreezeGuardProtocolViolation: 'FreezeGuardProtocolViolation',
+  /** The guard could not do its own part (record the lease durably), so it did not freeze. */
+  FreezeGuardFailed: 'FreezeGuardFailed',
+} as const;
+
+export type FreezeGuardErrorType = (typeof FreezeGuardErrorType)[keyof typeof FreezeGuardErrorType];
+
+/** What the guest agent answered (or why it could not), as the guard reports it: the agent error's type and message. */
+export interface AgentFailure {
+  type: string;
+  message: string;
+}
+
+/** Every failure of the freeze guard and its client; `type` says which one. */
+export class FreezeGuardError extends Error {
+  override readonly name = 'FreezeGuardError';
+  constructor(
+    readonly type: FreezeGuardErrorType,
+    message: string,
+    readonly details: { vmId?: string; agentError?: AgentFailure } = {},
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The agent refused `guest-fsfreeze-freeze` or did not answer it; carries the agent's answer. `thawing`: the freeze may
+ * have reached the guest, so the guard thaws it.
+ */
+export class GuestFreezeFailedError extends FreezeGuardError {
+  constructor(vmId: string, agentError: AgentFailure, thawing: boolean) {
+    super(
+      FreezeGuardErrorType.GuestFreezeFailed,
+      `The guest of VM ${vmId} could not be frozen: ${agentError.message} ` +
+        (thawing ? 'The freeze guard thaws it in case the freeze took effect late. ' : '') +
+        'Retry, or snapshot without quiescing.',
+      { vmId, agentError },
+    );
+  }
+}
+
+/** One thaw attempt failed; `retrying` says whether the guard tries again (it gives up after a few attempts). */
+export class GuestThawFailedError extends FreezeGuardError {
+  constructor(vmId: string, agentError: AgentFailure, retrying: boolean) {
+    super(
+      FreezeGuardErrorType.GuestThawFailed,
+      `The guest of VM ${vmId} could not be thawed: ${agentError.message} ` +
+        (retrying
+          ? 'The freeze guard keeps trying; check that the VM runs and its agent answers.'
+          : 'The freeze guard gave up: thaw it by hand (guest-fsfreeze-thaw) if the VM still runs.'),
+      { vmId, agentError },
+    );
+  }
+}
+
+/** A renewal found the VM not frozen under a live lease, so the guest may have written since the freeze. */
+export class FreezeLeaseLostError extends FreezeGuardError {
+  constructor(vmId: string, reason: string) {
+    super(
+      FreezeGuardErrorType.FreezeLeaseLost,
+      `VM ${vmId} is no longer frozen under a live lease (${reason}); what was opened since the freeze may not be ` +
+        'consistent: freeze again and redo the step.',
+      { vmId },
+    );
+  }
+}
