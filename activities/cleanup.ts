@@ -2,6 +2,7 @@ import { Context } from '@temporalio/activity';
 import { ManifestCorruptError, ManifestMissingError, ZERO_CHUNK, distinctChunks } from '../dataplane';
 import type { Repository } from '../dataplane';
 import type { Region } from '../domain/model';
+import type { ViewOutcome } from '../platform/ports';
 import type { ActivityDeps } from './deps';
 import { manifestDigests } from './manifests';
 
@@ -19,9 +20,9 @@ export function createCleanupActivities(deps: ActivityDeps) {
       if (vm) await deps.hypervisor.thaw(vm);
     },
 
-    /** Release the point-in-time views of the VM's disks. */
-    async releaseViews(snapshotId: string): Promise<void> {
-      await deps.hypervisor.releaseViews(snapshotId);
+    /** Release the point-in-time views of the VM's disks; `outcome`: whether the snapshot is kept (SUCCESS). */
+    async releaseViews(snapshotId: string, outcome: ViewOutcome): Promise<void> {
+      await deps.hypervisor.releaseViews(snapshotId, outcome);
     },
 
     /** After SUCCESS: the capture journals are no longer needed (the manifest holds the chunk lists). */

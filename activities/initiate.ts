@@ -28,7 +28,8 @@ export function createInitiateActivity(deps: ActivityDeps) {
       if (!vm) throw new SnapshotError('VmNotFound', `VM ${snapshot.vmId} disappeared while being snapshotted.`);
       const parent = deps.catalog.latestSuccessfulSnapshot(vm.id);
       deps.catalog.updateSnapshot(snapshotId, { vmConfig: vm.config, parentSnapshotId: parent?.id ?? null });
-      return whileFrozen(deps.hypervisor, vm, () => deps.hypervisor.openViews(vm, snapshotId));
+      const parentViewId = parent?.id ?? null;
+      return whileFrozen(deps.hypervisor, vm, () => deps.hypervisor.openViews(vm, snapshotId, { parentViewId }));
     });
   };
 }

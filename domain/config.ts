@@ -18,6 +18,13 @@ export const ConfigSchema = z.object({
    * is room for two. A budget below one activity's working set is refused at start.
    */
   SNAP_DATA_MEMORY_MIB: z.coerce.number().int().positive().optional(),
+  /**
+   * The worker's hypervisor driver: `local` (the embedded raw-file VMs) or `qemu` (VMs run by QEMU on this host, each
+   * listening in `<SNAP_QEMU_HOST_DIR>/vms/<vm>/`; see platform/qemu/qemu-hypervisor.ts).
+   */
+  SNAP_HYPERVISOR: z.enum(['local', 'qemu']).default('local'),
+  /** The QEMU driver's folder on this host: the VMs' sockets, the freeze guard's state, open views' records. */
+  SNAP_QEMU_HOST_DIR: z.string().optional(),
   /** The HTTP API and the Snapshots page (`npm run api`, `npm run demo`). */
   SNAP_HTTP_HOST: z.string().default('127.0.0.1'),
   SNAP_HTTP_PORT: z.coerce.number().int().min(0).max(65535).default(8080),

@@ -1,4 +1,4 @@
-import type { DiskReader } from '../dataplane';
+import type { DiskReader, Repository } from '../dataplane';
 import type {
   Account,
   Disk,
@@ -113,6 +113,13 @@ export interface Catalog {
   close(): void;
 }
 
+/** What a snapshot worker runs against: the catalog, the host's hypervisor driver and the regions' repositories. */
+export interface Platform {
+  catalog: Catalog;
+  hypervisor: Hypervisor;
+  repositoryFor: (region: Region) => Repository;
+}
+
 /** A point-in-time, read-only view of one disk, valid until released; read through `Hypervisor.readView`. */
 export interface DiskView {
   /** The views it belongs to (one per snapshot), as given to `openViews`. */
@@ -121,6 +128,12 @@ export interface DiskView {
   name: string;
   sizeBytes: number;
 }
+
+/**
+ * How a snapshot that had views ended, for their release: `kept` (SUCCESS: what changed since it is what the next
+ * incremental reads) or `discarded` (failed or cancelled: the next incremental is measured against its parent again).
+ */
+export type ViewOutcome = 'kept' | 'discarded';
 
 /**
  * The hypervisor driver: quiesce the guest and expose a consistent point-in-time view of its disks while the VM keeps
@@ -153,11 +166,11 @@ export interface Hypervisor {
    * Open (or reopen after a retry) the point-in-time views of the VM's disks under `viewId`, while it is frozen: they
    * show the disks as they are at this moment, whatever the guest writes afterwards.
    */
-  openViews(vm: Vm, viewId: string): Promise<DiskView[]>;
+  openViews(vm: Vm, viewId: string, options: { parentViewId: string | null }): Promise<DiskView[]>;
   /** A reader of an open view (capture and compression read through one each); the caller closes it. */
   readView(view: DiskView): Promise<DiskReader>;
-  /** Release the views; idempotent. */
-  releaseViews(viewId: string): Promise<void>;
+  /** Release the views; idempotent. `outcome` says whether the snapshot they were opened for is kept. */
+  releaseViews(viewId: string, outcome: ViewOutcome): Promise<void>;
   /** The VM's current CPU and disk I/O utilisation, which scheduled snapshots wait on to drop. */
   readLoad(vm: Vm): Promise<VmLoad>;
   /** Where the disks of a new VM (restored from a snapshot or an image) are to be written. */

@@ -1,9 +1,12 @@
+import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { BillingClient } from '../client/billing-client';
 import { MaintenanceClient } from '../client/maintenance-client';
 import { loadConfig } from '../domain/config';
 import { openEmbeddedPlatform } from '../platform/local';
+import type { Platform } from '../platform/ports';
+import { QemuHypervisor } from '../platform/qemu/qemu-hypervisor';
 import { installPrometheusRuntime } from './metrics';
 import { createSnapshotWorker } from './worker';
 
@@ -11,7 +14,14 @@ import { createSnapshotWorker } from './worker';
 async function main(): Promise<void> {
   const config = loadConfig();
   installPrometheusRuntime(`${config.SNAP_METRICS_HOST}:${config.SNAP_WORKER_METRICS_PORT}`);
-  const platform = openEmbeddedPlatform(config.SNAP_DATA_DIR);
+  const embedded = openEmbeddedPlatform(config.SNAP_DATA_DIR);
+  const platform: Platform =
+    config.SNAP_HYPERVISOR === 'qemu'
+      ? {
+          ...embedded,
+          hypervisor: new QemuHypervisor(config.SNAP_QEMU_HOST_DIR ?? path.join(config.SNAP_DATA_DIR, 'qemu')),
+        }
+      : embedded;
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });
   const clientConnection = await Connection.connect({ address: config.TEMPORAL_ADDRESS });
   const client = new Client({ connection: clientConnection, namespace: config.TEMPORAL_NAMESPACE });
@@ -29,7 +39,8 @@ async function main(): Promise<void> {
   const { budgetBytes, workingSetBytes, maxDataActivities } = worker.memory;
   console.log(
     `worker polling task queue "${config.SNAP_TASK_QUEUE}" on ${config.TEMPORAL_ADDRESS}; data stages: ` +
-      `${maxDataActivities} at once in ${mib(budgetBytes)} MiB (${mib(workingSetBytes)} MiB each)`,
+      `${maxDataActivities} at once in ${mib(budgetBytes)} MiB (${mib(workingSetBytes)} MiB each); hypervisor ` +
+      config.SNAP_HYPERVISOR,
   );
   console.log(`worker metrics: http://${config.SNAP_METRICS_HOST}:${config.SNAP_WORKER_METRICS_PORT}/metrics`);
   try {

@@ -4,7 +4,7 @@ import { Worker } from '@temporalio/worker';
 import type { State } from '@temporalio/worker';
 import { createActivities } from '../activities';
 import { ChunkPool, dataActivityWorkingSet, workingMemory } from '../dataplane';
-import type { EmbeddedPlatform } from '../platform/local';
+import type { Platform } from '../platform/ports';
 import { WORKFLOW_BUNDLE_OPTIONS } from './bundle';
 import { WorkerMetrics } from './metrics';
 import { DATA_ACTIVITY_TYPES, dataTaskQueue } from '../workflows/profiles';
@@ -21,7 +21,7 @@ export interface SnapshotWorkerOptions {
   connection: NativeConnection;
   namespace: string;
   taskQueue: string;
-  platform: EmbeddedPlatform;
+  platform: Platform;
   captureMaxBytesPerSecond?: number;
   /** A pre-built workflow bundle (tests build one per run); by default the workflows are bundled at start. */
   workflowBundle?: { codePath: string };

@@ -160,7 +160,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       return { snapshotId: vm.snapshotId, status: 'DUPLICATE' };
     }
     undo.unshift(() => compensations.thawVm(snapshotId));
-    undo.unshift(() => compensations.releaseViews(snapshotId));
+    undo.unshift(() => compensations.releaseViews(snapshotId, 'discarded'));
     const disks = await run('INITIATING', initiation.initiateSnapshot, snapshotId);
     undo.unshift(() => compensations.discardSnapshotData(snapshotId, vm.region));
     const captured = await run('CAPTURING', dataStages.captureSnapshot, { snapshotId, region: vm.region, disks });
@@ -202,7 +202,10 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   // Verified and marked SUCCESS: nothing below may undo that, so it runs outside the compensated block.
   enter('SUCCESS');
   await CancellationScope.nonCancellable(() =>
-    Promise.all([compensations.releaseViews(snapshotId), compensations.dropStaging(snapshotId, verified.region)]),
+    Promise.all([
+      compensations.releaseViews(snapshotId, 'kept'),
+      compensations.dropStaging(snapshotId, verified.region),
+    ]),
   );
   await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
   const { record } = verified;

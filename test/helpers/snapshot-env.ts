@@ -51,6 +51,8 @@ export interface SnapshotEnv {
     shutdownGraceTime?: Duration;
     dataMemoryMiB?: number;
     repositoryFor?: (region: Region) => Repository;
+    /** Another hypervisor driver than the env's embedded one (the QEMU driver's tests). */
+    hypervisor?: Hypervisor;
   }): Promise<RunningWorker>;
   close(): Promise<void>;
 }
@@ -131,7 +133,9 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
         platform: {
           ...platform,
           repositoryFor: options.repositoryFor ?? platform.repositoryFor,
-          hypervisor: options.captureGate ? options.captureGate.wrap(platform.hypervisor) : platform.hypervisor,
+          hypervisor: options.captureGate
+            ? options.captureGate.wrap(options.hypervisor ?? platform.hypervisor)
+            : (options.hypervisor ?? platform.hypervisor),
         },
         captureMaxBytesPerSecond: options.captureMaxBytesPerSecond,
         shutdownGraceTime: options.shutdownGraceTime,

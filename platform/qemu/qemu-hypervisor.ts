@@ -1,0 +1,251 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import type { DiskReader } from '../../dataplane';
+import type { Disk, Vm, VmLoad } from '../../domain/model';
+import type { DiskView, Hypervisor, ViewOutcome } from '../ports';
+import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
+import { ProtocolUnavailableError } from './errors';
+import { closeViews, openViews } from './fleecing';
+import { FreezeGuardClient } from './freeze-guard';
+import { NbdDiskReader } from './nbd-reader';
+import { QmpClient } from './qmp';
+
+/** A QEMU block node name: a letter first, then letters, digits, `-`, `_` or `.`, at most 31 characters in all. */
+const NODE_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
+
+/** The qcow2 format node that holds a VM's disk `diskName` in its QEMU process: the disk's name itself. */
+export function qemuDiskNode(diskName: string): string {
+  if (!NODE_NAME.test(diskName)) {
+    throw new Error(
+      `Disk name "${diskName}" cannot name a QEMU block node: use a letter, then letters, digits, "-", "_" or ".", ` +
+        'at most 31 characters.',
+    );
+  }
+  return diskName;
+}
+
+/** The persistent dirty bitmap that snapshot `snapshotId` leaves on each disk: its checkpoint for the next one. */
+export function checkpointBitmap(snapshotId: string): string {
+  return `checkpoint-${snapshotId}`;
+}
+
+/** Where a VM's QEMU process listens, under the host's folder: what `startQemuVm` and the storage daemon are given. */
+export function qemuVmDir(hostDir: string, vmId: string): string {
+  return path.join(hostDir, 'vms', vmId);
+}
+
+/** The sockets of a VM's QEMU process, in its folder (`qemuVmDir`). */
+export const QEMU_VM_FILES = { qmp: 'qmp.sock', agent: 'qga.sock', nbd: 'nbd.sock', tempDir: 'fleecing' } as const;
+
+/** What an open view set records, so readers and the release (from any worker of the host) find its pieces. */
+const ViewRecordSchema = z.object({
+  vmId: z.string(),
+  newBitmap: z.string(),
+  disks: z.array(
+    z.object({
+      name: z.string(),
+      nodeName: z.string(),
+      parentBitmap: z.string().nullable(),
+      /** Why this disk is captured whole; null when it is incremental against the parent's bitmap. */
+      fullReason: z.string().nullable(),
+      exportName: z.string().nullable(),
+      sizeBytes: z.number().int().nonnegative().nullable(),
+    }),
+  ),
+});
+type ViewRecord = z.infer<typeof ViewRecordSchema>;
+
+// How long a readLoad watches the VM's counters: utilisation is their change over this interval.
+const LOAD_SAMPLE_MS = 1_000;
+
+const blockstatsSchema = z.array(
+  z.object({
+    'node-name': z.string().optional(),
+    qdev: z.string().optional(),
+    stats: z.object({ rd_total_time_ns: z.number(), wr_total_time_ns: z.number() }),
+  }),
+);
+
+/**
+ * Hypervisor driver for VMs run by QEMU on this host (`qemu-system-x86_64`, or `qemu-storage-daemon` where no guest
+ * is needed: the same block layer and QMP). Each VM's process listens in `<hostDir>/vms/<vm>/`: QMP on `qmp.sock`, the
+ * guest agent's virtio-serial chardev on `qga.sock`; its disks are qcow2 nodes named after the disks (qemuDiskNode).
+ *
+ * - freeze/thaw: through the host's freeze guard (`<hostDir>/freeze-guard/`, started on first use), which holds the
+ *   lease and thaws by itself when the worker stops renewing it (qemu-ga has no auto-thaw).
+ * - views: image fleecing (fleecing.ts): one QMP transaction over all the VM's disks adds this snapshot's checkpoint
+ *   bitmap, disables the parent's and starts the copy-before-write jobs; the views are exported read-only over NBD
+ *   on `nbd.sock`. A disk whose parent bitmap cannot be trusted (bitmaps.ts) is marked for a full capture, with why.
+ * - release: the views are torn down; a kept snapshot's bitmap becomes the checkpoint (the parent's is removed), a
+ *   discarded one's writes are merged back into the parent's bitmap, so the next incremental misses nothing.
+ * - load: CPU from the QEMU process's CPU time (`/proc/<pid>/stat`, pid from `qemu.pid` in the VM's folder when the
+ *   launcher wrote one), disk I/O from `query-blockstats` time spent in requests, both over one second.
+ * - new VMs' disks (restores): raw files in `<hostDir>/disks/<vm>/`.
+ */
+export class QemuHypervisor implements Hypervisor {
+  private readonly guard: FreezeGuardClient;
+
+  constructor(private readonly hostDir: string) {
+    this.guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
+  }
+
+  async freeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
+    await this.guard.freeze({ vmId: vm.id, agentSocket: this.file(vm.id, 'agent'), leaseMs: lease.leaseMs });
+  }
+
+  async renewFreeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
+    await this.guard.renew(vm.id, lease.leaseMs);
+  }
+
+  async thaw(vm: Vm): Promise<void> {
+    await this.guard.thaw(vm.id);
+  }
+
+  async openViews(vm: Vm, viewId: string, options: { parentViewId: string | null }): Promise<DiskView[]> {
+    return this.withQmp(vm.id, async (qmp) => {
+      // An earlier attempt's views and bitmaps are settled first, so the parent's bitmap is inspected as it was.
+      const earlier = await this.viewRecord(viewId);
+      if (earlier) await this.settle(qmp, viewId, earlier, 'discarded');
+      const expected = options.parentViewId === null ? null : checkpointBitmap(options.parentViewId);
+      const disks: ViewRecord['disks'] = [];
+      for (const disk of vm.disks) {
+        const nodeName = qemuDiskNode(disk.name);
+        const state = await inspectCheckpoint(qmp, nodeName, expected);
+        disks.push({
+          name: disk.name,
+          nodeName,
+          parentBitmap: state.usable ? expected : null,
+          fullReason: state.usable ? null : state.reason,
+          exportName: null,
+          sizeBytes: null,
+        });
+      }
+      const record: ViewRecord = { vmId: vm.id, newBitmap: checkpointBitmap(viewId), disks };
+      // Recorded before anything is made, so a release after a crash at any point finds what to undo.
+      await this.writeViewRecord(viewId, record);
+      const tempDir = this.file(vm.id, 'tempDir');
+      await fs.mkdir(tempDir, { recursive: true });
+      const views = await openViews(qmp, {
+        viewId,
+        tempDir,
+        nbdSocket: this.file(vm.id, 'nbd'),
+        disks,
+        newBitmap: record.newBitmap,
+      });
+      for (const view of views) {
+        const disk = disks.find((d) => d.name === view.name)!;
+        disk.exportName = view.exportName;
+        disk.sizeBytes = view.sizeBytes;
+      }
+      await this.writeViewRecord(viewId, record);
+      return views.map((view) => ({ viewId, name: view.name, sizeBytes: view.sizeBytes }));
+    });
+  }
+
+  async readView(view: DiskView): Promise<DiskReader> {
+    const record = await this.viewRecord(view.viewId);
+    const disk = record?.disks.find((d) => d.name === view.name);
+    if (!record || !disk?.exportName) throw new Error(`View ${view.viewId} of disk ${view.name} is not open.`);
+    return NbdDiskReader.open({ socketPath: this.file(record.vmId, 'nbd'), exportName: disk.exportName });
+  }
+
+  async releaseViews(viewId: string, outcome: ViewOutcome): Promise<void> {
+    const record = await this.viewRecord(viewId);
+    if (!record) return;
+    await this.withQmp(record.vmId, (qmp) => this.settle(qmp, viewId, record, outcome)).catch(async (error) => {
+      // A QEMU process that is gone took its views with it; its bitmaps are inspected by the next snapshot.
+      if (!isGone(error)) throw error;
+      await fs.rm(this.file(record.vmId, 'tempDir'), { recursive: true, force: true });
+    });
+    await fs.rm(this.viewRecordFile(viewId), { force: true });
+  }
+
+  async readLoad(vm: Vm): Promise<VmLoad> {
+    return this.withQmp(vm.id, async (qmp) => {
+      const before = { at: performance.now(), cpu: await this.cpuTicks(vm.id), io: await ioNanos(qmp) };
+      await new Promise((resolve) => setTimeout(resolve, LOAD_SAMPLE_MS));
+      const after = { at: performance.now(), cpu: await this.cpuTicks(vm.id), io: await ioNanos(qmp) };
+      const elapsedMs = after.at - before.at;
+      // Clock ticks are 10 ms on Linux (USER_HZ 100).
+      const cpuMs = before.cpu === undefined || after.cpu === undefined ? 0 : (after.cpu - before.cpu) * 10;
+      const ioMs = (after.io - before.io) / 1e6;
+      return { cpuPercent: percent(cpuMs, elapsedMs), diskIoPercent: percent(ioMs, elapsedMs) };
+    });
+  }
+
+  async diskPaths(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
+    const dir = path.join(this.hostDir, 'disks', vmId);
+    await fs.mkdir(dir, { recursive: true });
+    return disks.map((disk) => ({ ...disk, path: path.join(dir, `${disk.name}.raw`) }));
+  }
+
+  async removeDisks(vmId: string): Promise<void> {
+    await fs.rm(path.join(this.hostDir, 'disks', vmId), { recursive: true, force: true });
+  }
+
+  /** Tears the views down and settles the bitmaps as the snapshot's outcome says. */
+  private async settle(qmp: QmpClient, viewId: string, record: ViewRecord, outcome: ViewOutcome): Promise<void> {
+    await closeViews(qmp, { viewId, tempDir: this.file(record.vmId, 'tempDir') });
+    if (outcome === 'kept') await commitCheckpoint(qmp, record.disks);
+    else await abandonCheckpoint(qmp, record.disks, record.newBitmap);
+  }
+
+  private async withQmp<T>(vmId: string, use: (qmp: QmpClient) => Promise<T>): Promise<T> {
+    const qmp = await QmpClient.connect(this.file(vmId, 'qmp'));
+    try {
+      return await use(qmp);
+    } finally {
+      await qmp.close();
+    }
+  }
+
+  /** The QEMU process's user + system CPU time in clock ticks, when its pid is known. */
+  private async cpuTicks(vmId: string): Promise<number | undefined> {
+    const pid = await fs.readFile(path.join(qemuVmDir(this.hostDir, vmId), 'qemu.pid'), 'utf8').catch(() => undefined);
+    if (pid === undefined) return undefined;
+    const stat = await fs.readFile(`/proc/${pid.trim()}/stat`, 'utf8').catch(() => undefined);
+    // Fields after the command name (which may hold spaces, so it is skipped by its closing parenthesis): utime is
+    // the 12th and stime the 13th.
+    const fields = stat?.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields ? Number(fields[11]) + Number(fields[12]) : undefined;
+  }
+
+  private file(vmId: string, which: keyof typeof QEMU_VM_FILES): string {
+    return path.join(qemuVmDir(this.hostDir, vmId), QEMU_VM_FILES[which]);
+  }
+
+  private viewRecordFile(viewId: string): string {
+    return path.join(this.hostDir, 'views', `${viewId}.json`);
+  }
+
+  private async viewRecord(viewId: string): Promise<ViewRecord | undefined> {
+    const text = await fs.readFile(this.viewRecordFile(viewId), 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT') return undefined;
+      throw error;
+    });
+    return text === undefined ? undefined : ViewRecordSchema.parse(JSON.parse(text));
+  }
+
+  private async writeViewRecord(viewId: string, record: ViewRecord): Promise<void> {
+    const file = this.viewRecordFile(viewId);
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    await fs.writeFile(`${file}.tmp`, JSON.stringify(record));
+    await fs.rename(`${file}.tmp`, file);
+  }
+}
+
+/** Time the VM's disks spent serving requests so far, in nanoseconds (all devices). */
+async function ioNanos(qmp: QmpClient): Promise<number> {
+  const devices = blockstatsSchema.parse(await qmp.execute('query-blockstats', { 'query-nodes': false }));
+  return devices.reduce((sum, device) => sum + device.stats.rd_total_time_ns + device.stats.wr_total_time_ns, 0);
+}
+
+function percent(busyMs: number, elapsedMs: number): number {
+  return Math.max(0, Math.min(100, Math.round((100 * busyMs) / elapsedMs)));
+}
+
+/** The VM's QEMU process does not listen (it exited): nothing at its QMP socket, or nothing accepting there. */
+function isGone(error: unknown): boolean {
+  return error instanceof ProtocolUnavailableError && ['ENOENT', 'ECONNREFUSED'].includes(error.reason);
+}

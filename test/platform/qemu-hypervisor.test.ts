@@ -1,0 +1,240 @@
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { z } from 'zod';
+import type { Vm } from '../../domain/model';
+import { bitmapsOf } from '../../platform/qemu/bitmaps';
+import { FreezeGuardClient } from '../../platform/qemu/freeze-guard';
+import { createRootDisk, ensureGuestImage, GUEST, writerTicks } from '../../platform/qemu/guest-image';
+import { QmpClient } from '../../platform/qemu/qmp';
+import { checkpointBitmap, QemuHypervisor, qemuVmDir } from '../../platform/qemu/qemu-hypervisor';
+import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
+import { startQemuVm, type QemuVm } from '../../platform/qemu/vm-process';
+import { socketAccepts } from '../../platform/qemu/wire';
+import type { SnapshotEnv } from '../helpers/snapshot-env';
+import { createSnapshotEnv, takeSnapshot } from '../helpers/snapshot-env';
+
+/**
+ * The QEMU hypervisor driver, first against qemu-storage-daemon (the same block layer and QMP as a VM, no guest),
+ * then end to end: a booted TCG guest whose writer keeps writing is snapshotted live by the real workflow (freeze
+ * through the host's freeze guard, fleecing, NBD capture), twice, and restored.
+ */
+
+const exec = promisify(execFile);
+const MiB = 2 ** 20;
+const DISK_BYTES = 8 * MiB;
+const BOOT_TIMEOUT_MS = 300_000;
+
+const exportsSchema = z.array(z.object({ id: z.string() }));
+const jobsSchema = z.array(z.object({ device: z.string() }));
+const nodesSchema = z.array(z.object({ 'node-name': z.string() }));
+
+let hostDir: string;
+
+beforeEach(async () => {
+  hostDir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-qemu-host-'));
+});
+
+afterEach(async () => {
+  // The guard outlives the worker by design; the test ends it.
+  const guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
+  // (A client asking a guard that is not there would start one.)
+  if (await socketAccepts(guard.socketPath)) process.kill((await guard.status()).pid, 'SIGTERM');
+  await fs.rm(hostDir, { recursive: true, force: true });
+});
+
+function vmRecord(id: string, disks: { name: string; path: string }[]): Vm {
+  return {
+    id,
+    accountId: 'acme',
+    name: id.replace(/^vm-/, ''),
+    region: 'CANADA-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ACTIVE',
+    config: { vcpus: 1 },
+    disks: disks.map((disk) => ({ ...disk, sizeBytes: DISK_BYTES })),
+    labels: [],
+  };
+}
+
+async function sha256(buffer: Buffer): Promise<string> {
+  return createHash('sha256').update(buffer).digest('hex');
+}
+
+/** Everything the view sets left in the QEMU process: exports, jobs and nodes beyond the disks themselves. */
+async function leftovers(qmpSocket: string, disks: string[]) {
+  const qmp = await QmpClient.connect(qmpSocket);
+  try {
+    return {
+      exports: exportsSchema.parse(await qmp.execute('query-block-exports')).map((e) => e.id),
+      jobs: jobsSchema.parse(await qmp.execute('query-block-jobs')).map((j) => j.device),
+      nodes: nodesSchema
+        .parse(await qmp.execute('query-named-block-nodes', { flat: true }))
+        .map((n) => n['node-name'])
+        .filter((name) => !disks.includes(name) && !name.startsWith('#')),
+    };
+  } finally {
+    await qmp.close();
+  }
+}
+
+async function bitmapNames(qmpSocket: string, node: string) {
+  const qmp = await QmpClient.connect(qmpSocket);
+  try {
+    return ((await bitmapsOf(qmp, node)) ?? []).map((b) => ({ name: b.name, recording: b.recording }));
+  } finally {
+    await qmp.close();
+  }
+}
+
+describe('against qemu-storage-daemon', () => {
+  let daemon: StorageDaemon | undefined;
+  let vm: Vm;
+
+  beforeEach(async () => {
+    const dir = qemuVmDir(hostDir, 'vm-daemon-01');
+    await fs.mkdir(dir, { recursive: true });
+    const disks = ['root', 'data'].map((name) => ({ name, path: path.join(dir, `${name}.qcow2`) }));
+    for (const [i, disk] of disks.entries()) {
+      await exec('qemu-img', ['create', '-q', '-f', 'qcow2', disk.path, String(DISK_BYTES)]);
+      // A pattern per disk, and a hole at the end.
+      await exec('qemu-io', ['-f', 'qcow2', '-c', `write -P ${0x30 + i} 0 ${DISK_BYTES / 2}`, disk.path]);
+    }
+    daemon = await startStorageDaemon({ dir, disks: disks.map((d) => ({ nodeName: d.name, path: d.path })) });
+    vm = vmRecord('vm-daemon-01', disks);
+  });
+
+  afterEach(async () => {
+    await daemon?.stop();
+    daemon = undefined;
+  });
+
+  test('views read the disks; release keeps or discards the checkpoint; nothing of a view is left', async () => {
+    const hypervisor = new QemuHypervisor(hostDir);
+    const first = await hypervisor.openViews(vm, 'snap-1', { parentViewId: null });
+    expect(first.map((v) => [v.name, v.sizeBytes])).toEqual([
+      ['root', DISK_BYTES],
+      ['data', DISK_BYTES],
+    ]);
+    for (const [i, view] of first.entries()) {
+      const reader = await hypervisor.readView(view);
+      const bytes = Buffer.alloc(DISK_BYTES);
+      await reader.read(bytes, 0);
+      await reader.close();
+      const expected = Buffer.concat([Buffer.alloc(DISK_BYTES / 2, 0x30 + i), Buffer.alloc(DISK_BYTES / 2)]);
+      expect(await sha256(bytes)).toBe(await sha256(expected));
+    }
+    await hypervisor.releaseViews('snap-1', 'kept');
+    expect(await bitmapNames(daemon!.qmpSocket, 'root')).toEqual([
+      { name: checkpointBitmap('snap-1'), recording: true },
+    ]);
+
+    // The next snapshot is measured against snap-1's checkpoint; discarding it merges its writes back.
+    await hypervisor.openViews(vm, 'snap-2', { parentViewId: 'snap-1' });
+    expect(await bitmapNames(daemon!.qmpSocket, 'data')).toEqual(
+      expect.arrayContaining([
+        { name: checkpointBitmap('snap-1'), recording: false },
+        { name: checkpointBitmap('snap-2'), recording: true },
+      ]),
+    );
+    await hypervisor.releaseViews('snap-2', 'discarded');
+    await hypervisor.releaseViews('snap-2', 'discarded');
+    for (const disk of ['root', 'data']) {
+      expect(await bitmapNames(daemon!.qmpSocket, disk)).toEqual([
+        { name: checkpointBitmap('snap-1'), recording: true },
+      ]);
+    }
+    expect(await leftovers(daemon!.qmpSocket, ['root', 'data'])).toEqual({ exports: [], jobs: [], nodes: [] });
+    expect(await fs.readdir(path.join(qemuVmDir(hostDir, vm.id), 'fleecing'))).toEqual([]);
+    expect(await fs.readdir(path.join(hostDir, 'views'))).toEqual([]);
+
+    const load = await hypervisor.readLoad(vm);
+    expect(load.diskIoPercent).toBeGreaterThanOrEqual(0);
+    expect(load.diskIoPercent).toBeLessThanOrEqual(100);
+  });
+
+  test('releasing the views of a QEMU process that died removes what is left on the host', async () => {
+    const hypervisor = new QemuHypervisor(hostDir);
+    await hypervisor.openViews(vm, 'snap-1', { parentViewId: null });
+    expect((await fs.readdir(path.join(qemuVmDir(hostDir, vm.id), 'fleecing'))).length).toBe(2);
+    process.kill(daemon!.pid, 'SIGKILL');
+    await daemon!.exited;
+    await hypervisor.releaseViews('snap-1', 'discarded');
+    await expect(fs.access(path.join(qemuVmDir(hostDir, vm.id), 'fleecing'))).rejects.toThrow();
+    expect(await fs.readdir(path.join(hostDir, 'views'))).toEqual([]);
+  });
+});
+
+describe('a booted guest, snapshotted live by the snapshot workflow', () => {
+  let env: SnapshotEnv;
+  let qemu: QemuVm | undefined;
+
+  beforeAll(async () => {
+    env = await createSnapshotEnv();
+  });
+
+  afterAll(async () => {
+    await env.close();
+  });
+
+  afterEach(async () => {
+    await qemu?.stop();
+    qemu = undefined;
+  });
+
+  test('two snapshots while the guest writes, both restore to a clean file system with the data', async () => {
+    const image = await ensureGuestImage(path.join(__dirname, '../../.cache/guest'));
+    const dir = qemuVmDir(hostDir, 'vm-guest-01');
+    await fs.mkdir(dir, { recursive: true });
+    const rootDisk = path.join(dir, 'root.qcow2');
+    await createRootDisk(rootDisk, { sizeBytes: DISK_BYTES, files: { 'hello.txt': 'written before the snapshot\n' } });
+    qemu = await startQemuVm({
+      dir,
+      disks: [{ nodeName: 'root', path: rootDisk }],
+      kernel: image.kernel,
+      initrd: image.initrd,
+      append: GUEST.writerAppend,
+    });
+    await qemu.waitForAgent(BOOT_TIMEOUT_MS);
+    const vm = vmRecord('vm-guest-01', [{ name: 'root', path: rootDisk }]);
+    env.platform.catalog.putVm(vm);
+    await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
+
+    const full = await takeSnapshot(env, vm, 'live-full');
+    const incremental = await takeSnapshot(env, vm, 'live-incremental');
+    expect([full.status, incremental.status]).toEqual(['SUCCESS', 'SUCCESS']);
+    expect(incremental.parentSnapshotId).toBe(full.id);
+    // The guest kept writing: the writer printed ticks after the second snapshot.
+    const ticks = writerTicks(await fs.readFile(qemu.consoleLog, 'utf8')).length;
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect(writerTicks(await fs.readFile(qemu.consoleLog, 'utf8')).length).toBeGreaterThan(ticks);
+    // Only the last snapshot's checkpoint is left, and nothing of the views.
+    expect(await bitmapNames(qemu.qmpSocket, 'root')).toEqual([
+      { name: checkpointBitmap(incremental.id), recording: true },
+    ]);
+    expect(await leftovers(qemu.qmpSocket, ['root'])).toEqual({ exports: [], jobs: [], nodes: [] });
+    expect((await new FreezeGuardClient(path.join(hostDir, 'freeze-guard')).status()).leases).toEqual([]);
+
+    for (const snapshot of [full, incremental]) {
+      const target = path.join(hostDir, `${snapshot.name}.raw`);
+      await env.snapshots.restoreDisk({
+        accountId: 'acme',
+        snapshotId: snapshot.id,
+        diskName: 'root',
+        targetPath: target,
+      });
+      // Frozen while the views opened: the file system is clean without journal replay, the data is there, and the
+      // writer's counter matches its log (it is rewritten by rename after each append).
+      await exec('e2fsck', ['-fn', target]);
+      const cat = async (file: string) => (await exec('debugfs', ['-R', `cat /${file}`, target])).stdout;
+      expect(await cat('hello.txt')).toBe('written before the snapshot\n');
+      const log = (await cat(GUEST.writerLogFile)).trim().split('\n').map(Number);
+      expect(log.length).toBeGreaterThan(0);
+      expect(log).toEqual(log.map((_, i) => log[0]! + i));
+      expect([log.at(-1), log.at(-2)]).toContain(Number((await cat(GUEST.writerCounterFile)).trim()));
+    }
+  }, 900_000);
+});
