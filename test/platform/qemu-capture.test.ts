@@ -165,3 +165,57 @@ test('a full snapshot reads only the data; incrementals read exactly the chunks 
 
   for (const { id, hash } of expected) expect(await restoredHash(vm, id)).toBe(hash);
 }, 300_000);
+
+test('viewRanges: data where the disk is allocated; changed: the clusters written since a usable parent bitmap', async () => {
+  const vm = vmRecord();
+  const hypervisor = new QemuHypervisor(hostDir);
+  const CLUSTER = 64 * 1024; // qcow2's default cluster, the granularity of its allocation and of the dirty bitmap
+  await writeRandom([
+    { offset: 0, length: 2 * MiB },
+    { offset: 9 * MiB + 100, length: 10 },
+  ]);
+  const [first] = await hypervisor.openViews(vm, 'snap-a', { parentViewId: null });
+  expect(await hypervisor.viewRanges(first!)).toEqual({
+    data: [
+      { offset: 0, length: 2 * MiB },
+      { offset: 9 * MiB, length: CLUSTER },
+    ],
+    changed: null,
+  });
+  await hypervisor.releaseViews('snap-a', 'kept');
+
+  await writeRandom([
+    { offset: 5 * MiB + 4096, length: 4096 },
+    { offset: MiB, length: 4096 },
+  ]);
+  const [second] = await hypervisor.openViews(vm, 'snap-b', { parentViewId: 'snap-a' });
+  // A write after the views opened is the next snapshot's change, not this one's. Into a hole, it makes the view's
+  // base:allocation report data there (copy-before-write preserved the hole's zeros): conservative, never less.
+  await writeRandom([{ offset: 30 * MiB, length: 4096 }]);
+  expect(await hypervisor.viewRanges(second!)).toEqual({
+    data: [
+      { offset: 0, length: 2 * MiB },
+      { offset: 5 * MiB, length: CLUSTER },
+      { offset: 9 * MiB, length: CLUSTER },
+      { offset: 30 * MiB, length: CLUSTER },
+    ],
+    changed: {
+      sinceSnapshotId: 'snap-a',
+      ranges: [
+        { offset: MiB, length: CLUSTER },
+        { offset: 5 * MiB, length: CLUSTER },
+      ],
+    },
+  });
+  const reader = await hypervisor.readView(second!);
+  const preserved = Buffer.alloc(CLUSTER, 1);
+  await reader.read(preserved, 30 * MiB);
+  await reader.close();
+  expect(preserved.equals(Buffer.alloc(CLUSTER))).toBe(true);
+  await hypervisor.releaseViews('snap-b', 'discarded');
+
+  // A parent whose bitmap the disk does not have: the capture is full.
+  const [third] = await hypervisor.openViews(vm, 'snap-c', { parentViewId: 'snap-unknown' });
+  expect((await hypervisor.viewRanges(third!)).changed).toBeNull();
+  await hypervisor.releaseViews('snap-c', 'discarded');
+}, 120_000);
