@@ -1,9 +1,10 @@
-import { DEFAULT_CHUNK_SIZE, WriteBehind, scanDisk, withDiskReader } from '../dataplane';
-import type { ChunkRef } from '../dataplane';
+import { DEFAULT_CHUNK_SIZE, WriteBehind, knownChunks, scanDisk, withDiskReader } from '../dataplane';
+import type { ChunkRef, Range } from '../dataplane';
 import type { Region } from '../domain/model';
 import type { DiskView } from '../platform/ports';
 import type { ActivityDeps } from './deps';
 import { withFailureTypes } from './failures';
+import { readSnapshotManifest } from './manifests';
 import { StageReporter, throttle } from './progress';
 
 /** The journal is appended (and fsynced) once this much disk has been read, or this long after the last append. */
@@ -25,14 +26,19 @@ export interface CaptureCheckpoint {
 export interface CaptureResult {
   chunkSize: number;
   bytesTotal: number;
-  /** Bytes this attempt read; less than bytesTotal when it resumed from a checkpoint. */
+  /**
+   * Bytes this attempt read from the views: less than bytesTotal when it resumed from a checkpoint, when a view
+   * reported ranges that read as zeros, or, in an incremental, ranges unchanged since the parent.
+   */
   bytesRead: number;
   resumedFromBytes: number;
 }
 
 /**
  * Stage 3, data capture: reads each point-in-time view in fixed-size chunks, hashes them on every core, and journals
- * each disk's ordered chunk list in the repository's staging area. A retry resumes from the last heartbeated
+ * each disk's ordered chunk list in the repository's staging area. Only what must be read is read (see
+ * Hypervisor.viewRanges): a chunk outside the view's data is a zero chunk, and in an incremental a chunk outside the
+ * ranges changed since the parent takes the parent manifest's ref. A retry resumes from the last heartbeated
  * checkpoint: the journal is cut back to it and reading continues there.
  */
 export function createCaptureActivity(deps: ActivityDeps) {
@@ -53,6 +59,13 @@ export function createCaptureActivity(deps: ActivityDeps) {
         const disk = input.disks[d]!;
         const fromChunk = d === from.disk ? from.chunk : 0;
         await repository.truncateJournal(input.snapshotId, disk.name, fromChunk);
+        const ranges = await deps.hypervisor.viewRanges(disk);
+        const known = knownChunks({
+          sizeBytes: disk.sizeBytes,
+          chunkSize,
+          data: ranges.data,
+          incremental: ranges.changed && (await parentOf(deps, input.region, disk, chunkSize, ranges.changed)),
+        });
         // Refs are journaled (one fsync) in batches, behind the scan (one append in flight while reading goes on), and
         // the checkpoint heartbeated only once they are durable.
         let pending: ChunkRef[] = [];
@@ -80,11 +93,11 @@ export function createCaptureActivity(deps: ActivityDeps) {
               chunkSize,
               pool: deps.pool,
               fromChunk,
+              known,
               signal: reporter.signal,
-              onChunks: async (startIndex, refs) => {
+              onChunks: async (_, refs, read) => {
                 pending.push(...refs);
-                const next = startIndex + refs.length;
-                bytesRead += Math.min(next * chunkSize, disk.sizeBytes) - startIndex * chunkSize;
+                bytesRead += read;
                 if (pending.length * chunkSize >= JOURNAL_BATCH_BYTES || Date.now() - flushedAt >= JOURNAL_BATCH_MS) {
                   await flush();
                 }
@@ -102,6 +115,25 @@ export function createCaptureActivity(deps: ActivityDeps) {
       return { chunkSize, bytesTotal, bytesRead, resumedFromBytes };
     });
   };
+}
+
+/**
+ * What an incremental capture of `disk` reuses: the changed ranges and the parent manifest's chunks of the same disk.
+ * Null (capture every data chunk) when the parent is no longer a SUCCESS snapshot (deleted meanwhile) or its disk
+ * differs in size or chunk size.
+ */
+async function parentOf(
+  deps: ActivityDeps,
+  region: Region,
+  disk: DiskView,
+  chunkSize: number,
+  changed: { sinceSnapshotId: string; ranges: Range[] },
+): Promise<{ changed: Range[]; parentChunks: ChunkRef[] } | null> {
+  if (deps.catalog.getSnapshot(changed.sinceSnapshotId)?.status !== 'SUCCESS') return null;
+  const manifest = await readSnapshotManifest(deps, region, changed.sinceSnapshotId);
+  const parent = manifest.disks.find((d) => d.name === disk.name);
+  if (!parent || parent.chunkSize !== chunkSize || parent.sizeBytes !== disk.sizeBytes) return null;
+  return { changed: changed.ranges, parentChunks: parent.chunks };
 }
 
 export function bytesBefore(disks: DiskView[], index: number): number {

@@ -24,6 +24,8 @@ export { WriteBehind } from './write-behind';
 export { LocalRepository } from './repository';
 export type { Repository, StoredChunk } from './repository';
 export { dataActivityWorkingSet, manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';
+export { knownChunks } from './ranges';
+export type { Range } from './ranges';
 export { workingMemory } from './memory';
 export type { WorkingMemoryStats } from './memory';
 export type { ManifestStats } from './pipeline';

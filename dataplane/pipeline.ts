@@ -105,8 +105,9 @@ interface PendingPack {
 }
 
 /**
- * Stage "capture": reads a disk from chunk `fromChunk` on, hashes every chunk on the pool, and hands the ordered refs
- * to `onChunks` segment by segment (the caller journals and heartbeats them).
+ * Stage "capture": hashes a disk's chunks from chunk `fromChunk` on, on the pool, and hands the ordered refs to
+ * `onChunks` segment by segment (the caller journals and heartbeats them), with the bytes read for them. A chunk whose
+ * ref `known` gives (see knownChunks) is not read; the others are read with one read per run of neighbouring chunks.
  */
 export async function scanDisk(o: {
   disk: DiskReader;
@@ -114,28 +115,46 @@ export async function scanDisk(o: {
   chunkSize: number;
   pool: ChunkPool;
   fromChunk?: number;
+  known?: (index: number) => ChunkRef | undefined;
   signal?: AbortSignal;
-  onChunks: (startIndex: number, refs: ChunkRef[]) => Promise<void> | void;
+  onChunks: (startIndex: number, refs: ChunkRef[], bytesRead: number) => Promise<void> | void;
 }): Promise<void> {
+  const geometry = { sizeBytes: o.sizeBytes, chunkSize: o.chunkSize };
   const perSegment = chunksPerSegment(o.chunkSize);
   const totalChunks = Math.ceil(o.sizeBytes / o.chunkSize);
   function* segments() {
     for (let index = o.fromChunk ?? 0; index < totalChunks; index += perSegment) {
       o.signal?.throwIfAborted();
-      const start = index * o.chunkSize;
-      yield { index, start, length: Math.min(perSegment * o.chunkSize, o.sizeBytes - start) };
+      const refs: (ChunkRef | undefined)[] = [];
+      for (let i = index; i < Math.min(index + perSegment, totalChunks); i++) refs.push(o.known?.(i));
+      yield { index, refs };
     }
   }
+  /** Reads the segment's unknown chunks one after the other into `into` and hashes them; fills in their refs. */
+  const readAndHash = async (segment: { index: number; refs: (ChunkRef | undefined)[] }, into: Buffer) => {
+    const unknown = segment.refs.flatMap((ref, i) => (ref === undefined ? [segment.index + i] : []));
+    const runs = neighbourRuns(unknown.length, (k) => unknown[k + 1]! === unknown[k]! + 1);
+    const end = (unknown.length - 1) * o.chunkSize + chunkLength(geometry, unknown.at(-1)!);
+    await Promise.all(
+      [...runs].map(([first, last]) => {
+        const start = first * o.chunkSize;
+        const length = (last - first) * o.chunkSize + chunkLength(geometry, unknown[last]!);
+        return o.disk.read(into.subarray(start, start + length), unknown[first]! * o.chunkSize);
+      }),
+    );
+    // Only the disk's last chunk can be short, and it is the last one read: the chunks lie at chunkSize strides.
+    const hashed = await o.pool.hashSegment(into.subarray(0, end), o.chunkSize);
+    for (const [k, index] of unknown.entries()) segment.refs[index - segment.index] = hashed[k];
+    return { refs: segment.refs as ChunkRef[], bytesRead: end };
+  };
   await orderedPipeline(
     segments(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     (segment) =>
-      workingMemory.use(perSegment * o.chunkSize, async (buffer) => {
-        const data = buffer.subarray(0, segment.length);
-        await o.disk.read(data, segment.start);
-        return o.pool.hashSegment(data, o.chunkSize);
-      }),
-    (refs, segment) => o.onChunks(segment.index, refs),
+      segment.refs.includes(undefined)
+        ? workingMemory.use(perSegment * o.chunkSize, (buffer) => readAndHash(segment, buffer))
+        : Promise.resolve({ refs: segment.refs as ChunkRef[], bytesRead: 0 }),
+    (result, segment) => o.onChunks(segment.index, result.refs, result.bytesRead),
   );
   o.signal?.throwIfAborted();
 }

@@ -1,4 +1,4 @@
-import type { DiskReader, Repository } from '../dataplane';
+import type { DiskReader, Range, Repository } from '../dataplane';
 import type {
   Account,
   Disk,
@@ -130,6 +130,21 @@ export interface DiskView {
 }
 
 /**
+ * Where an open view's bytes can be told without reading them, for capture to read only what it must. Both lists may
+ * say more than the truth (a driver that cannot tell reports the whole disk), never less.
+ */
+export interface ViewRanges {
+  /** Where the view may hold non-zero bytes; everything else reads as zeros. */
+  data: Range[];
+  /**
+   * The ranges written since the views of snapshot `sinceSnapshotId` (the parent given to `openViews`) opened:
+   * everything else holds what that snapshot captured. Null when unknown (no write tracking, or none that can be
+   * trusted for this disk): every data range is to be read.
+   */
+  changed: { sinceSnapshotId: string; ranges: Range[] } | null;
+}
+
+/**
  * How a snapshot that had views ended, for their release: `kept` (SUCCESS: what changed since it is what the next
  * incremental reads) or `discarded` (failed or cancelled: the next incremental is measured against its parent again).
  */
@@ -169,6 +184,8 @@ export interface Hypervisor {
   openViews(vm: Vm, viewId: string, options: { parentViewId: string | null }): Promise<DiskView[]>;
   /** A reader of an open view (capture and compression read through one each); the caller closes it. */
   readView(view: DiskView): Promise<DiskReader>;
+  /** What capture can know of an open view without reading it (see ViewRanges). */
+  viewRanges(view: DiskView): Promise<ViewRanges>;
   /** Release the views; idempotent. `outcome` says whether the snapshot they were opened for is kept. */
   releaseViews(viewId: string, outcome: ViewOutcome): Promise<void>;
   /** The VM's current CPU and disk I/O utilisation, which scheduled snapshots wait on to drop. */

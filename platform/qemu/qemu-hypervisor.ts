@@ -1,13 +1,15 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import type { DiskReader } from '../../dataplane';
+import type { DiskReader, Range } from '../../dataplane';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
-import type { DiskView, Hypervisor, ViewOutcome } from '../ports';
+import type { DiskView, Hypervisor, ViewOutcome, ViewRanges } from '../ports';
 import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
 import { ProtocolUnavailableError } from './errors';
 import { closeViews, openViews } from './fleecing';
 import { FreezeGuardClient } from './freeze-guard';
+import { BASE_ALLOCATION, dirtyBitmapContext, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from './nbd';
+import type { NbdExtent } from './nbd';
 import { NbdDiskReader } from './nbd-reader';
 import { QmpClient } from './qmp';
 
@@ -41,6 +43,8 @@ export const QEMU_VM_FILES = { qmp: 'qmp.sock', agent: 'qga.sock', nbd: 'nbd.soc
 /** What an open view set records, so readers and the release (from any worker of the host) find its pieces. */
 const ViewRecordSchema = z.object({
   vmId: z.string(),
+  /** The parent snapshot given to openViews: what a usable parent bitmap counts the writes since. */
+  parentViewId: z.string().nullable(),
   newBitmap: z.string(),
   disks: z.array(
     z.object({
@@ -121,7 +125,12 @@ export class QemuHypervisor implements Hypervisor {
           sizeBytes: null,
         });
       }
-      const record: ViewRecord = { vmId: vm.id, newBitmap: checkpointBitmap(viewId), disks };
+      const record: ViewRecord = {
+        vmId: vm.id,
+        parentViewId: options.parentViewId,
+        newBitmap: checkpointBitmap(viewId),
+        disks,
+      };
       // Recorded before anything is made, so a release after a crash at any point finds what to undo.
       await this.writeViewRecord(viewId, record);
       const tempDir = this.file(vm.id, 'tempDir');
@@ -148,6 +157,35 @@ export class QemuHypervisor implements Hypervisor {
     const disk = record?.disks.find((d) => d.name === view.name);
     if (!record || !disk?.exportName) throw new Error(`View ${view.viewId} of disk ${view.name} is not open.`);
     return NbdDiskReader.open({ socketPath: this.file(record.vmId, 'nbd'), exportName: disk.exportName });
+  }
+
+  /**
+   * From the view's NBD export: data is every extent that `base:allocation` does not call a hole that reads as zeros
+   * (on a snapshot-access view its holes are a subset of the real ones: conservative); changed is what the parent's
+   * checkpoint bitmap marks dirty (`qemu:dirty-bitmap:<parent's bitmap>`), when that bitmap was usable for this disk.
+   */
+  async viewRanges(view: DiskView): Promise<ViewRanges> {
+    const record = await this.viewRecord(view.viewId);
+    const disk = record?.disks.find((d) => d.name === view.name);
+    if (!record || !disk?.exportName) throw new Error(`View ${view.viewId} of disk ${view.name} is not open.`);
+    const parent = disk.parentBitmap === null ? null : dirtyBitmapContext(disk.parentBitmap);
+    const reader = await NbdDiskReader.open({
+      socketPath: this.file(record.vmId, 'nbd'),
+      exportName: disk.exportName,
+      connections: 1,
+      metaContexts: parent === null ? [BASE_ALLOCATION] : [BASE_ALLOCATION, parent],
+    });
+    try {
+      const holes = NBD_STATE_HOLE | NBD_STATE_ZERO;
+      const allocation = await reader.blockStatus(BASE_ALLOCATION, 0, reader.size);
+      const data = rangesWhere(allocation, (flags) => (flags & holes) !== holes);
+      if (parent === null || record.parentViewId === null) return { data, changed: null };
+      const dirty = await reader.blockStatus(parent, 0, reader.size);
+      const ranges = rangesWhere(dirty, (flags) => (flags & NBD_STATE_DIRTY) !== 0);
+      return { data, changed: { sinceSnapshotId: record.parentViewId, ranges } };
+    } finally {
+      await reader.close();
+    }
   }
 
   async releaseViews(viewId: string, outcome: ViewOutcome): Promise<void> {
@@ -233,6 +271,11 @@ export class QemuHypervisor implements Hypervisor {
     await fs.writeFile(`${file}.tmp`, JSON.stringify(record));
     await fs.rename(`${file}.tmp`, file);
   }
+}
+
+/** The extents whose flags `keep` accepts, as ranges. */
+function rangesWhere(extents: NbdExtent[], keep: (flags: number) => boolean): Range[] {
+  return extents.filter((extent) => keep(extent.flags)).map(({ offset, length }) => ({ offset, length }));
 }
 
 /** Time the VM's disks spent serving requests so far, in nanoseconds (all devices). */

@@ -10,10 +10,13 @@ import {
   LocalRepository,
   ZERO_CHUNK,
   distinctChunks,
+  knownChunks,
+  openImageFile,
   restoreDisk,
   scanDisk,
   storeChunks,
   verifyManifest,
+  withDiskReader,
   withImageFile,
 } from '../../dataplane';
 import { damageChunk, loseChunk } from '../helpers/repository';
@@ -188,6 +191,90 @@ test('a scan resumed at a chunk hands over exactly the tail of a full scan, in o
   );
   expect(tail).toEqual(full.slice(41));
   expect(starts.length).toBeGreaterThan(1);
+});
+
+test('a scan reads only the chunks it does not know, and gives the same refs as a full scan', async () => {
+  const full = await scanRefs(pool, image, CHUNK);
+  const { size } = await fs.stat(image);
+  // Data in chunks 3–5 (a range across their edges), 40 and the short tail; the parent's refs for all but chunk 4, 40.
+  const data = [
+    { offset: 3 * CHUNK + 10, length: 2 * CHUNK },
+    { offset: 40 * CHUNK + 4096, length: 4096 },
+    { offset: size - 1, length: 1 },
+  ];
+  const changed = [
+    { offset: 4 * CHUNK, length: 1 },
+    { offset: 40 * CHUNK, length: CHUNK },
+  ];
+  // The parent's refs are the real ones, except where the view changed (a stale ref that must not survive).
+  const parentChunks = full.map((ref, i) => (i === 4 || i === 40 ? 'f'.repeat(64) : ref));
+  const known = knownChunks({ sizeBytes: size, chunkSize: CHUNK, data, incremental: { changed, parentChunks } });
+  const reads: { position: number; length: number }[] = [];
+  const opened = await openImageFile(image);
+  const counting = {
+    read: (buffer: Buffer, position: number) => {
+      reads.push({ position, length: buffer.length });
+      return opened.read(buffer, position);
+    },
+    close: () => opened.close(),
+  };
+  const refs: string[] = [];
+  let bytesRead = 0;
+  await withDiskReader(Promise.resolve(counting), (disk) =>
+    scanDisk({
+      disk,
+      sizeBytes: size,
+      chunkSize: CHUNK,
+      pool,
+      known,
+      onChunks: (_, segment, read) => {
+        refs.push(...segment);
+        bytesRead += read;
+      },
+    }),
+  );
+  // Chunks 4 and 40 are read (one read each); everything else comes from the parent or is zero.
+  expect(reads).toEqual([
+    { position: 4 * CHUNK, length: CHUNK },
+    { position: 40 * CHUNK, length: CHUNK },
+  ]);
+  expect(bytesRead).toBe(2 * CHUNK);
+  const expected = full.map((ref, i) => ([3, 4, 5, 40, full.length - 1].includes(i) ? ref : ZERO_CHUNK));
+  expect(refs).toEqual(expected);
+});
+
+test('without a parent, a scan reads every chunk a data range touches, neighbours in one read', async () => {
+  const full = await scanRefs(pool, image, CHUNK);
+  const { size } = await fs.stat(image);
+  const data = [
+    { offset: 2 * CHUNK - 1, length: 2 },
+    { offset: 9 * CHUNK, length: 3 * CHUNK },
+  ];
+  const reads: number[][] = [];
+  const opened = await openImageFile(image);
+  const counting = {
+    read: (buffer: Buffer, position: number) => {
+      reads.push([position, buffer.length]);
+      return opened.read(buffer, position);
+    },
+    close: () => opened.close(),
+  };
+  const refs: string[] = [];
+  await withDiskReader(Promise.resolve(counting), (disk) =>
+    scanDisk({
+      disk,
+      sizeBytes: size,
+      chunkSize: CHUNK,
+      pool,
+      known: knownChunks({ sizeBytes: size, chunkSize: CHUNK, data, incremental: null }),
+      onChunks: (_, segment) => void refs.push(...segment),
+    }),
+  );
+  expect(reads).toEqual([
+    [1 * CHUNK, 2 * CHUNK],
+    [9 * CHUNK, 3 * CHUNK],
+  ]);
+  expect(refs).toEqual(full.map((ref, i) => ([1, 2, 9, 10, 11].includes(i) ? ref : ZERO_CHUNK)));
 });
 
 test('an aborted scan stops promptly with the abort reason', async () => {

@@ -1,11 +1,16 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { DEFAULT_CHUNK_SIZE } from '../../dataplane';
+import type { Range } from '../../dataplane';
 import type { Vm } from '../../domain/model';
 import { LocalHypervisor, writeGuestBlocks } from '../../platform/local';
 import type { DiskView } from '../../platform/ports';
-import { waitFor } from '../helpers/snapshot-env';
+import type { SnapshotWorkflowResult } from '../../workflows/snapshot';
+import { createSnapshotEnv, fileHash, waitFor } from '../helpers/snapshot-env';
+import type { SnapshotEnv } from '../helpers/snapshot-env';
 
 /** 1 MiB and a bit: the last 64 KiB copy-before-write block is a short one. */
 const DISK_BYTES = 1024 * 1024 + 1000;
@@ -220,4 +225,121 @@ test('renewing a freeze whose lease expired fails, though no guest write broke i
   );
   await hypervisor.thaw(vm);
   await expect(fs.access(path.join(root, 'locks', vm.id))).rejects.toThrow();
+});
+
+const MiB = 1024 * 1024;
+const SPARSE_BYTES = 32 * MiB;
+/** What the sparse disk holds (random bytes, so no chunk is zero or a duplicate), the rest being holes. */
+const SPARSE_DATA: Range[] = [
+  { offset: 100 * 4096, length: 4096 },
+  { offset: 10 * MiB, length: MiB },
+  { offset: SPARSE_BYTES - 4096, length: 4096 },
+];
+
+/** A sparse raw disk holding SPARSE_DATA; returns its content. */
+async function makeSparseDisk(file: string): Promise<Buffer> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const content = Buffer.alloc(SPARSE_BYTES);
+  const handle = await fs.open(file, 'w');
+  try {
+    await handle.truncate(SPARSE_BYTES);
+    for (const { offset, length } of SPARSE_DATA) {
+      const data = randomBytes(length);
+      data.copy(content, offset);
+      await handle.write(data, 0, length, offset);
+    }
+  } finally {
+    await handle.close();
+  }
+  return content;
+}
+
+/** Bytes of the chunks that `ranges` touch. */
+function touchedChunkBytes(ranges: Range[]): number {
+  const chunks = new Set<number>();
+  for (const { offset, length } of ranges) {
+    for (let c = Math.floor(offset / DEFAULT_CHUNK_SIZE); c * DEFAULT_CHUNK_SIZE < offset + length; c++) chunks.add(c);
+  }
+  return chunks.size * DEFAULT_CHUNK_SIZE;
+}
+
+test('a view of a sparse disk reports its allocated ranges as data, covering every non-zero byte it shows', async () => {
+  const file = path.join(root, 'disks', 'vm-sparse', 'root.raw');
+  const content = await makeSparseDisk(file);
+  vm = { ...vm, id: 'vm-sparse', disks: [{ name: 'root', path: file, sizeBytes: SPARSE_BYTES }] };
+  const view = await openView('snap-sparse');
+  // After the view opened, the guest writes into a hole and over data: the view keeps showing zeros and the old data.
+  const hole = { offset: 20 * MiB, data: Buffer.alloc(4096, 'new data in a hole ') };
+  await writeGuestBlocks(hypervisor, vm, 'root', [hole, { offset: 10 * MiB + 5, data: Buffer.alloc(100, 'over') }]);
+  const ranges = await hypervisor.viewRanges(view);
+  expect(ranges.changed).toBeNull();
+  // The allocated extents: the data, and the block the guest allocated since (conservative: the view reads zeros).
+  expect(ranges.data).toEqual([...SPARSE_DATA.slice(0, 2), { offset: 20 * MiB, length: 4096 }, SPARSE_DATA[2]]);
+  const shown = await readWhole(view, 4 * MiB);
+  expect(shown.equals(content)).toBe(true);
+  await hypervisor.releaseViews('snap-sparse');
+});
+
+describe('capture of a sparse disk through the snapshot workflow', () => {
+  let env: SnapshotEnv;
+
+  beforeAll(async () => {
+    env = await createSnapshotEnv();
+    await env.startWorker();
+  });
+
+  afterAll(async () => {
+    await env.close();
+  });
+
+  test('reads only the chunks its data touches, and restores byte-identically', async () => {
+    const seeded = env.platform.catalog.getVm('vm-trainer-01')!;
+    const file = path.join(env.platform.dataDir, 'disks', 'vm-sparse-01', 'root.raw');
+    const content = await makeSparseDisk(file);
+    const sparse: Vm = {
+      ...seeded,
+      id: 'vm-sparse-01',
+      name: 'sparse-01',
+      disks: [{ name: 'root', path: file, sizeBytes: SPARSE_BYTES }],
+    };
+    env.platform.catalog.putVm(sparse);
+    const snapshot = async (name: string) => {
+      const started = await env.snapshots.createSnapshot({
+        accountId: sparse.accountId,
+        vmId: sparse.id,
+        region: sparse.region,
+        name,
+        createAsImage: false,
+      });
+      const result = (await env.client.workflow.getHandle(started.workflowId).result()) as SnapshotWorkflowResult;
+      if (result.status !== 'SUCCESS') throw new Error(`snapshot ${name} ended ${result.status}`);
+      return result;
+    };
+    const restoredHash = async (snapshotId: string) => {
+      const target = path.join(env.platform.dataDir, `restored-${snapshotId}.raw`);
+      await env.snapshots.restoreDisk({
+        accountId: sparse.accountId,
+        snapshotId,
+        diskName: 'root',
+        targetPath: target,
+      });
+      return fileHash(target);
+    };
+
+    const full = await snapshot('sparse-full');
+    expect(full.captureBytesRead).toBe(touchedChunkBytes(SPARSE_DATA));
+    expect(full.logicalBytes).toBe(SPARSE_BYTES);
+    const contentPath = path.join(env.platform.dataDir, 'expected.raw');
+    await fs.writeFile(contentPath, content);
+    expect(await restoredHash(full.snapshotId)).toBe(await fileHash(contentPath));
+
+    // A write into a hole makes one more chunk data; the embedded driver tracks no writes, so it reads all the data.
+    const write = { offset: 20 * MiB, data: randomBytes(4096) };
+    await writeGuestBlocks(env.platform.hypervisor, sparse, 'root', [write]);
+    write.data.copy(content, write.offset);
+    const next = await snapshot('sparse-next');
+    expect(next.captureBytesRead).toBe(touchedChunkBytes([...SPARSE_DATA, { offset: write.offset, length: 4096 }]));
+    await fs.writeFile(contentPath, content);
+    expect(await restoredHash(next.snapshotId)).toBe(await fileHash(contentPath));
+  }, 240_000);
 });

@@ -1,0 +1,221 @@
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { DEFAULT_CHUNK_SIZE } from '../../dataplane';
+import type { Vm } from '../../domain/model';
+import { NbdClient } from '../../platform/qemu/nbd';
+import { QmpClient } from '../../platform/qemu/qmp';
+import { QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../../platform/qemu/qemu-hypervisor';
+import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
+import type { SnapshotWorkflowResult } from '../../workflows/snapshot';
+import { createSnapshotEnv, fileHash } from '../helpers/snapshot-env';
+import type { SnapshotEnv } from '../helpers/snapshot-env';
+
+/**
+ * Capture with the QEMU driver reads only what it must, through the real workflow against qemu-storage-daemon: a
+ * full snapshot reads the chunks the view's `base:allocation` reports as data, an incremental only the chunks the
+ * parent's dirty bitmap marks, and a chain of incrementals restores byte-identically.
+ */
+
+const exec = promisify(execFile);
+const MiB = 2 ** 20;
+const CHUNK = DEFAULT_CHUNK_SIZE;
+const DISK_BYTES = 32 * MiB;
+const VM_ID = 'vm-capture-01';
+/** The writable export of the disk node, on the process's NBD server: how the test plays the guest. */
+const WRITABLE_EXPORT = 'root-rw';
+
+let hostDir: string;
+let daemon: StorageDaemon | undefined;
+let env: SnapshotEnv;
+let disk: NbdClient | undefined;
+
+beforeAll(async () => {
+  env = await createSnapshotEnv();
+});
+
+afterAll(async () => {
+  await env.close();
+});
+
+beforeEach(async () => {
+  hostDir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-qemu-capture-'));
+  const dir = qemuVmDir(hostDir, VM_ID);
+  await fs.mkdir(dir, { recursive: true });
+  const image = path.join(dir, 'root.qcow2');
+  await exec('qemu-img', ['create', '-q', '-f', 'qcow2', image, String(DISK_BYTES)]);
+  daemon = await startStorageDaemon({ dir, disks: [{ nodeName: 'root', path: image }] });
+  // The NBD server runs on the socket the driver exports its views on (one server per process).
+  const nbdSocket = path.join(dir, QEMU_VM_FILES.nbd);
+  const qmp = await QmpClient.connect(daemon.qmpSocket);
+  try {
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
+    await qmp.execute('block-export-add', {
+      type: 'nbd',
+      id: WRITABLE_EXPORT,
+      'node-name': 'root',
+      name: WRITABLE_EXPORT,
+      writable: true,
+    });
+  } finally {
+    await qmp.close();
+  }
+  disk = await NbdClient.connect({ socketPath: nbdSocket, exportName: WRITABLE_EXPORT });
+});
+
+afterEach(async () => {
+  await disk?.disconnect();
+  disk = undefined;
+  await daemon?.stop();
+  daemon = undefined;
+  await fs.rm(hostDir, { recursive: true, force: true });
+});
+
+/**
+ * The QEMU driver for a process without a guest: qemu-storage-daemon has no guest agent, so there is nothing to
+ * freeze (the freeze path is tested with a booted guest in qemu-hypervisor.test.ts); everything else is the driver's.
+ */
+class GuestlessQemuHypervisor extends QemuHypervisor {
+  override async freeze(): Promise<void> {}
+  override async renewFreeze(): Promise<void> {}
+  override async thaw(): Promise<void> {}
+}
+
+function vmRecord(): Vm {
+  return {
+    id: VM_ID,
+    accountId: 'acme',
+    name: 'capture-01',
+    region: 'CANADA-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ACTIVE',
+    config: { vcpus: 1 },
+    disks: [{ name: 'root', path: path.join(qemuVmDir(hostDir, VM_ID), 'root.qcow2'), sizeBytes: DISK_BYTES }],
+    labels: [],
+  };
+}
+
+/** Writes random bytes at each offset (through the writable export); returns the chunks the writes touch. */
+async function writeRandom(writes: { offset: number; length: number }[]): Promise<Set<number>> {
+  const touched = new Set<number>();
+  for (const { offset, length } of writes) {
+    for (let at = offset; at < offset + length; at += MiB) {
+      await disk!.write(at, randomBytes(Math.min(MiB, offset + length - at)));
+    }
+    for (let c = Math.floor(offset / CHUNK); c * CHUNK < offset + length; c++) touched.add(c);
+  }
+  await disk!.flush();
+  return touched;
+}
+
+/** SHA-256 of the disk as it is now, read through the writable export. */
+async function diskHash(): Promise<string> {
+  const hash = createHash('sha256');
+  for (let at = 0; at < DISK_BYTES; at += MiB) hash.update(await disk!.read(at, MiB));
+  return hash.digest('hex');
+}
+
+async function snapshot(vm: Vm, name: string): Promise<SnapshotWorkflowResult & { status: 'SUCCESS' }> {
+  const started = await env.snapshots.createSnapshot({
+    accountId: vm.accountId,
+    vmId: vm.id,
+    region: vm.region,
+    name,
+    createAsImage: false,
+  });
+  const result = (await env.client.workflow.getHandle(started.workflowId).result()) as SnapshotWorkflowResult;
+  if (result.status !== 'SUCCESS') throw new Error(`snapshot ${name} ended ${result.status}`);
+  return result;
+}
+
+async function restoredHash(vm: Vm, snapshotId: string): Promise<string> {
+  const target = path.join(hostDir, `restored-${snapshotId}.raw`);
+  await env.snapshots.restoreDisk({ accountId: vm.accountId, snapshotId, diskName: 'root', targetPath: target });
+  return fileHash(target);
+}
+
+test('a full snapshot reads only the data; incrementals read exactly the chunks written since; the chain restores', async () => {
+  const vm = vmRecord();
+  env.platform.catalog.putVm(vm);
+  await env.startWorker({ hypervisor: new GuestlessQemuHypervisor(hostDir) });
+  // A third of the disk holds data, in two regions; the rest was never written (unallocated qcow2 clusters).
+  const data = await writeRandom([
+    { offset: 0, length: 8 * MiB },
+    { offset: 20 * MiB, length: 3 * MiB },
+  ]);
+  const full = await snapshot(vm, 'capture-full');
+  expect(full.captureBytesRead).toBe(data.size * CHUNK);
+  const expected = [{ id: full.snapshotId, hash: await diskHash() }];
+
+  // Three incrementals, each after 12 scattered 4 KiB writes (into data and into holes; some share a chunk).
+  for (let round = 1; round <= 3; round++) {
+    const writes = Array.from({ length: 12 }, (_, i) => ({
+      offset: ((i * 797 + round * 131) % (DISK_BYTES / 4096)) * 4096,
+      length: 4096,
+    }));
+    const touched = await writeRandom(writes);
+    const incremental = await snapshot(vm, `capture-incremental-${round}`);
+    expect(env.platform.catalog.getSnapshot(incremental.snapshotId)?.parentSnapshotId).toBe(expected.at(-1)!.id);
+    expect(incremental.captureBytesRead).toBe(touched.size * CHUNK);
+    expected.push({ id: incremental.snapshotId, hash: await diskHash() });
+  }
+
+  for (const { id, hash } of expected) expect(await restoredHash(vm, id)).toBe(hash);
+}, 300_000);
+
+test('viewRanges: data where the disk is allocated; changed: the clusters written since a usable parent bitmap', async () => {
+  const vm = vmRecord();
+  const hypervisor = new QemuHypervisor(hostDir);
+  const CLUSTER = 64 * 1024; // qcow2's default cluster, the granularity of its allocation and of the dirty bitmap
+  await writeRandom([
+    { offset: 0, length: 2 * MiB },
+    { offset: 9 * MiB + 100, length: 10 },
+  ]);
+  const [first] = await hypervisor.openViews(vm, 'snap-a', { parentViewId: null });
+  expect(await hypervisor.viewRanges(first!)).toEqual({
+    data: [
+      { offset: 0, length: 2 * MiB },
+      { offset: 9 * MiB, length: CLUSTER },
+    ],
+    changed: null,
+  });
+  await hypervisor.releaseViews('snap-a', 'kept');
+
+  await writeRandom([
+    { offset: 5 * MiB + 4096, length: 4096 },
+    { offset: MiB, length: 4096 },
+  ]);
+  const [second] = await hypervisor.openViews(vm, 'snap-b', { parentViewId: 'snap-a' });
+  // A write after the views opened is the next snapshot's change, not this one's. Into a hole, it makes the view's
+  // base:allocation report data there (copy-before-write preserved the hole's zeros): conservative, never less.
+  await writeRandom([{ offset: 30 * MiB, length: 4096 }]);
+  expect(await hypervisor.viewRanges(second!)).toEqual({
+    data: [
+      { offset: 0, length: 2 * MiB },
+      { offset: 5 * MiB, length: CLUSTER },
+      { offset: 9 * MiB, length: CLUSTER },
+      { offset: 30 * MiB, length: CLUSTER },
+    ],
+    changed: {
+      sinceSnapshotId: 'snap-a',
+      ranges: [
+        { offset: MiB, length: CLUSTER },
+        { offset: 5 * MiB, length: CLUSTER },
+      ],
+    },
+  });
+  const reader = await hypervisor.readView(second!);
+  const preserved = Buffer.alloc(CLUSTER, 1);
+  await reader.read(preserved, 30 * MiB);
+  await reader.close();
+  expect(preserved.equals(Buffer.alloc(CLUSTER))).toBe(true);
+  await hypervisor.releaseViews('snap-b', 'discarded');
+
+  // A parent whose bitmap the disk does not have: the capture is full.
+  const [third] = await hypervisor.openViews(vm, 'snap-c', { parentViewId: 'snap-unknown' });
+  expect((await hypervisor.viewRanges(third!)).changed).toBeNull();
+  await hypervisor.releaseViews('snap-c', 'discarded');
+}, 120_000);
