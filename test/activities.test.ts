@@ -79,7 +79,9 @@ describe('capture activity', () => {
       disks,
     });
     const details = heartbeats as StageHeartbeat<CaptureCheckpoint>[];
-    expect(result.bytesRead).toBe(result.bytesTotal);
+    // Only the chunks the views' data ranges touch are read: the seeded images are sparse.
+    expect(result.bytesRead).toBeGreaterThan(0);
+    expect(result.bytesRead).toBeLessThan(result.bytesTotal);
     expect(result.resumedFromBytes).toBe(0);
     expect(details.length).toBeGreaterThan(2);
     expect(details.at(-1)).toMatchObject({
@@ -104,7 +106,8 @@ describe('capture activity', () => {
       heartbeatDetails: { checkpoint: { disk: 1, chunk: 10 }, progress: null },
     }).run(activities.captureSnapshot, { snapshotId: 'snap-resume', region: 'CANADA-1' as const, disks });
     expect(resumed.resumedFromBytes).toBe(disks[0]!.sizeBytes + 10 * full.chunkSize);
-    expect(resumed.bytesRead).toBe(disks[1]!.sizeBytes - 10 * full.chunkSize);
+    expect(resumed.bytesRead).toBeGreaterThan(0);
+    expect(resumed.bytesRead).toBeLessThanOrEqual(disks[1]!.sizeBytes - 10 * full.chunkSize);
     expect(await repository.readJournal('snap-resume', 'data')).toEqual(journal);
   });
 
