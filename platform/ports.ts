@@ -39,6 +39,7 @@ export type SnapshotPatch = Partial<
     | 'status'
     | 'parentSnapshotId'
     | 'vmConfig'
+    | 'consistency'
     | 'failureType'
     | 'failureReason'
     | 'logicalBytes'
