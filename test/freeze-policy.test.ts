@@ -4,11 +4,13 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
 import { z } from 'zod';
 import { CreateSnapshotRequestSchema } from '../domain/requests';
 import { GuestFreezeError } from '../domain/errors';
 import type { Quiesce, Vm } from '../domain/model';
 import { parsePolicy } from '../domain/policies';
+import { SqliteCatalog } from '../platform/local/sqlite-catalog';
 import { bitmapsOf } from '../platform/qemu/bitmaps';
 import { FreezeGuardClient } from '../platform/qemu/freeze-guard';
 import { createRootDisk, ensureGuestImage, GUEST } from '../platform/qemu/guest-image';
@@ -216,4 +218,42 @@ describe('a booted guest with its agent', () => {
     const record = await (await snapshot(vm, 'with-agent', 'required')).done;
     expect([record.status, record.consistency]).toEqual(['SUCCESS', { kind: 'application-consistent' }]);
   }, 600_000);
+});
+
+test('a catalog made before consistency was recorded gains its columns on open; its snapshots read as not known', async () => {
+  const file = path.join(hostDir, 'catalog.sqlite');
+  const catalog = new SqliteCatalog(file);
+  catalog.putAccount(env.platform.catalog.getAccount('acme')!);
+  catalog.putVm(vmRecord('vm-old', []));
+  const reserved = catalog.reserveSnapshot({
+    id: 'snap-old',
+    accountId: 'acme',
+    vmId: 'vm-old',
+    vmName: 'old',
+    region: 'CANADA-1',
+    name: 'old',
+    description: '',
+    createAsImage: false,
+    workflowId: 'snapshot/acme/old',
+    idempotencyKey: null,
+    policyId: null,
+    requestDigest: null,
+    requestedAt: new Date().toISOString(),
+  });
+  catalog.close();
+  // The schema as it was: without the two columns.
+  const db = new Database(file);
+  db.exec('ALTER TABLE snapshots DROP COLUMN consistency; ALTER TABLE snapshots DROP COLUMN consistency_reason');
+  db.close();
+  const reopened = new SqliteCatalog(file);
+  try {
+    expect(reopened.getSnapshot(reserved.id)?.consistency).toBeNull();
+    const reason = 'the guest agent did not answer within 10 s';
+    reopened.updateSnapshot(reserved.id, { consistency: { kind: 'crash-consistent', reason } });
+    expect(reopened.getSnapshot(reserved.id)?.consistency).toEqual({ kind: 'crash-consistent', reason });
+    reopened.updateSnapshot(reserved.id, { consistency: { kind: 'application-consistent' } });
+    expect(reopened.getSnapshot(reserved.id)?.consistency).toEqual({ kind: 'application-consistent' });
+  } finally {
+    reopened.close();
+  }
 });
