@@ -203,8 +203,11 @@ describe('the Snapshots page in Chromium', () => {
     await dialog.getByLabel('Snapshot name').fill(name);
     await dialog.getByLabel('Description').fill(description);
     await dialog.getByRole('switch', { name: 'Create as Image' }).check();
+    await dialog.getByRole('switch', { name: 'Require application-consistent' }).check();
     await screenshot(page, '07-advanced-options');
+    const posted = page.waitForRequest((r) => r.method() === 'POST' && r.url().endsWith('/api/snapshots'));
     await submitButton(dialog).click();
+    expect((await posted).postDataJSON()).toMatchObject({ quiesce: 'required' });
     await dialog.waitFor({ state: 'hidden' });
 
     const row = snapshotRow(page, name);

@@ -280,6 +280,7 @@ async function submitCreate(event) {
         name: $('name').value,
         description: $('description').value,
         createAsImage: $('create-as-image').checked,
+        quiesce: $('require-quiesce').checked ? 'required' : 'best-effort',
         idempotencyKey: state.idempotencyKey,
       }),
     });
