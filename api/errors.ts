@@ -35,6 +35,7 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   PolicyExists: 409,
   DiskChanged: 409,
   Cancelled: 409,
+  GuestFreezeFailed: 409,
   ChunkCorrupt: 500,
   ChunkMissing: 500,
   ManifestMissing: 500,

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { CURRENCIES } from '../domain/billing';
 import { SnapshotErrorType } from '../domain/errors';
-import { RegionSchema, SnapshotStatusSchema, VmStatusSchema } from '../domain/model';
+import { QuiesceSchema, RegionSchema, SnapshotStatusSchema, VmStatusSchema } from '../domain/model';
 import { CadenceSchema, PolicyTargetSchema } from '../domain/policies';
 import { CreateSnapshotRequestSchema, SnapshotNameSchema, VmNameSchema } from '../domain/requests';
 import { RetentionSchema } from '../domain/retention';
@@ -94,6 +94,10 @@ export const SnapshotSchema = z.object({
   region: RegionSchema,
   status: SnapshotStatusSchema,
   createAsImage: z.boolean(),
+  consistency: z
+    .string()
+    .nullable()
+    .describe('"application-consistent" or "crash-consistent: <why the guest was not frozen>"; null until initiated'),
   createdAt: z.string(),
   completedAt: z.string().nullable(),
   failureType: z.string().nullable(),
@@ -142,6 +146,7 @@ export const PolicyListSchema = z.object({
       window: z.string().describe('e.g. "02:00–05:00 America/Toronto, Mon–Sun"'),
       retention: RetentionSchema,
       createAsImage: z.boolean(),
+      quiesce: QuiesceSchema,
       paused: z.boolean(),
       note: z.string().nullable(),
       nextRuns: z.array(z.string()).describe('ISO 8601 instants'),

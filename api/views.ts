@@ -3,7 +3,7 @@ import type { PolicyView } from '../client/policy-client';
 import type { Currency } from '../domain/billing';
 import { formatMoney } from '../domain/billing';
 import type { SnapshotProgress, SnapshotRecord } from '../domain/model';
-import { SNAPSHOT_STAGES } from '../domain/model';
+import { SNAPSHOT_STAGES, describeConsistency } from '../domain/model';
 import { formatWindow } from '../domain/windows';
 import type { Money, Progress, SnapshotView } from './schemas';
 
@@ -32,6 +32,7 @@ export function snapshotView(
     // The workflow's live status is newer than the catalog's while the snapshot runs.
     status: record.progress?.status ?? record.status,
     createAsImage: record.createAsImage,
+    consistency: describeConsistency(record.consistency),
     createdAt: record.createdAt,
     completedAt: record.completedAt,
     failureType: record.failureType,
@@ -71,6 +72,7 @@ export function policyView(view: PolicyView) {
     window: formatWindow(policy.window),
     retention: policy.retention,
     createAsImage: policy.createAsImage,
+    quiesce: policy.quiesce,
     paused: view.paused,
     note: view.note,
     nextRuns: view.nextRuns.map((t) => t.toISOString()),

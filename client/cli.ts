@@ -6,7 +6,7 @@ import { loadConfig } from '../domain/config';
 import { SnapshotError } from '../domain/errors';
 import { isIdOf } from '../domain/ids';
 import { REGIONS, VmLoadSchema } from '../domain/model';
-import type { Region, SnapshotRecord } from '../domain/model';
+import type { Quiesce, Region, SnapshotRecord } from '../domain/model';
 import { formatLoad } from '../domain/policies';
 import type { Cadence, PolicyTarget, SnapshotPolicy, SnapshotPolicyInput } from '../domain/policies';
 import { snapshotNameKey } from '../domain/requests';
@@ -101,13 +101,26 @@ program
   .addOption(regionOption().default(undefined, "the VM's region"))
   .option('--description <text>', 'description', '')
   .option('--image', 'also register the snapshot as a boot image ("Create as Image")', false)
+  .option(
+    '--quiesce <mode>',
+    'required: fail if the guest cannot be frozen; best-effort: take a crash-consistent snapshot then',
+    'best-effort',
+  )
   .option('--no-wait', 'return once the snapshot is accepted')
   .action(
     action(
       async (
         { snapshots },
         account,
-        options: { vm: string; name: string; region?: Region; description: string; image: boolean; wait: boolean },
+        options: {
+          vm: string;
+          name: string;
+          region?: Region;
+          description: string;
+          image: boolean;
+          quiesce: Quiesce;
+          wait: boolean;
+        },
       ) => {
         const vm = snapshots.findVm(account, options.vm);
         const started = await snapshots.createSnapshot({
@@ -117,6 +130,8 @@ program
           name: options.name,
           description: options.description,
           createAsImage: options.image,
+          // Checked by the client: anything but the two modes is InvalidRequest.
+          quiesce: options.quiesce,
           requestedBy: `cli:${process.env.USER ?? 'unknown'}`,
         });
         const hold = snapshots.creditHold(account, vm?.id ?? options.vm).text;
@@ -385,6 +400,7 @@ interface PolicyOptions {
   nameTemplate?: string;
   purpose?: string;
   image?: boolean;
+  quiesce?: Quiesce;
   keepLast?: number;
   keepDaily?: number;
   keepWeekly?: number;
@@ -416,6 +432,7 @@ function addPolicyOptions(command: Command, create: boolean): Command {
     new Option('--name-template <template>', 'snapshot names, from {vm} {purpose} {date} {time} {version}'),
     new Option('--purpose <purpose>', 'the {purpose} of the name template (policy default "scheduled")'),
     new Option('--image', 'also register the snapshots as boot images'),
+    new Option('--quiesce <mode>', 'required or best-effort (policy default): when a guest cannot be frozen'),
     number('--keep-last <n>', 'retention: keep the newest n snapshots of each VM').makeOptionMandatory(create),
     number('--keep-daily <n>', 'retention: and the newest of each of the last n days'),
     number('--keep-weekly <n>', 'retention: and the newest of each of the last n ISO weeks'),
@@ -486,6 +503,7 @@ function policyFields(options: PolicyOptions, target: PolicyTarget | undefined, 
     nameTemplate: options.nameTemplate,
     purpose: options.purpose,
     createAsImage: options.image,
+    quiesce: options.quiesce,
     retention: completed(
       current?.retention,
       defined({

@@ -1,3 +1,4 @@
+import { describeConsistency } from '../domain/model';
 import type { SnapshotRecord } from '../domain/model';
 
 /** C0 controls but the newline, DEL and C1 controls: what a terminal may act on (ESC sequences, CSI, bell). */
@@ -74,6 +75,7 @@ export function snapshotDetails(s: SnapshotRecord): string {
     ['Region', s.region],
     ['Status', s.status],
     ['Create as image', s.createAsImage ? 'yes' : 'no'],
+    ['Consistency', describeConsistency(s.consistency) ?? '- (not initiated)'],
     ['Policy', s.policyId ?? '- (not scheduled)'],
     ['Incremental parent', s.parentSnapshotId ?? '- (full)'],
     ['Logical size', formatBytes(s.logicalBytes)],

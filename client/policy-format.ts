@@ -72,6 +72,7 @@ export function policyDetails({ policy, scheduleId, paused, note, nextRuns, rece
     ['On window close', policy.onWindowClose],
     ['Name template', `${policy.nameTemplate} (purpose "${policy.purpose}")`],
     ['Create as image', policy.createAsImage ? 'yes' : 'no'],
+    ['Quiesce', policy.quiesce],
     ['Retention', formatRetention(policy.retention)],
     ['Jitter', `${policy.jitterSeconds} s`],
     ['Paused', `${paused ? 'yes' : 'no'}${note ? ` (${note})` : ''}`],

@@ -15,6 +15,8 @@ export function requestFingerprint(request: ValidCreateSnapshotRequest): string 
     request.description,
     request.createAsImage,
     request.policyId ?? null,
+    // Appended only when not the default, so the digests stored before quiesce existed still match their retries.
+    ...(request.quiesce === 'required' ? ['quiesce:required'] : []),
   ]);
 }
 

@@ -31,6 +31,11 @@ export const SnapshotErrorType = {
   PolicyExists: 'PolicyExists',
   ImageNotFound: 'ImageNotFound',
   InvalidVmName: 'InvalidVmName',
+  /**
+   * The guest could not be frozen (its agent is absent, silent or refused) and the request's `quiesce` is `required`:
+   * nothing was captured. Start the guest agent in the VM, or ask for `best-effort` to accept a crash-consistent copy.
+   */
+  GuestFreezeFailed: 'GuestFreezeFailed',
   /** The client cannot reach the Temporal server (not started, or another address). */
   TemporalUnavailable: 'TemporalUnavailable',
   /** No worker polls a task queue the request needs: it would wait until one starts. */
@@ -69,6 +74,7 @@ export const PERMANENT_ERROR_TYPES: readonly SnapshotErrorType[] = [
   'InvalidPolicy',
   'ImageNotFound',
   'InvalidVmName',
+  'GuestFreezeFailed',
 ];
 
 /** An error with a stable type; thrown by domain code, the platform adapters and the client library. */
@@ -79,6 +85,25 @@ export class SnapshotError extends Error {
     message: string,
   ) {
     super(message);
+  }
+}
+
+/**
+ * A hypervisor could not freeze the guest's file systems. `reason` is the short cause a snapshot records when it falls
+ * back to a crash-consistent copy (`the guest agent did not answer within 10 s`); the message says what to do when the
+ * freeze was required.
+ */
+export class GuestFreezeError extends SnapshotError {
+  constructor(
+    vmId: string,
+    readonly reason: string,
+  ) {
+    super(
+      'GuestFreezeFailed',
+      `The guest of VM ${vmId} could not be frozen for an application-consistent snapshot: ${reason}. Make sure ` +
+        'qemu-guest-agent runs in the VM (with its virtio-serial channel), or snapshot with quiesce "best-effort" to ' +
+        'accept a crash-consistent snapshot.',
+    );
   }
 }
 

@@ -82,6 +82,28 @@ export type SnapshotStage = z.infer<typeof SnapshotStageSchema>;
 export const SnapshotStatusSchema = z.enum([...SNAPSHOT_STAGES, 'SUCCESS', 'FAILED', 'DAMAGED', 'DELETED']);
 export type SnapshotStatus = z.infer<typeof SnapshotStatusSchema>;
 
+/**
+ * Whether a snapshot must quiesce the guest (as cloud APIs name it): `required` fails with `GuestFreezeFailed` when
+ * the guest cannot be frozen; `best-effort` (the default) then takes a crash-consistent snapshot and records why.
+ */
+export const QUIESCE_MODES = ['best-effort', 'required'] as const;
+export const QuiesceSchema = z.enum(QUIESCE_MODES);
+export type Quiesce = z.infer<typeof QuiesceSchema>;
+export const DEFAULT_QUIESCE: Quiesce = 'best-effort';
+
+/**
+ * What a snapshot's point in time guarantees: `application-consistent` (taken while the guest's file systems were
+ * frozen, so flushed) or `crash-consistent` (the guest could not be frozen: the disks as after a power cut, all at the
+ * same instant; writes still in the guest's page cache are missing), with the reason.
+ */
+export type Consistency = { kind: 'application-consistent' } | { kind: 'crash-consistent'; reason: string };
+
+/** How a snapshot's consistency reads everywhere it is shown: `crash-consistent: <reason>`, or null before initiation. */
+export function describeConsistency(consistency: Consistency | null): string | null {
+  if (consistency === null) return null;
+  return consistency.kind === 'crash-consistent' ? `crash-consistent: ${consistency.reason}` : consistency.kind;
+}
+
 export interface SnapshotRecord {
   id: string;
   accountId: string;
@@ -95,6 +117,8 @@ export interface SnapshotRecord {
   workflowId: string;
   parentSnapshotId: string | null;
   vmConfig: Record<string, unknown> | null;
+  /** What initiation got: frozen (application-consistent) or not (crash-consistent, with why); null until then. */
+  consistency: Consistency | null;
   failureType: string | null;
   failureReason: string | null;
   /** Sum of the captured disks' sizes. */

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { SnapshotError } from './errors';
-import { RegionSchema } from './model';
+import { DEFAULT_QUIESCE, QuiesceSchema, RegionSchema } from './model';
 import type { Vm, VmLoad } from './model';
 import { DEFAULT_NAME_TEMPLATE, NameTemplateSchema, PurposeSchema } from './naming';
 import { RetentionSchema } from './retention';
@@ -60,6 +60,8 @@ export const SnapshotPolicySchema = z
     /** The `{purpose}` of the name template. */
     purpose: PurposeSchema.default('scheduled'),
     createAsImage: z.boolean().default(false),
+    /** The `quiesce` of the snapshots the policy makes. */
+    quiesce: QuiesceSchema.default(DEFAULT_QUIESCE),
     retention: RetentionSchema,
     /** Random delay added to each start, so many policies with the same window do not start at the same second. */
     jitterSeconds: z.number().int().min(0).max(3600).default(30),

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { isIdOf } from './ids';
-import { RegionSchema } from './model';
+import { DEFAULT_QUIESCE, QuiesceSchema, RegionSchema } from './model';
 import { caseFold, confusableKey, isHighlyRestrictive, isWellFormed } from './text';
 
 /** Longest description stored; the UI has no limit, the server bounds it so one request cannot bloat the catalog. */
@@ -81,6 +81,8 @@ export const CreateSnapshotRequestSchema = z
       .max(MAX_DESCRIPTION_LENGTH, `must be at most ${MAX_DESCRIPTION_LENGTH} characters`)
       .default(''),
     createAsImage: z.boolean().default(false),
+    /** Freeze the guest or fail (`required`), or fall back to a crash-consistent snapshot (`best-effort`). */
+    quiesce: QuiesceSchema.default(DEFAULT_QUIESCE),
     requestedBy: z.string().max(200).default('unknown'),
     /** Retrying a request with the same key returns the snapshot it created instead of failing or duplicating. */
     idempotencyKey: z.string().min(1).max(200).optional(),

@@ -39,6 +39,7 @@ export type SnapshotPatch = Partial<
     | 'status'
     | 'parentSnapshotId'
     | 'vmConfig'
+    | 'consistency'
     | 'failureType'
     | 'failureReason'
     | 'logicalBytes'
@@ -168,6 +169,10 @@ export interface Hypervisor {
    *   guard, and when a deadline passes unrenewed the guard itself sends guest-fsfreeze-thaw over the VM's agent
    *   socket. It records its leases in a file and, when it restarts, thaws every VM it finds there (thaw is
    *   idempotent), so neither a dead worker nor a dead guard leaves a guest frozen.
+   *
+   * A guest that cannot be frozen (no agent, a silent one, a refusal) fails with `GuestFreezeError`, whose `reason` a
+   * crash-consistent snapshot records; the driver then owns any thaw a late freeze needs. Other failures (the driver's
+   * own) are other errors, retried.
    */
   freeze(vm: Vm, lease: { leaseMs: number }): Promise<void>;
   /**

@@ -170,6 +170,7 @@ describe('HTTP API', () => {
       ['requester in the body', 'acme', createBody('ok', { requestedBy: 'someone' }), 400, 'InvalidRequest'],
       ['unknown region', 'acme', createBody('ok', { region: 'MARS-1' }), 400, 'InvalidRequest'],
       ['wrong type', 'acme', createBody('ok', { createAsImage: 'yes' }), 400, 'InvalidRequest'],
+      ['unknown quiesce', 'acme', createBody('ok', { quiesce: 'sometimes' }), 400, 'InvalidRequest'],
       ['missing VM', 'acme', { region: 'CANADA-1', name: 'ok' }, 400, 'InvalidRequest'],
       ['malformed JSON', 'acme', '{"name": ', 400, 'InvalidRequest'],
       [
@@ -225,6 +226,8 @@ describe('HTTP API', () => {
       expect(progress!.percent).toBeLessThanOrEqual(100);
     }
     expect(final).toMatchObject({ status: 'SUCCESS', progress: null, logicalBytes: 96 * MiB, failureType: null });
+    // The embedded driver always freezes the guest.
+    expect(final.consistency).toBe('application-consistent');
     expect(final.storedBytes).toBeGreaterThan(0);
     expect(final.cost).toBeNull();
 

@@ -125,6 +125,7 @@ describe('the Snapshots page in Chromium', () => {
     expect(await row.getByRole('progressbar').count()).toBe(0);
     expect(await row.getByRole('cell').nth(0).textContent()).toBe('trainer-01');
     expect(await row.textContent()).toMatch(/MiB stored \(96\.0 MiB of disks\)/);
+    expect(await row.locator('.consistency').textContent()).toBe('application-consistent');
     await screenshot(page, '03-snapshot-success');
     await page.context().close();
   });
@@ -202,8 +203,11 @@ describe('the Snapshots page in Chromium', () => {
     await dialog.getByLabel('Snapshot name').fill(name);
     await dialog.getByLabel('Description').fill(description);
     await dialog.getByRole('switch', { name: 'Create as Image' }).check();
+    await dialog.getByRole('switch', { name: 'Require application-consistent' }).check();
     await screenshot(page, '07-advanced-options');
+    const posted = page.waitForRequest((r) => r.method() === 'POST' && r.url().endsWith('/api/snapshots'));
     await submitButton(dialog).click();
+    expect((await posted).postDataJSON()).toMatchObject({ quiesce: 'required' });
     await dialog.waitFor({ state: 'hidden' });
 
     const row = snapshotRow(page, name);

@@ -73,10 +73,16 @@ test('create, list, show and restore work end to end', async () => {
   expect(created.stderr).toContain('SUCCESS');
   expect(created.stdout).toMatch(/Status:\s+SUCCESS/);
   expect(created.stdout).toMatch(/Compression ratio:\s+\d+\.\d+x/);
+  expect(created.stdout).toMatch(/Consistency:\s+application-consistent/);
 
   const list = await snap('list');
   expect(list.stdout).toMatch(/cli-nightly-v1\s+trainer-02\s+CANADA-1\s+SUCCESS/);
-  expect((await snap('show', 'cli-nightly-v1')).stdout).toContain('from the CLI');
+  const shown = (await snap('show', 'cli-nightly-v1')).stdout;
+  expect(shown).toContain('from the CLI');
+  expect(shown).toMatch(/Consistency:\s+application-consistent/);
+  const unknownMode = await snap('create', '--vm', 'trainer-02', '--name', 'cli-quiesce', '--quiesce', 'sometimes');
+  expect(unknownMode.code).not.toBe(0);
+  expect(unknownMode.stderr).toContain('InvalidRequest');
 
   const target = path.join(env.platform.dataDir, 'cli-root.raw');
   const restored = await snap('restore', 'cli-nightly-v1', '--disk', 'root', '--to', target);

@@ -104,6 +104,7 @@ describe('every rule has a typed refusal that changes nothing', () => {
             name: 'bypass',
             description: '',
             createAsImage: false,
+            quiesce: 'best-effort',
             requestedBy: 'test',
           },
         },

@@ -175,6 +175,7 @@ describe('snapshot workflow on a real Temporal server', () => {
             name: 'not-active',
             description: '',
             createAsImage: false,
+            quiesce: 'best-effort',
             requestedBy: 'test',
           },
         },

@@ -89,7 +89,7 @@ describe('Web UI inspection of snapshot workflows', () => {
     capture.release();
     const record = await env.snapshots.watchProgress(started);
     expect(record.status).toBe('SUCCESS');
-    expect(await currentDetails(started.workflowId)).toMatch(/^\*\*SUCCESS\*\*/);
+    expect(await currentDetails(started.workflowId)).toMatch(/^\*\*SUCCESS\*\*.*, application-consistent$/);
   });
 
   test('the workflow is found by each of its five search attributes on its own', async () => {
@@ -118,6 +118,7 @@ describe('Web UI inspection of snapshot workflows', () => {
     expect(details).toContain(`**Snapshot**: ${name} (\`${started.snapshotId}\`)`);
     expect(details).toContain(`**Account**: acme, requested by ${REQUESTER}`);
     expect(details).toContain('**Description**: Before the CUDA upgrade');
+    expect(details).toContain('**Quiesce**: best-effort (crash-consistent if the guest cannot be frozen)');
   });
 
   test('every stage activity carries a summary in the history (validation on its local-activity marker)', async () => {

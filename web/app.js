@@ -150,6 +150,7 @@ function snapshotRow(snapshot) {
 
   const status = cell('td', text(`status status-${snapshot.status.toLowerCase()}`, snapshot.status));
   if (snapshot.failureType) status.append(text('detail', `${snapshot.failureType}: ${snapshot.failureReason}`));
+  if (snapshot.consistency) status.append(text('detail consistency', snapshot.consistency));
 
   row.append(
     name,
@@ -279,6 +280,7 @@ async function submitCreate(event) {
         name: $('name').value,
         description: $('description').value,
         createAsImage: $('create-as-image').checked,
+        quiesce: $('require-quiesce').checked ? 'required' : 'best-effort',
         idempotencyKey: state.idempotencyKey,
       }),
     });

@@ -96,6 +96,7 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
       name,
       description: policy.description || `Scheduled by policy ${policy.name}`,
       createAsImage: policy.createAsImage,
+      quiesce: policy.quiesce,
       requestedBy: `policy ${policy.name}`,
       policyId,
     };

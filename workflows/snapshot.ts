@@ -15,6 +15,7 @@ import {
 import type { Activities } from '../activities';
 import { idempotencyKeyReusedMessage, nameTakenMessage, requestFingerprint } from '../domain/acceptance';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
+import { describeConsistency } from '../domain/model';
 import type { Region, SnapshotRecord, SnapshotStage } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
@@ -128,9 +129,14 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     return answer.accepted;
   });
 
+  // Once verified: what the snapshot's point in time guarantees (records from before it was recorded have none).
+  let consistency: string | null = null;
   // The Web UI shows the current details (the stage) and the pending activity's heartbeat details (its progress).
   const showDetails = (): void => {
-    setCurrentDetails(`**${status}** — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})`);
+    setCurrentDetails(
+      `**${status}** — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})` +
+        (consistency ? `, ${consistency}` : ''),
+    );
   };
 
   const enter = (next: typeof status): void => {
@@ -161,7 +167,8 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     }
     undo.unshift(() => compensations.thawVm(snapshotId));
     undo.unshift(() => compensations.releaseViews(snapshotId, 'discarded'));
-    const disks = await run('INITIATING', initiation.initiateSnapshot, snapshotId);
+    // Runs started before `quiesce` existed have none: the activity takes the default then.
+    const disks = await run('INITIATING', initiation.initiateSnapshot, snapshotId, { quiesce: request.quiesce });
     undo.unshift(() => compensations.discardSnapshotData(snapshotId, vm.region));
     const captured = await run('CAPTURING', dataStages.captureSnapshot, { snapshotId, region: vm.region, disks });
     const compressed = await run('COMPRESSING', dataStages.compressSnapshot, {
@@ -176,6 +183,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       addedBytes: compressed.addedBytes,
     });
     verified = { region: vm.region, record, captureBytesRead: captured.bytesRead };
+    consistency = describeConsistency(record.consistency ?? null);
   } catch (error) {
     const reason = typedFailure(error);
     acceptance ??= { refused: reason };

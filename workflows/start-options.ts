@@ -40,6 +40,9 @@ export function snapshotStartOptions(
       `**Snapshot**: ${request.name} (\`${snapshotId}\`)`,
       `**Account**: ${request.accountId}, requested by ${request.requestedBy}`,
       `**Create as image**: ${request.createAsImage ? 'yes' : 'no'}`,
+      request.quiesce === 'required'
+        ? '**Quiesce**: required (fails if the guest cannot be frozen)'
+        : '**Quiesce**: best-effort (crash-consistent if the guest cannot be frozen)',
       request.policyId ? `**Policy**: ${request.policyId}` : '',
       request.description ? `**Description**: ${request.description}` : '',
     ]

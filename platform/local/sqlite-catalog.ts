@@ -4,6 +4,7 @@ import Database from 'better-sqlite3';
 import { SnapshotError } from '../../domain/errors';
 import type {
   Account,
+  Consistency,
   HourlyCharge,
   ImageRecord,
   Region,
@@ -98,6 +99,8 @@ interface SnapshotRow {
   workflow_id: string;
   parent_snapshot_id: string | null;
   vm_config: string | null;
+  consistency: Consistency['kind'] | null;
+  consistency_reason: string | null;
   failure_type: string | null;
   failure_reason: string | null;
   logical_bytes: number | null;
@@ -131,6 +134,7 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
     workflowId: row.workflow_id,
     parentSnapshotId: row.parent_snapshot_id,
     vmConfig: row.vm_config === null ? null : (JSON.parse(row.vm_config) as Record<string, unknown>),
+    consistency: toConsistency(row),
     failureType: row.failure_type,
     failureReason: row.failure_reason,
     logicalBytes: row.logical_bytes,
@@ -150,7 +154,14 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
   };
 }
 
-const PATCH_COLUMNS: Record<keyof SnapshotPatch, string> = {
+/** A crash-consistent snapshot's reason is kept in its own column (null for application-consistent ones). */
+function toConsistency(row: SnapshotRow): Consistency | null {
+  if (row.consistency === 'crash-consistent') return { kind: row.consistency, reason: row.consistency_reason ?? '' };
+  return row.consistency === null ? null : { kind: row.consistency };
+}
+
+/** The columns of the fields a patch may set that are stored in one column each. */
+const PATCH_COLUMNS: Record<Exclude<keyof SnapshotPatch, 'consistency'>, string> = {
   status: 'status',
   parentSnapshotId: 'parent_snapshot_id',
   vmConfig: 'vm_config',
@@ -174,6 +185,9 @@ const ADDED_COLUMNS: Record<string, string> = {
   deleted_reason: 'TEXT',
   request_digest: 'TEXT',
   manifest_digest: 'TEXT',
+  // Snapshots made before consistency was recorded stay null: not known.
+  consistency: 'TEXT',
+  consistency_reason: 'TEXT',
 };
 
 /**
@@ -420,15 +434,21 @@ export class SqliteCatalog implements Catalog {
   }
 
   updateSnapshot(id: string, patch: SnapshotPatch): SnapshotRecord {
-    const entries = Object.entries(patch).filter(([, value]) => value !== undefined) as [
-      keyof SnapshotPatch,
+    const { consistency, ...plain } = patch;
+    const entries = Object.entries(plain).filter(([, value]) => value !== undefined) as [
+      keyof typeof PATCH_COLUMNS,
       unknown,
     ][];
-    if (entries.length > 0) {
-      const sets = entries.map(([key]) => `${PATCH_COLUMNS[key]} = @${key}`).join(', ');
-      const values = Object.fromEntries(
-        entries.map(([key, value]) => [key, key === 'vmConfig' && value !== null ? JSON.stringify(value) : value]),
-      );
+    const sets = entries.map(([key]) => `${PATCH_COLUMNS[key]} = @${key}`);
+    const values: Record<string, unknown> = Object.fromEntries(
+      entries.map(([key, value]) => [key, key === 'vmConfig' && value !== null ? JSON.stringify(value) : value]),
+    );
+    if (consistency !== undefined) {
+      sets.push('consistency = @consistency', 'consistency_reason = @consistencyReason');
+      values.consistency = consistency?.kind ?? null;
+      values.consistencyReason = consistency?.kind === 'crash-consistent' ? consistency.reason : null;
+    }
+    if (sets.length > 0) {
       // Ending a snapshot settles its credit hold in the same statement: released on failure, converted on success.
       const hold =
         patch.status === 'FAILED'
@@ -436,7 +456,7 @@ export class SqliteCatalog implements Catalog {
           : patch.status === 'SUCCESS'
             ? `, hold_state = 'CONVERTED'`
             : '';
-      this.db.prepare(`UPDATE snapshots SET ${sets}${hold} WHERE id = @id`).run({ ...values, id });
+      this.db.prepare(`UPDATE snapshots SET ${sets.join(', ')}${hold} WHERE id = @id`).run({ ...values, id });
     }
     const updated = this.getSnapshot(id);
     if (!updated) throw new SnapshotError('SnapshotNotFound', `Snapshot ${id} does not exist.`);

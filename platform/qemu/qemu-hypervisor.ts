@@ -2,10 +2,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import type { DiskReader, Range } from '../../dataplane';
+import { GuestFreezeError } from '../../domain/errors';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
 import type { DiskView, Hypervisor, ViewOutcome, ViewRanges } from '../ports';
 import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
-import { ProtocolUnavailableError } from './errors';
+import { FreezeGuardError, FreezeGuardErrorType, ProtocolUnavailableError, type AgentFailure } from './errors';
 import { closeViews, openViews } from './fleecing';
 import { FreezeGuardClient } from './freeze-guard';
 import { BASE_ALLOCATION, dirtyBitmapContext, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from './nbd';
@@ -60,6 +61,9 @@ const ViewRecordSchema = z.object({
 });
 type ViewRecord = z.infer<typeof ViewRecordSchema>;
 
+/** How long the guard waits on the guest agent for a freeze: a silent agent costs a snapshot at most this. */
+const FREEZE_TIMEOUT_MS = 10_000;
+
 // How long a readLoad watches the VM's counters: utilisation is their change over this interval.
 const LOAD_SAMPLE_MS = 1_000;
 
@@ -94,8 +98,18 @@ export class QemuHypervisor implements Hypervisor {
     this.guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
   }
 
+  /**
+   * A guest whose agent cannot freeze it is a `GuestFreezeError` with the agent's cause (no agent socket: at once; a
+   * silent agent: after the guard's 10 s freeze timeout); the guard's own failures keep their FreezeGuardError.
+   */
   async freeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
-    await this.guard.freeze({ vmId: vm.id, agentSocket: this.file(vm.id, 'agent'), leaseMs: lease.leaseMs });
+    const agentSocket = this.file(vm.id, 'agent');
+    try {
+      await this.guard.freeze({ vmId: vm.id, agentSocket, leaseMs: lease.leaseMs, timeoutMs: FREEZE_TIMEOUT_MS });
+    } catch (error) {
+      if (!(error instanceof FreezeGuardError) || error.type !== FreezeGuardErrorType.GuestFreezeFailed) throw error;
+      throw new GuestFreezeError(vm.id, freezeFailureReason(error.details.agentError, agentSocket));
+    }
   }
 
   async renewFreeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
@@ -276,6 +290,22 @@ export class QemuHypervisor implements Hypervisor {
 /** The extents whose flags `keep` accepts, as ranges. */
 function rangesWhere(extents: NbdExtent[], keep: (flags: number) => boolean): Range[] {
   return extents.filter((extent) => keep(extent.flags)).map(({ offset, length }) => ({ offset, length }));
+}
+
+/** Why the agent could not freeze the guest, as a snapshot records it (`crash-consistent: <reason>`). */
+function freezeFailureReason(agentError: AgentFailure | undefined, agentSocket: string): string {
+  switch (agentError?.type) {
+    case 'GuestAgentUnavailable':
+      return `the VM has no guest agent channel (nothing listens on ${agentSocket})`;
+    case 'GuestAgentTimeout':
+      return `the guest agent did not answer within ${FREEZE_TIMEOUT_MS / 1000} s`;
+    case 'GuestAgentConnectionClosed':
+      return 'the guest agent channel closed during the freeze';
+    case 'GuestAgentCommandFailed':
+      return `the guest agent refused the freeze (${agentError.message})`;
+    default:
+      return `the guest agent could not freeze it (${agentError?.message ?? 'no answer'})`;
+  }
 }
 
 /** Time the VM's disks spent serving requests so far, in nanoseconds (all devices). */

@@ -1,0 +1,259 @@
+import { execFile } from 'node:child_process';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
+import { z } from 'zod';
+import { CreateSnapshotRequestSchema } from '../domain/requests';
+import { GuestFreezeError } from '../domain/errors';
+import type { Quiesce, Vm } from '../domain/model';
+import { parsePolicy } from '../domain/policies';
+import { SqliteCatalog } from '../platform/local/sqlite-catalog';
+import { bitmapsOf } from '../platform/qemu/bitmaps';
+import { FreezeGuardClient } from '../platform/qemu/freeze-guard';
+import { createRootDisk, ensureGuestImage, GUEST } from '../platform/qemu/guest-image';
+import { QmpClient } from '../platform/qemu/qmp';
+import { QemuHypervisor, QEMU_VM_FILES, qemuVmDir } from '../platform/qemu/qemu-hypervisor';
+import { startStorageDaemon, type StorageDaemon } from '../platform/qemu/storage-daemon';
+import { startQemuVm, type QemuVm } from '../platform/qemu/vm-process';
+import { socketAccepts } from '../platform/qemu/wire';
+import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
+import { createSnapshotEnv, refusal } from './helpers/snapshot-env';
+
+/**
+ * The freeze policy (`quiesce`): a guest that cannot be frozen gives a crash-consistent snapshot that says why
+ * (`best-effort`, the default) or a `GuestFreezeFailed` failure that leaves nothing behind (`required`); a guest whose
+ * agent freezes it gives an application-consistent one. Real qemu-storage-daemon (no agent) and a booted TCG guest.
+ */
+
+const exec = promisify(execFile);
+const MiB = 2 ** 20;
+const DISK_BYTES = 8 * MiB;
+const BOOT_TIMEOUT_MS = 300_000;
+
+const nodesSchema = z.array(z.object({ 'node-name': z.string() }));
+const exportsSchema = z.array(z.object({ id: z.string() }));
+
+let hostDir: string;
+let env: SnapshotEnv;
+// One worker at a time on the env's queue, over the QEMU driver of the test's host folder.
+let worker: RunningWorker | undefined;
+
+beforeAll(async () => {
+  env = await createSnapshotEnv();
+});
+
+afterAll(async () => {
+  await env.close();
+});
+
+beforeEach(async () => {
+  hostDir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-quiesce-'));
+});
+
+afterEach(async () => {
+  await worker?.stop();
+  worker = undefined;
+  // The guard outlives the worker by design; the test ends it. (A client asking a guard that is not there would
+  // start one.)
+  const guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
+  if (await socketAccepts(guard.socketPath)) process.kill((await guard.status()).pid, 'SIGTERM');
+  await fs.rm(hostDir, { recursive: true, force: true });
+});
+
+function vmRecord(id: string, disks: { name: string; path: string }[]): Vm {
+  return {
+    id,
+    accountId: 'acme',
+    name: id.replace(/^vm-/, ''),
+    region: 'CANADA-1',
+    flavor: 'H100-SXM5-80GB',
+    status: 'ACTIVE',
+    config: { vcpus: 1 },
+    disks: disks.map((disk) => ({ ...disk, sizeBytes: DISK_BYTES })),
+    labels: [],
+  };
+}
+
+/** The node names, exports and bitmaps of the QEMU process: what a snapshot could leave behind. */
+async function blockState(qmpSocket: string) {
+  const qmp = await QmpClient.connect(qmpSocket);
+  try {
+    const nodes = nodesSchema.parse(await qmp.execute('query-named-block-nodes', { flat: true }));
+    return {
+      nodes: nodes.map((n) => n['node-name']).filter((name) => !name.startsWith('#')),
+      exports: exportsSchema.parse(await qmp.execute('query-block-exports')).map((e) => e.id),
+      bitmaps: ((await bitmapsOf(qmp, 'root')) ?? []).map((b) => b.name),
+    };
+  } finally {
+    await qmp.close();
+  }
+}
+
+async function snapshot(vm: Vm, name: string, quiesce?: Quiesce) {
+  const started = await env.snapshots.createSnapshot({
+    accountId: vm.accountId,
+    vmId: vm.id,
+    region: vm.region,
+    name,
+    ...(quiesce ? { quiesce } : {}),
+  });
+  return { started, done: env.snapshots.watchProgress(started) };
+}
+
+describe('a VM without a guest agent (qemu-storage-daemon)', () => {
+  let daemon: StorageDaemon | undefined;
+  let vm: Vm;
+
+  beforeEach(async () => {
+    const dir = qemuVmDir(hostDir, 'vm-noagent-01');
+    await fs.mkdir(dir, { recursive: true });
+    const disk = { name: 'root', path: path.join(dir, 'root.qcow2') };
+    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', disk.path, String(DISK_BYTES)]);
+    await exec('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 0 ${DISK_BYTES / 2}`, disk.path]);
+    daemon = await startStorageDaemon({ dir, disks: [{ nodeName: disk.name, path: disk.path }] });
+    vm = vmRecord('vm-noagent-01', [disk]);
+    env.platform.catalog.putVm(vm);
+    worker = await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
+  });
+
+  afterEach(async () => {
+    await daemon?.stop();
+    daemon = undefined;
+  });
+
+  test('by default it is snapshotted crash-consistent, and the snapshot records why', async () => {
+    const { done } = await snapshot(vm, 'no-agent-default');
+    const record = await done;
+    expect(record.status).toBe('SUCCESS');
+    expect(record.consistency).toEqual({
+      kind: 'crash-consistent',
+      reason: expect.stringContaining('the VM has no guest agent channel') as string,
+    });
+    expect(record.logicalBytes).toBe(DISK_BYTES);
+  }, 120_000);
+
+  test('with quiesce "required" the snapshot fails GuestFreezeFailed and leaves no view, export or bitmap', async () => {
+    const before = await blockState(daemon!.qmpSocket);
+    const { started, done } = await snapshot(vm, 'no-agent-required', 'required');
+    const error = await refusal(done);
+    expect(error.type).toBe('GuestFreezeFailed');
+    expect(error.message).toMatch(/could not be frozen.*no guest agent channel.*quiesce "best-effort"/s);
+    const record = env.platform.catalog.getSnapshot(started.snapshotId)!;
+    expect([record.status, record.failureType, record.consistency]).toEqual(['FAILED', 'GuestFreezeFailed', null]);
+    expect(await blockState(daemon!.qmpSocket)).toEqual(before);
+    expect(before).toEqual({ nodes: ['root'], exports: [], bitmaps: [] });
+    expect(await fs.readdir(path.join(hostDir, 'views')).catch(() => [])).toEqual([]);
+  }, 120_000);
+});
+
+test('a guest agent that never answers fails the freeze within the 10 s freeze timeout, with that reason', async () => {
+  const dir = qemuVmDir(hostDir, 'vm-silent-01');
+  await fs.mkdir(dir, { recursive: true });
+  // Accepts the agent connection and reads, but never replies: a guest whose agent hangs.
+  const silent = net.createServer((socket) => socket.resume());
+  await new Promise<void>((resolve) => silent.listen(path.join(dir, QEMU_VM_FILES.agent), resolve));
+  try {
+    const hypervisor = new QemuHypervisor(hostDir);
+    const vm = vmRecord('vm-silent-01', []);
+    const error = await hypervisor.freeze(vm, { leaseMs: 5_000 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(GuestFreezeError);
+    expect((error as GuestFreezeError).reason).toBe('the guest agent did not answer within 10 s');
+  } finally {
+    await new Promise((resolve) => silent.close(resolve));
+  }
+}, 60_000);
+
+test('quiesce values other than "required" and "best-effort" are refused, in requests and policies', async () => {
+  const request = { accountId: 'acme', vmId: 'vm-1', region: 'CANADA-1' as const, name: 'n' };
+  expect(CreateSnapshotRequestSchema.parse(request).quiesce).toBe('best-effort');
+  expect(CreateSnapshotRequestSchema.safeParse({ ...request, quiesce: 'always' }).success).toBe(false);
+  const error = await refusal(
+    env.snapshots.createSnapshot({ ...request, quiesce: 'always' as Quiesce }).then(() => undefined),
+  );
+  expect(error.type).toBe('InvalidRequest');
+  expect(() =>
+    parsePolicy({
+      accountId: 'acme',
+      name: 'nightly',
+      target: { vmIds: ['vm-1'] },
+      cadence: { kind: 'daily' },
+      window: { start: '01:00', end: '05:00', timeZone: 'UTC' },
+      retention: { keepLast: 3 },
+      quiesce: 'sometimes',
+    }),
+  ).toThrow(/Invalid quiesce/);
+});
+
+describe('a booted guest with its agent', () => {
+  let qemu: QemuVm | undefined;
+
+  afterEach(async () => {
+    await qemu?.stop();
+    qemu = undefined;
+  });
+
+  test('is snapshotted application-consistent, with quiesce "required"', async () => {
+    const image = await ensureGuestImage(path.join(__dirname, '../.cache/guest'));
+    const dir = qemuVmDir(hostDir, 'vm-agent-01');
+    await fs.mkdir(dir, { recursive: true });
+    const rootDisk = path.join(dir, 'root.qcow2');
+    await createRootDisk(rootDisk, { sizeBytes: DISK_BYTES, files: { 'hello.txt': 'hello\n' } });
+    qemu = await startQemuVm({
+      dir,
+      disks: [{ nodeName: 'root', path: rootDisk }],
+      kernel: image.kernel,
+      initrd: image.initrd,
+      append: GUEST.writerAppend,
+    });
+    await qemu.waitForAgent(BOOT_TIMEOUT_MS);
+    const vm = vmRecord('vm-agent-01', [{ name: 'root', path: rootDisk }]);
+    env.platform.catalog.putVm(vm);
+    worker = await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
+    const record = await (await snapshot(vm, 'with-agent', 'required')).done;
+    expect([record.status, record.consistency]).toEqual(['SUCCESS', { kind: 'application-consistent' }]);
+  }, 600_000);
+});
+
+test('a catalog made before consistency was recorded gains its columns on open; its snapshots read as not known', async () => {
+  const file = path.join(hostDir, 'catalog.sqlite');
+  const catalog = new SqliteCatalog(file);
+  catalog.putAccount(env.platform.catalog.getAccount('acme')!);
+  catalog.putVm(vmRecord('vm-old', []));
+  const reserved = catalog.reserveSnapshot({
+    id: 'snap-old',
+    accountId: 'acme',
+    vmId: 'vm-old',
+    vmName: 'old',
+    region: 'CANADA-1',
+    name: 'old',
+    description: '',
+    createAsImage: false,
+    workflowId: 'snapshot/acme/old',
+    idempotencyKey: null,
+    policyId: null,
+    requestDigest: null,
+    requestedAt: new Date().toISOString(),
+  });
+  catalog.close();
+  // The schema as it was: without the two columns.
+  const db = new Database(file);
+  db.exec('ALTER TABLE snapshots DROP COLUMN consistency; ALTER TABLE snapshots DROP COLUMN consistency_reason');
+  db.close();
+  const reopened = new SqliteCatalog(file);
+  try {
+    expect(reopened.getSnapshot(reserved.id)?.consistency).toBeNull();
+    const reason = 'the guest agent did not answer within 10 s';
+    reopened.updateSnapshot(reserved.id, { consistency: { kind: 'crash-consistent', reason } });
+    expect(reopened.getSnapshot(reserved.id)?.consistency).toEqual({ kind: 'crash-consistent', reason });
+    reopened.updateSnapshot(reserved.id, { consistency: { kind: 'application-consistent' } });
+    expect(reopened.getSnapshot(reserved.id)?.consistency).toEqual({ kind: 'application-consistent' });
+  } finally {
+    reopened.close();
+  }
+});
