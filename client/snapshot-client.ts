@@ -41,6 +41,8 @@ export interface SnapshotClientOptions {
 export interface StartedSnapshot {
   snapshotId: string;
   workflowId: string;
+  /** The run that makes it, when known: watchProgress follows that run rather than the workflow id's latest. */
+  runId?: string;
 }
 
 export interface EligibleVm {
@@ -173,7 +175,7 @@ export class SnapshotClient {
     started: StartedSnapshot,
     onProgress: (progress: SnapshotProgress) => void = () => undefined,
   ): Promise<SnapshotRecord> {
-    const handle = this.options.client.workflow.getHandle<typeof snapshotWorkflow>(started.workflowId);
+    const handle = this.options.client.workflow.getHandle<typeof snapshotWorkflow>(started.workflowId, started.runId);
     const result = handle.result();
     const outcome = await pollUntil(result, async () => {
       const progress = await this.readProgress(started.snapshotId, handle);

@@ -11,6 +11,11 @@ export interface AcceptanceRequest {
 export interface Acceptance {
   snapshotId: string;
   workflowId: string;
+  /**
+   * The run that makes the snapshot, when it is the one that answered: a watcher follows that run, not whichever run
+   * of the workflow id is the latest (a later request with the same name starts a new run once this one ended).
+   */
+  runId?: string;
 }
 
 /**

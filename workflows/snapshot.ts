@@ -159,7 +159,13 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   try {
     // The run's start is when the request arrived: validation compares it with the VM's other snapshots.
     const vm = await run('VALIDATING', checks.validateSnapshot, input, workflowInfo().startTime.toISOString());
-    acceptance = { accepted: { snapshotId: vm.snapshotId, workflowId: vm.workflowId } };
+    acceptance = {
+      accepted: {
+        snapshotId: vm.snapshotId,
+        workflowId: vm.workflowId,
+        ...(vm.snapshotId === snapshotId ? { runId: workflowInfo().runId } : {}),
+      },
+    };
     if (vm.snapshotId !== snapshotId) {
       // An earlier request with this idempotency key made the snapshot: nothing to make, nothing to compensate.
       await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
