@@ -40,7 +40,8 @@ beforeAll(async () => {
   fs.mkdirSync(SCREENSHOTS, { recursive: true });
   env = await createSnapshotEnv();
   // Capture at 24 MiB/s: a test VM's 96 MiB take about four seconds, long enough to watch the progress bar.
-  worker = await env.startWorker({ captureMaxBytesPerSecond: 24 * MiB });
+  // Slow enough that the page, polling each second, sees the capture's progress (capture reads only data chunks).
+  worker = await env.startWorker({ captureMaxBytesPerSecond: 8 * MiB });
   api = await startApiServer(env);
   // Playwright gives every launch a fresh, empty user data directory of its own.
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS });

@@ -91,7 +91,10 @@ test('the worker and the API expose Prometheus metrics of a real snapshot and a 
   expect(valueOf(fromWorker, 'snap_snapshots_ended', { ...queue, outcome: 'failed', failure_type: 'Cancelled' })).toBe(
     1,
   );
-  expect(valueOf(fromWorker, 'snap_stage_bytes', { stage: 'captureSnapshot', direction: 'read' })).toBe(diskBytes);
+  // Capture reads only the chunks the (sparse) seeded images hold data in.
+  const captureRead = valueOf(fromWorker, 'snap_stage_bytes', { stage: 'captureSnapshot', direction: 'read' });
+  expect(captureRead).toBeGreaterThan(0);
+  expect(captureRead).toBeLessThanOrEqual(diskBytes);
   expect(valueOf(fromWorker, 'snap_stage_bytes', { stage: 'compressSnapshot', direction: 'stored' })).toBe(
     record.addedBytes,
   );
