@@ -1,3 +1,4 @@
+import { promises as fs } from 'node:fs';
 import type { SnapshotProgress } from '../domain/model';
 import { createSnapshotEnv } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
@@ -49,10 +50,18 @@ async function throttledSnapshot(name: string, bytesPerSecond: number) {
   }
 }
 
+/** The bytes trainer-02's disks hold (capture reads only those, and the throttle counts what it reads). */
+async function trainerDataBytes(): Promise<number> {
+  const vm = env.platform.catalog.getVm('vm-trainer-02')!;
+  const sizes = await Promise.all(vm.disks.map(async (disk) => (await fs.stat(disk.path)).blocks * 512));
+  return sizes.reduce((sum, bytes) => sum + bytes, 0);
+}
+
 test('a snapshot history has a fixed number of events however long its stages run, and progress still advances', async () => {
   // About 3 s of capture, then about 9 s.
-  const short = await throttledSnapshot('history-short', 32e6);
-  const long = await throttledSnapshot('history-long', 32e6 / 3);
+  const dataBytes = await trainerDataBytes();
+  const short = await throttledSnapshot('history-short', dataBytes / 3);
+  const long = await throttledSnapshot('history-long', dataBytes / 9);
   expect(long.own).toEqual(short.own);
   expect([short.signals, long.signals]).toEqual([0, 0]);
   expect(short.events).toBeLessThan(HISTORY_EVENT_BOUND);
