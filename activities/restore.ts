@@ -1,6 +1,7 @@
-import { restoreDisk } from '../dataplane';
+import { restoreDisk, restoreDiskFile, withDiskWriter } from '../dataplane';
+import type { DiskWriter } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
-import type { Disk, Region, SnapshotRecord } from '../domain/model';
+import type { Disk, Region, SnapshotRecord, Vm } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
 import { checkOwnSnapshot } from '../domain/rules';
@@ -22,9 +23,10 @@ export interface RestoredVm {
 }
 
 /**
- * Restores: one disk of a SUCCESS snapshot to a raw image file, or a whole new VM from a snapshot or an image. Every
- * chunk's hash is verified as it is written and zero chunks stay holes; a file appears under its final name only
- * when complete, and a retry starts the disk over.
+ * Restores: one disk of a SUCCESS snapshot to a raw image file, or a whole new VM from a snapshot or an image (its
+ * disks created and written through the hypervisor driver, then the VM started). Every chunk's hash is verified
+ * before it is written and zero chunks are never written; a file appears under its final name only when complete,
+ * and a retry writes the disk again.
  */
 export function createRestoreActivities(deps: ActivityDeps) {
   const restorable = (accountId: string, snapshotId: string): SnapshotRecord => {
@@ -41,7 +43,15 @@ export function createRestoreActivities(deps: ActivityDeps) {
     return snapshot;
   };
 
-  const restoreOneDisk = async (source: RestoreSource, diskName: string, targetPath: string) => {
+  /** The VM a restore is building (registered by createRestoredVm). */
+  const restoringVm = (vmId: string): Vm => {
+    const vm = deps.catalog.getVm(vmId);
+    if (!vm) throw new Error(`VM ${vmId} is not registered; createRestoredVm registers it first.`);
+    return vm;
+  };
+
+  /** Restores one disk of the source's manifest, into a file or through a new VM's disk writer. */
+  const restoreOneDisk = async (source: RestoreSource, diskName: string, target: string | DiskWriter) => {
     const repository = deps.repositoryFor(source.region);
     const manifest = await readSnapshotManifest(deps, source.region, source.manifestId);
     const disk = manifest.disks.find((d) => d.name === diskName);
@@ -50,15 +60,16 @@ export function createRestoreActivities(deps: ActivityDeps) {
       throw new SnapshotError('DiskNotFound', `The snapshot has no disk "${diskName}" (it has: ${names}).`);
     }
     const reporter = new StageReporter<null>('RESTORING', disk.sizeBytes);
-    await restoreDisk({
+    const options = {
       manifest,
       diskName: disk.name,
       repository,
       pool: deps.pool,
-      target: targetPath,
       signal: reporter.signal,
-      onProgress: ({ bytesDone }) => reporter.update(bytesDone, null),
-    });
+      onProgress: ({ bytesDone }: { bytesDone: number }) => reporter.update(bytesDone, null),
+    };
+    if (typeof target === 'string') await restoreDiskFile({ ...options, target });
+    else await restoreDisk({ ...options, target });
     reporter.update(disk.sizeBytes, null);
     return { bytesRestored: disk.sizeBytes };
   };
@@ -110,7 +121,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
           throw new SnapshotError('InvalidVmName', `Account ${accountId} already has a VM named "${vmName}".`);
         }
         const manifest = await readSnapshotManifest(deps, from.region, from.manifestId);
-        const disks = await deps.hypervisor.diskPaths(input.vmId, manifest.disks);
+        const disks = await deps.hypervisor.createDisks(input.vmId, manifest.disks);
         const config = manifest.vmConfig;
         deps.catalog.putVm({
           id: input.vmId,
@@ -127,8 +138,19 @@ export function createRestoreActivities(deps: ActivityDeps) {
       });
     },
 
-    async restoreVmDisk(input: { source: RestoreSource; diskName: string; targetPath: string }) {
-      return withFailureTypes(() => restoreOneDisk(input.source, input.diskName, input.targetPath));
+    /** Writes one disk of a new VM (in BUILD state) through the hypervisor; a retry writes the disk again. */
+    async restoreVmDisk(input: { source: RestoreSource; vmId: string; diskName: string }) {
+      return withFailureTypes(async () => {
+        const vm = restoringVm(input.vmId);
+        return withDiskWriter(deps.hypervisor.writeDisk(vm, input.diskName), (writer) =>
+          restoreOneDisk(input.source, input.diskName, writer),
+        );
+      });
+    },
+
+    /** Starts the new VM once its disks are written, with the configuration the snapshot captured. */
+    async startRestoredVm(vmId: string): Promise<void> {
+      return withFailureTypes(() => deps.hypervisor.startVm(restoringVm(vmId)));
     },
 
     async activateRestoredVm(vmId: string): Promise<void> {
@@ -136,9 +158,9 @@ export function createRestoreActivities(deps: ActivityDeps) {
       if (vm) deps.catalog.putVm({ ...vm, status: 'ACTIVE' });
     },
 
-    /** Compensation: removes a half-restored VM, its disks and its catalog entry. Idempotent. */
+    /** Compensation: removes a half-restored VM (stopped if it runs), its disks and its catalog entry. Idempotent. */
     async discardRestoredVm(vmId: string): Promise<void> {
-      await deps.hypervisor.removeDisks(vmId);
+      await deps.hypervisor.removeVm(vmId);
       deps.catalog.deleteVm(vmId);
     },
   };

@@ -36,6 +36,7 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   DiskChanged: 409,
   Cancelled: 409,
   GuestFreezeFailed: 409,
+  VmNotBootable: 409,
   ChunkCorrupt: 500,
   ChunkMissing: 500,
   ManifestMissing: 500,

@@ -19,11 +19,21 @@ export type { GcProgress, GcResult } from './gc';
 export { openImageFile, withDiskReader, withImageFile } from './disk-reader';
 export { listDir, readExactly, syncDir } from './files';
 export type { DiskReader } from './disk-reader';
+export { openImageFileWriter, withDiskWriter } from './disk-writer';
+export type { DiskWriter } from './disk-writer';
 export { ChunkPool } from './pool';
 export { WriteBehind } from './write-behind';
 export { LocalRepository } from './repository';
 export type { Repository, StoredChunk } from './repository';
-export { dataActivityWorkingSet, manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';
+export {
+  dataActivityWorkingSet,
+  manifestStats,
+  restoreDisk,
+  restoreDiskFile,
+  scanDisk,
+  storeChunks,
+  verifyManifest,
+} from './pipeline';
 export { knownChunks } from './ranges';
 export type { Range } from './ranges';
 export { workingMemory } from './memory';

@@ -1,9 +1,10 @@
 import fs from 'node:fs/promises';
-import type { FileHandle } from 'node:fs/promises';
 import type { ChunkRef, Manifest } from './manifest';
 import { DEFAULT_CHUNK_SIZE, ZERO_CHUNK, chunkLength, distinctChunks } from './manifest';
 import type { DiskReader } from './disk-reader';
-import { DIRECT_IO_BLOCK, alignUp, neighbourRuns, withHandle, writeExactly } from './files';
+import type { DiskWriter } from './disk-writer';
+import { openImageFileWriter, withDiskWriter } from './disk-writer';
+import { DIRECT_IO_BLOCK, alignUp, neighbourRuns, withHandle } from './files';
 import type { ChunkPool } from './pool';
 import { frameBound } from './pool';
 import { workingMemory } from './memory';
@@ -331,45 +332,30 @@ export async function verifyManifest(o: {
   return { chunksVerified: verified, bytesVerified: bytesDone };
 }
 
-/**
- * Restores one disk to a raw image file byte-identical to the source at capture time. Zero chunks stay holes; every
- * other chunk is verified (hash) before it is written. The file is built as `<target>.partial` and renamed when
- * complete, so a failed restore never leaves a file that looks whole.
- */
-export async function restoreDisk(o: {
+/** What a restore of one disk reads from; see restoreDisk and restoreDiskFile. */
+interface RestoreOptions {
   manifest: Manifest;
   diskName: string;
   repository: Repository;
   pool: ChunkPool;
-  target: string;
   signal?: AbortSignal;
   onProgress?: (p: { bytesDone: number; bytesTotal: number }) => void;
-}): Promise<void> {
-  const disk = o.manifest.disks.find((d) => d.name === o.diskName);
-  if (!disk) throw new Error(`manifest of ${o.manifest.snapshotId} has no disk ${o.diskName}`);
-  const partial = `${o.target}.partial`;
-  try {
-    await withHandle(fs.open(partial, 'w'), (handle) => restoreInto(handle, disk, o));
-  } catch (error) {
-    await fs.rm(partial, { force: true });
-    throw error;
-  }
-  await fs.rename(partial, o.target);
 }
 
-/** Fills an open image file with a disk's chunks; see restoreDisk. */
-async function restoreInto(
-  handle: FileHandle,
-  disk: Manifest['disks'][number],
-  o: Parameters<typeof restoreDisk>[0],
-): Promise<void> {
-  // Zero chunks are never written: the file is sized first, so they stay holes and read back as zeros.
-  await handle.truncate(disk.sizeBytes);
+/**
+ * Restores one disk through `target`, a disk of the manifest's size that reads as zeros: afterwards it is
+ * byte-identical to the source at capture time. Zero chunks are never written; every other chunk is verified (hash)
+ * before it is written, and the writes are flushed at the end. Rewriting a disk a failed attempt half wrote gives the
+ * same result.
+ */
+export async function restoreDisk(o: RestoreOptions & { target: DiskWriter }): Promise<void> {
+  const disk = o.manifest.disks.find((d) => d.name === o.diskName);
+  if (!disk) throw new Error(`manifest of ${o.manifest.snapshotId} has no disk ${o.diskName}`);
   let bytesDone = 0;
   function* batches() {
-    for (let start = 0; start < disk.chunks.length; start += CHUNKS_PER_OPEN_TASK) {
+    for (let start = 0; start < disk!.chunks.length; start += CHUNKS_PER_OPEN_TASK) {
       o.signal?.throwIfAborted();
-      yield disk.chunks.slice(start, start + CHUNKS_PER_OPEN_TASK).map((ref, i) => ({ index: start + i, ref }));
+      yield disk!.chunks.slice(start, start + CHUNKS_PER_OPEN_TASK).map((ref, i) => ({ index: start + i, ref }));
     }
   }
   await orderedPipeline(
@@ -391,13 +377,31 @@ async function restoreInto(
         return { output, chunks: stored.map((item, i) => ({ index: item.index, data: chunks[i]! })) };
       }),
     async ({ output, chunks }, batch) => {
-      for (const { index, data } of chunks) await writeExactly(handle, data, index * disk.chunkSize);
+      await Promise.all(chunks.map(({ index, data }) => o.target.write(data, index * disk.chunkSize)));
       workingMemory.give(output);
       for (const item of batch) bytesDone += chunkLength(disk, item.index);
       o.onProgress?.({ bytesDone, bytesTotal: disk.sizeBytes });
     },
   );
-  await handle.sync();
+  await o.target.flush();
+}
+
+/**
+ * Restores one disk to a raw image file (sparse: zero chunks stay holes). The file is built as `<target>.partial`
+ * and renamed when complete, so a failed restore never leaves a file that looks whole.
+ */
+export async function restoreDiskFile(o: RestoreOptions & { target: string }): Promise<void> {
+  const disk = o.manifest.disks.find((d) => d.name === o.diskName);
+  if (!disk) throw new Error(`manifest of ${o.manifest.snapshotId} has no disk ${o.diskName}`);
+  const partial = `${o.target}.partial`;
+  try {
+    await withHandle(fs.open(partial, 'w'), (handle) => handle.truncate(disk.sizeBytes));
+    await withDiskWriter(openImageFileWriter(partial), (target) => restoreDisk({ ...o, target }));
+  } catch (error) {
+    await fs.rm(partial, { force: true });
+    throw error;
+  }
+  await fs.rename(partial, o.target);
 }
 
 export interface ManifestStats {

@@ -25,6 +25,11 @@ export const ConfigSchema = z.object({
   SNAP_HYPERVISOR: z.enum(['local', 'qemu']).default('local'),
   /** The QEMU driver's folder on this host: the VMs' sockets, the freeze guard's state, open views' records. */
   SNAP_QEMU_HOST_DIR: z.string().optional(),
+  /**
+   * How the QEMU driver runs the VMs it starts (restores): `kvm` on a hypervisor host; `tcg` (emulation) where KVM
+   * does not work, as on the CI machine, whose guests hang under KVM.
+   */
+  SNAP_QEMU_ACCEL: z.enum(['kvm', 'tcg']).default('kvm'),
   /** The HTTP API and the Snapshots page (`npm run api`, `npm run demo`). */
   SNAP_HTTP_HOST: z.string().default('127.0.0.1'),
   SNAP_HTTP_PORT: z.coerce.number().int().min(0).max(65535).default(8080),

@@ -36,6 +36,11 @@ export const SnapshotErrorType = {
    * nothing was captured. Start the guest agent in the VM, or ask for `best-effort` to accept a crash-consistent copy.
    */
   GuestFreezeFailed: 'GuestFreezeFailed',
+  /**
+   * A VM cannot be started on its host: its configuration does not say how to boot it there (a restore of a VM whose
+   * hypervisor needs other settings than the snapshot captured).
+   */
+  VmNotBootable: 'VmNotBootable',
   /** The client cannot reach the Temporal server (not started, or another address). */
   TemporalUnavailable: 'TemporalUnavailable',
   /** No worker polls a task queue the request needs: it would wait until one starts. */
@@ -75,6 +80,7 @@ export const PERMANENT_ERROR_TYPES: readonly SnapshotErrorType[] = [
   'ImageNotFound',
   'InvalidVmName',
   'GuestFreezeFailed',
+  'VmNotBootable',
 ];
 
 /** An error with a stable type; thrown by domain code, the platform adapters and the client library. */

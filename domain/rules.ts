@@ -1,6 +1,6 @@
 import { SnapshotError } from './errors';
 import { MIN_COVERED_HOURS, RATE_PER_TB_HOUR, creditHoldMicros, estimatedStoredBytes, formatMoney } from './billing';
-import type { Account, SnapshotRecord, Vm } from './model';
+import type { Account, Disk, SnapshotRecord, Vm } from './model';
 import { missingAccountFields } from './model';
 import type { ValidCreateSnapshotRequest } from './requests';
 
@@ -88,4 +88,14 @@ export function checkOwnSnapshot(
     throw new SnapshotError('SnapshotNotFound', `Snapshot ${snapshotId} does not exist in account ${accountId}.`);
   }
   return snapshot;
+}
+
+/** The VM's disk named `diskName`; `DiskNotFound`, naming the disks it has, when there is none. */
+export function vmDisk(vm: Pick<Vm, 'name' | 'disks'>, diskName: string): Disk {
+  const disk = vm.disks.find((d) => d.name === diskName);
+  if (!disk) {
+    const names = vm.disks.map((d) => d.name).join(', ');
+    throw new SnapshotError('DiskNotFound', `VM ${vm.name} has no disk "${diskName}" (it has: ${names}).`);
+  }
+  return disk;
 }

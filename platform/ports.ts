@@ -1,4 +1,4 @@
-import type { DiskReader, Range, Repository } from '../dataplane';
+import type { DiskReader, DiskWriter, Range, Repository } from '../dataplane';
 import type {
   Account,
   Disk,
@@ -195,8 +195,18 @@ export interface Hypervisor {
   releaseViews(viewId: string, outcome: ViewOutcome): Promise<void>;
   /** The VM's current CPU and disk I/O utilisation, which scheduled snapshots wait on to drop. */
   readLoad(vm: Vm): Promise<VmLoad>;
-  /** Where the disks of a new VM (restored from a snapshot or an image) are to be written. */
-  diskPaths(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]>;
-  /** Removes a VM's disks (a half-restored VM that is discarded). Idempotent. */
-  removeDisks(vmId: string): Promise<void>;
+  /**
+   * Creates the disks of a new VM (restored from a snapshot or an image), empty: each reads as zeros until written.
+   * Returns them, for the VM's record. Idempotent: disks an earlier attempt made are made anew.
+   */
+  createDisks(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]>;
+  /** A writer of one disk of a new VM that is not running yet (what a restore writes through); the caller closes it. */
+  writeDisk(vm: Vm, diskName: string): Promise<DiskWriter>;
+  /**
+   * Starts a new VM whose disks are written, with its configuration (`vm.config`: what the snapshot captured).
+   * Resolves once the VM runs (its guest then boots). Idempotent: a VM that runs already is left as it is.
+   */
+  startVm(vm: Vm): Promise<void>;
+  /** Stops a new VM if it runs and removes its disks (a half-restored VM that is discarded). Idempotent. */
+  removeVm(vmId: string): Promise<void>;
 }

@@ -19,7 +19,9 @@ async function main(): Promise<void> {
     config.SNAP_HYPERVISOR === 'qemu'
       ? {
           ...embedded,
-          hypervisor: new QemuHypervisor(config.SNAP_QEMU_HOST_DIR ?? path.join(config.SNAP_DATA_DIR, 'qemu')),
+          hypervisor: new QemuHypervisor(config.SNAP_QEMU_HOST_DIR ?? path.join(config.SNAP_DATA_DIR, 'qemu'), {
+            accel: config.SNAP_QEMU_ACCEL,
+          }),
         }
       : embedded;
   const connection = await NativeConnection.connect({ address: config.TEMPORAL_ADDRESS });

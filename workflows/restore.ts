@@ -19,8 +19,8 @@ export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<
 
 /**
  * Restores a snapshot (or an image) to a new VM in the same region: the VM is registered in BUILD state with the
- * captured configuration, every disk is restored (hash-verified, zero chunks as holes), then it becomes ACTIVE. On
- * failure or cancellation the half-restored VM and its disks are removed.
+ * captured configuration and empty disks, every disk is restored (hash-verified, zero chunks never written), the VM is
+ * started, then it becomes ACTIVE. On failure or cancellation the half-restored VM and its disks are removed.
  */
 export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vmId: string; bytesRestored: number }> {
   // The disk being restored reports its bytes in its heartbeat details; the workflow knows the disks before it.
@@ -32,9 +32,10 @@ export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vm
   state.bytesTotal = created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
   try {
     for (const disk of created.disks) {
-      await restores.restoreVmDisk({ source: created.source, diskName: disk.name, targetPath: disk.path });
+      await restores.restoreVmDisk({ source: created.source, vmId, diskName: disk.name });
       state.finishedBytes += disk.sizeBytes;
     }
+    await restoreCatalog.startRestoredVm(vmId);
     await restoreCatalog.activateRestoredVm(vmId);
   } catch (error) {
     await CancellationScope.nonCancellable(() => restoreCatalog.discardRestoredVm(vmId));

@@ -4,10 +4,11 @@ import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
-import { listDir, syncDir } from '../../dataplane';
-import type { DiskReader, Range } from '../../dataplane';
+import { listDir, openImageFileWriter, syncDir } from '../../dataplane';
+import type { DiskReader, DiskWriter, Range } from '../../dataplane';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { VmLoadSchema } from '../../domain/model';
+import { vmDisk } from '../../domain/rules';
 import type { DiskView, Hypervisor, ViewRanges } from '../ports';
 import { CowViewReader, createCowFiles, preserveBlocks } from './cow-view';
 import { acquireVmLock, isFrozen, releaseVmLock, renewFreezeLease } from './vm-lock';
@@ -163,13 +164,29 @@ export class LocalHypervisor implements Hypervisor {
     await fs.rename(`${file}.tmp`, file);
   }
 
-  /** New VMs' disks live where the seeded ones do: `disks/<vm>/<disk>.raw`. */
-  async diskPaths(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
+  /** New VMs' disks are sparse raw files where the seeded ones are: `disks/<vm>/<disk>.raw`. */
+  async createDisks(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
     await fs.mkdir(this.diskDir(vmId), { recursive: true });
-    return disks.map((disk) => ({ ...disk, path: path.join(this.diskDir(vmId), `${disk.name}.raw`) }));
+    const created = disks.map((disk) => ({ ...disk, path: path.join(this.diskDir(vmId), `${disk.name}.raw`) }));
+    for (const disk of created) {
+      const handle = await fs.open(disk.path, 'w');
+      try {
+        await handle.truncate(disk.sizeBytes);
+      } finally {
+        await handle.close();
+      }
+    }
+    return created;
   }
 
-  async removeDisks(vmId: string): Promise<void> {
+  async writeDisk(vm: Vm, diskName: string): Promise<DiskWriter> {
+    return openImageFileWriter(vmDisk(vm, diskName).path);
+  }
+
+  /** An embedded VM is its disk files and the simulated guest write path: there is no process to start. */
+  async startVm(): Promise<void> {}
+
+  async removeVm(vmId: string): Promise<void> {
     await fs.rm(this.diskDir(vmId), { recursive: true, force: true });
   }
 

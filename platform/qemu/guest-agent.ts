@@ -27,6 +27,9 @@ const infoSchema = z.object({
 });
 const freezeStatusSchema = z.enum(['thawed', 'frozen']);
 const countSchema = z.number().int();
+const fileReadSchema = z.object({ count: z.number().int(), 'buf-b64': z.string(), eof: z.boolean() });
+// guest-file-read's largest count is 48 MiB; files read here are small, so one modest request per round trip.
+const FILE_READ_BYTES = 64 * 1024;
 
 /** What `guest-info` reports: the agent's version and which commands this agent lets through. */
 export interface GuestAgentInfo {
@@ -133,6 +136,29 @@ export class GuestAgentClient {
   async fsfreezeThaw(options?: GuestAgentCallOptions): Promise<number> {
     const count = await this.execute('guest-fsfreeze-thaw', undefined, options);
     return this.check('guest-fsfreeze-thaw', countSchema, count);
+  }
+
+  /**
+   * Reads a whole file in the guest (`guest-file-open` read-only, `guest-file-read` until end of file,
+   * `guest-file-close`). A file that cannot be opened is a `GuestAgentCommandFailed` carrying the guest's error.
+   */
+  async readFile(guestPath: string, options?: GuestAgentCallOptions): Promise<Buffer> {
+    const handle = this.check(
+      'guest-file-open',
+      countSchema,
+      await this.execute('guest-file-open', { path: guestPath, mode: 'r' }, options),
+    );
+    try {
+      const parts: Buffer[] = [];
+      for (;;) {
+        const reply = await this.execute('guest-file-read', { handle, count: FILE_READ_BYTES }, options);
+        const read = this.check('guest-file-read', fileReadSchema, reply);
+        parts.push(Buffer.from(read['buf-b64'], 'base64'));
+        if (read.eof || read.count === 0) return Buffer.concat(parts);
+      }
+    } finally {
+      await this.execute('guest-file-close', { handle }, options);
+    }
   }
 
   /**

@@ -1,9 +1,12 @@
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import type { DiskReader, Range } from '../../dataplane';
-import { GuestFreezeError } from '../../domain/errors';
+import { promisify } from 'node:util';
+import type { DiskReader, DiskWriter, Range } from '../../dataplane';
+import { GuestFreezeError, SnapshotError } from '../../domain/errors';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
+import { vmDisk } from '../../domain/rules';
 import type { DiskView, Hypervisor, ViewOutcome, ViewRanges } from '../ports';
 import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
 import { FreezeGuardError, FreezeGuardErrorType, ProtocolUnavailableError, type AgentFailure } from './errors';
@@ -12,7 +15,12 @@ import { FreezeGuardClient } from './freeze-guard';
 import { BASE_ALLOCATION, dirtyBitmapContext, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from './nbd';
 import type { NbdExtent } from './nbd';
 import { NbdDiskReader } from './nbd-reader';
+import { openQemuDiskWriter } from './nbd-writer';
 import { QmpClient } from './qmp';
+import { launchQemuVm, VM_PROCESS_FILES } from './vm-process';
+import { socketAccepts } from './wire';
+
+const exec = promisify(execFile);
 
 /** A QEMU block node name: a letter first, then letters, digits, `-`, `_` or `.`, at most 31 characters in all. */
 const NODE_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
@@ -39,7 +47,20 @@ export function qemuVmDir(hostDir: string, vmId: string): string {
 }
 
 /** The sockets of a VM's QEMU process, in its folder (`qemuVmDir`). */
-export const QEMU_VM_FILES = { qmp: 'qmp.sock', agent: 'qga.sock', nbd: 'nbd.sock', tempDir: 'fleecing' } as const;
+export const QEMU_VM_FILES = { ...VM_PROCESS_FILES, nbd: 'nbd.sock', tempDir: 'fleecing' } as const;
+
+/**
+ * What a VM's configuration must say for this driver to start it (a restored VM gets its source's): CPUs, memory,
+ * and a direct kernel boot (kernel and initramfs files on the host, and the kernel command line).
+ */
+const QemuVmConfigSchema = z.object({
+  vcpus: z.number().int().min(1).default(1),
+  memoryMiB: z.number().int().min(16).default(256),
+  boot: z.object({ kernel: z.string().min(1), initrd: z.string().min(1), append: z.string().optional() }),
+});
+
+// SIGTERM makes QEMU close its disks cleanly; after this long a VM being removed is killed.
+const STOP_TIMEOUT_MS = 20_000;
 
 /** What an open view set records, so readers and the release (from any worker of the host) find its pieces. */
 const ViewRecordSchema = z.object({
@@ -89,12 +110,16 @@ const blockstatsSchema = z.array(
  *   discarded one's writes are merged back into the parent's bitmap, so the next incremental misses nothing.
  * - load: CPU from the QEMU process's CPU time (`/proc/<pid>/stat`, pid from `qemu.pid` in the VM's folder when the
  *   launcher wrote one), disk I/O from `query-blockstats` time spent in requests, both over one second.
- * - new VMs' disks (restores): raw files in `<hostDir>/disks/<vm>/`.
+ * - new VMs (restores): empty qcow2 disks in the VM's folder, written through a qemu-storage-daemon's writable NBD
+ *   export, then the VM's own QEMU started daemonized (`accel`: `kvm` by default) with the captured configuration.
  */
 export class QemuHypervisor implements Hypervisor {
   private readonly guard: FreezeGuardClient;
 
-  constructor(private readonly hostDir: string) {
+  constructor(
+    private readonly hostDir: string,
+    private readonly options: { accel?: 'kvm' | 'tcg' } = {},
+  ) {
     this.guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
   }
 
@@ -226,14 +251,69 @@ export class QemuHypervisor implements Hypervisor {
     });
   }
 
-  async diskPaths(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
-    const dir = path.join(this.hostDir, 'disks', vmId);
+  /** A new VM's disks are empty qcow2 images in its folder, `<hostDir>/vms/<vm>/<disk>.qcow2` (made anew on retry). */
+  async createDisks(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
+    const dir = qemuVmDir(this.hostDir, vmId);
     await fs.mkdir(dir, { recursive: true });
-    return disks.map((disk) => ({ ...disk, path: path.join(dir, `${disk.name}.raw`) }));
+    const created: Disk[] = [];
+    for (const disk of disks) {
+      const image = path.join(dir, `${qemuDiskNode(disk.name)}.qcow2`);
+      await exec('qemu-img', ['create', '-q', '-f', 'qcow2', image, String(disk.sizeBytes)]);
+      created.push({ ...disk, path: image });
+    }
+    return created;
   }
 
-  async removeDisks(vmId: string): Promise<void> {
-    await fs.rm(path.join(this.hostDir, 'disks', vmId), { recursive: true, force: true });
+  /** Through a qemu-storage-daemon that exports the disk's image writable over NBD (nbd-writer.ts). */
+  async writeDisk(vm: Vm, diskName: string): Promise<DiskWriter> {
+    const disk = vmDisk(vm, diskName);
+    const dir = path.join(qemuVmDir(this.hostDir, vm.id), `restore-${disk.name}`);
+    return openQemuDiskWriter({ dir, nodeName: qemuDiskNode(disk.name), path: disk.path });
+  }
+
+  /**
+   * Starts the VM's own `qemu-system-x86_64`, daemonized (it outlives the worker, as VMs do), listening in its folder
+   * like every VM this driver snapshots, booted as its configuration says (QemuVmConfigSchema). A VM whose QMP socket
+   * answers runs already.
+   */
+  async startVm(vm: Vm): Promise<void> {
+    const dir = qemuVmDir(this.hostDir, vm.id);
+    if (await socketAccepts(path.join(dir, QEMU_VM_FILES.qmp))) return;
+    const parsed = QemuVmConfigSchema.safeParse(vm.config);
+    if (!parsed.success) {
+      const problem = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'config'}: ${issue.message}`);
+      throw new SnapshotError(
+        'VmNotBootable',
+        `VM ${vm.name} cannot be started by the QEMU driver: its configuration needs ` +
+          `{ vcpus, memoryMiB, boot: { kernel, initrd, append } } (${problem.join('; ')}).`,
+      );
+    }
+    const config = parsed.data;
+    await launchQemuVm({
+      dir,
+      disks: vm.disks.map((disk) => ({ nodeName: qemuDiskNode(disk.name), path: disk.path })),
+      kernel: config.boot.kernel,
+      initrd: config.boot.initrd,
+      append: config.boot.append,
+      memoryMiB: config.memoryMiB,
+      vcpus: config.vcpus,
+      accel: this.options.accel,
+    });
+  }
+
+  /** Quits the VM's QEMU process (SIGKILL if it has not exited after 20 s) and removes its folder with its disks. */
+  async removeVm(vmId: string): Promise<void> {
+    const dir = qemuVmDir(this.hostDir, vmId);
+    const pid = Number(await fs.readFile(path.join(dir, QEMU_VM_FILES.pid), 'utf8').catch(() => ''));
+    if (Number.isSafeInteger(pid) && pid > 0 && (await isQemu(pid))) {
+      process.kill(pid, 'SIGTERM');
+      const deadline = Date.now() + STOP_TIMEOUT_MS;
+      while (await isQemu(pid)) {
+        if (Date.now() > deadline) process.kill(pid, 'SIGKILL');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    await fs.rm(dir, { recursive: true, force: true });
   }
 
   /** Tears the views down and settles the bitmaps as the snapshot's outcome says. */
@@ -254,7 +334,7 @@ export class QemuHypervisor implements Hypervisor {
 
   /** The QEMU process's user + system CPU time in clock ticks, when its pid is known. */
   private async cpuTicks(vmId: string): Promise<number | undefined> {
-    const pid = await fs.readFile(path.join(qemuVmDir(this.hostDir, vmId), 'qemu.pid'), 'utf8').catch(() => undefined);
+    const pid = await fs.readFile(this.file(vmId, 'pid'), 'utf8').catch(() => undefined);
     if (pid === undefined) return undefined;
     const stat = await fs.readFile(`/proc/${pid.trim()}/stat`, 'utf8').catch(() => undefined);
     // Fields after the command name (which may hold spaces, so it is skipped by its closing parenthesis): utime is
@@ -316,6 +396,13 @@ async function ioNanos(qmp: QmpClient): Promise<number> {
 
 function percent(busyMs: number, elapsedMs: number): number {
   return Math.max(0, Math.min(100, Math.round((100 * busyMs) / elapsedMs)));
+}
+
+/** Whether `pid` is a running QEMU process (not another process that reused the pid). */
+async function isQemu(pid: number): Promise<boolean> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  // A zombie (state Z after the command name) has exited.
+  return /qemu/.test(stat.slice(0, stat.lastIndexOf(')') + 1)) && stat[stat.lastIndexOf(')') + 2] !== 'Z';
 }
 
 /** The VM's QEMU process does not listen (it exited): nothing at its QMP socket, or nothing accepting there. */

@@ -19,6 +19,8 @@ export interface StorageDaemonOptions {
   /** Folder for the QMP socket (it must exist; the caller owns and removes it). */
   dir: string;
   disks: readonly StorageDaemonDisk[];
+  /** Where it writes its pid, so a later process can end one its starter left behind (it removes the file on exit). */
+  pidFile?: string;
   /** The binary. Default `qemu-storage-daemon` from `PATH`. */
   binary?: string;
 }
@@ -44,6 +46,7 @@ export async function startStorageDaemon(options: StorageDaemonOptions): Promise
   const qmpSocket = path.join(options.dir, 'qmp.sock');
   const args = ['--chardev', `socket,id=qmp,path=${escapeOption(qmpSocket)},server=on,wait=off`];
   args.push('--monitor', 'chardev=qmp');
+  if (options.pidFile) args.push('--pidfile', options.pidFile);
   for (const disk of options.disks) {
     // JSON syntax: no escaping of commas in file names.
     const node = { driver: 'qcow2', 'node-name': disk.nodeName, file: { driver: 'file', filename: disk.path } };

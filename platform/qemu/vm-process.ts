@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { GuestAgentClient } from './guest-agent';
@@ -19,6 +20,14 @@ const CONSOLE_TAIL_LINES = 30;
 // The serial console, no reboot loop on a kernel panic, and little kernel chatter (printing is slow under TCG).
 const BASE_APPEND = 'console=ttyS0 panic=-1 quiet';
 
+/** What a VM's QEMU process makes in its folder: its sockets, its console log and (when launched) its pid file. */
+export const VM_PROCESS_FILES = {
+  qmp: 'qmp.sock',
+  agent: 'qga.sock',
+  console: 'console.log',
+  pid: 'qemu.pid',
+} as const;
+
 /** A qcow2 image attached to the guest as a virtio-blk disk (`/dev/vda`, `/dev/vdb`, ... in order). */
 export interface VmDisk {
   /** The qcow2 format node's name, as QMP commands address it. */
@@ -38,6 +47,8 @@ export interface QemuVmOptions {
   append?: string;
   /** Default 256. */
   memoryMiB?: number;
+  /** Virtual CPUs. Default 1. */
+  vcpus?: number;
   /** Default `tcg`: on this kind of machine a Linux guest hangs in its decompressor under `kvm` (docs/FACTS). */
   accel?: 'tcg' | 'kvm';
   /** The binary. Default `qemu-system-x86_64` from `PATH`. */
@@ -69,19 +80,14 @@ export interface QemuVm {
   stop(): Promise<void>;
 }
 
-/**
- * Starts `qemu-system-x86_64` booting `kernel` and `initrd`, with a QMP monitor on `<dir>/qmp.sock`, the guest agent's
- * virtio-serial port (`org.qemu.guest_agent.0`) on `<dir>/qga.sock`, the serial console in `<dir>/console.log`, and
- * each disk a qcow2 `-blockdev` node of its `nodeName` attached as virtio-blk. Resolves once QMP accepts connections
- * (the guest is still booting: see `waitForAgent`). Rejects with a `QemuProcessError` carrying QEMU's output if it
- * exits first (a disk that does not open, an unknown option) or does not listen within 30 s.
- */
-export async function startQemuVm(options: QemuVmOptions): Promise<QemuVm> {
-  const qmpSocket = path.join(options.dir, 'qmp.sock');
-  const agentSocket = path.join(options.dir, 'qga.sock');
-  const consoleLog = path.join(options.dir, 'console.log');
-  const args = ['-accel', options.accel ?? 'tcg', '-nodefaults', '-nographic', '-no-user-config', '-no-reboot'];
-  args.push('-m', String(options.memoryMiB ?? 256), '-smp', '1');
+/** The command line of a VM's QEMU process, and where it listens; see startQemuVm. */
+function qemuVmCommand(options: QemuVmOptions) {
+  const qmpSocket = path.join(options.dir, VM_PROCESS_FILES.qmp);
+  const agentSocket = path.join(options.dir, VM_PROCESS_FILES.agent);
+  const consoleLog = path.join(options.dir, VM_PROCESS_FILES.console);
+  // No display (and not -nographic, which -daemonize refuses): the console is the serial port, into a file.
+  const args = ['-accel', options.accel ?? 'tcg', '-nodefaults', '-display', 'none', '-no-user-config', '-no-reboot'];
+  args.push('-m', String(options.memoryMiB ?? 256), '-smp', String(options.vcpus ?? 1));
   args.push('-chardev', `socket,id=qmp,path=${escapeOption(qmpSocket)},server=on,wait=off`);
   args.push('-mon', 'chardev=qmp,mode=control');
   args.push('-chardev', `file,id=console,path=${escapeOption(consoleLog)}`, '-serial', 'chardev:console');
@@ -99,7 +105,41 @@ export async function startQemuVm(options: QemuVmOptions): Promise<QemuVm> {
   }
   args.push('-kernel', options.kernel, '-initrd', options.initrd);
   args.push('-append', options.append ? `${BASE_APPEND} ${options.append}` : BASE_APPEND);
-  const binary = options.binary ?? 'qemu-system-x86_64';
+  return { binary: options.binary ?? 'qemu-system-x86_64', args, qmpSocket, agentSocket, consoleLog };
+}
+
+/**
+ * Starts a VM that outlives this process, as a hypervisor host runs its VMs: QEMU daemonizes itself once it is set
+ * up (its QMP socket listening) and writes its pid to `<dir>/qemu.pid`. Same command line as startQemuVm. Rejects with a
+ * `QemuProcessError` carrying QEMU's output if it fails to start (a disk that does not open, a kernel missing).
+ */
+export async function launchQemuVm(options: QemuVmOptions): Promise<void> {
+  const { binary, args } = qemuVmCommand(options);
+  await new Promise<void>((resolve, reject) => {
+    execFile(
+      binary,
+      [...args, '-daemonize', '-pidfile', path.join(options.dir, VM_PROCESS_FILES.pid)],
+      { timeout: READY_TIMEOUT_MS },
+      (error, stdout, stderr) => {
+        if (!error) return resolve();
+        const output = `${stdout}${stderr}`.trim();
+        const message = `${binary} did not start the VM (${error.message.split('\n')[0]}).`;
+        reject(new QemuProcessError('QemuProcessExited', output ? `${message}\nIts output:\n${output}` : message));
+      },
+    );
+  });
+}
+
+/**
+ * Starts `qemu-system-x86_64` as a child of this process booting `kernel` and `initrd`, with a QMP monitor on
+ * `<dir>/qmp.sock`, the guest agent's virtio-serial port (`org.qemu.guest_agent.0`) on `<dir>/qga.sock`, the serial
+ * console in `<dir>/console.log`, and each disk a qcow2 `-blockdev` node of its `nodeName` attached as virtio-blk.
+ * Resolves once QMP accepts connections (the guest is still booting: see `waitForAgent`). Rejects with a
+ * `QemuProcessError` carrying QEMU's output if it exits first (a disk that does not open, an unknown option) or does
+ * not listen within 30 s.
+ */
+export async function startQemuVm(options: QemuVmOptions): Promise<QemuVm> {
+  const { binary, args, qmpSocket, agentSocket, consoleLog } = qemuVmCommand(options);
   const vm = await startQemuProcess({
     binary,
     args,
@@ -108,44 +148,64 @@ export async function startQemuVm(options: QemuVmOptions): Promise<QemuVm> {
     stopTimeoutMs: STOP_TIMEOUT_MS,
   });
 
+  const waitForAgent = (timeoutMs: number): Promise<void> =>
+    waitForGuestAgent({
+      dir: options.dir,
+      timeoutMs,
+      exited: () => {
+        const status = vm.exitStatus();
+        return status === undefined ? undefined : `${binary} exited with ${status}.${vm.outputTail()}`;
+      },
+    });
+
+  return { qmpSocket, agentSocket, consoleLog, pid: vm.pid, exited: vm.exited, waitForAgent, stop: vm.stop };
+}
+
+/**
+ * Waits until the guest agent of the VM listening in `dir` answers `guest-ping`. Rejects with
+ * `QemuGuestAgentNotReady` and the console's last lines if it has not within `timeoutMs`, and with
+ * `QemuProcessExited` as soon as `exited` says why QEMU is gone (the guest powered off or panicked).
+ */
+export async function waitForGuestAgent(o: {
+  dir: string;
+  timeoutMs: number;
+  /** Why QEMU is gone, or undefined while it runs. */
+  exited: () => string | undefined;
+}): Promise<void> {
+  const agentSocket = path.join(o.dir, VM_PROCESS_FILES.agent);
   const consoleTail = async (): Promise<string> => {
-    const text = await fs.readFile(consoleLog, 'utf8').catch(() => '');
+    const text = await fs.readFile(path.join(o.dir, VM_PROCESS_FILES.console), 'utf8').catch(() => '');
     const lines = text.trimEnd().split('\n').slice(-CONSOLE_TAIL_LINES);
     return lines.join('') ? `\nThe guest's console (last lines):\n${lines.join('\n')}` : '';
   };
-
-  const waitForAgent = async (timeoutMs: number): Promise<void> => {
-    const deadline = Date.now() + timeoutMs;
-    let lastError = 'no attempt';
-    for (;;) {
-      const status = vm.exitStatus();
-      if (status !== undefined) {
-        const message = `${binary} exited with ${status} before its guest agent answered.${vm.outputTail()}`;
-        throw new QemuProcessError('QemuProcessExited', message + (await consoleTail()));
-      }
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) {
-        const message =
-          `The guest agent on ${agentSocket} did not answer within ${timeoutMs} ms (${lastError}); check that the ` +
-          `guest boots and runs qemu-ga on the ${GUEST_AGENT_PORT} port.`;
-        throw new QemuProcessError('QemuGuestAgentNotReady', message + (await consoleTail()));
-      }
-      try {
-        const agent = await GuestAgentClient.connect(agentSocket, {
-          timeoutMs: Math.min(AGENT_ATTEMPT_TIMEOUT_MS, remaining),
-        });
-        try {
-          await agent.ping();
-          return;
-        } finally {
-          await agent.close();
-        }
-      } catch (error) {
-        lastError = error instanceof Error ? error.message : String(error);
-      }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(AGENT_RETRY_INTERVAL_MS, remaining)));
+  const deadline = Date.now() + o.timeoutMs;
+  let lastError = 'no attempt';
+  for (;;) {
+    const gone = o.exited();
+    if (gone !== undefined) {
+      const message = `QEMU ended before its guest agent answered: ${gone}`;
+      throw new QemuProcessError('QemuProcessExited', message + (await consoleTail()));
     }
-  };
-
-  return { qmpSocket, agentSocket, consoleLog, pid: vm.pid, exited: vm.exited, waitForAgent, stop: vm.stop };
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) {
+      const message =
+        `The guest agent on ${agentSocket} did not answer within ${o.timeoutMs} ms (${lastError}); check that the ` +
+        `guest boots and runs qemu-ga on the ${GUEST_AGENT_PORT} port.`;
+      throw new QemuProcessError('QemuGuestAgentNotReady', message + (await consoleTail()));
+    }
+    try {
+      const agent = await GuestAgentClient.connect(agentSocket, {
+        timeoutMs: Math.min(AGENT_ATTEMPT_TIMEOUT_MS, remaining),
+      });
+      try {
+        await agent.ping();
+        return;
+      } finally {
+        await agent.close();
+      }
+    } catch (error) {
+      lastError = error instanceof Error ? error.message : String(error);
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(AGENT_RETRY_INTERVAL_MS, remaining)));
+  }
 }

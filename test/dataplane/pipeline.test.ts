@@ -12,7 +12,7 @@ import {
   distinctChunks,
   knownChunks,
   openImageFile,
-  restoreDisk,
+  restoreDiskFile,
   scanDisk,
   storeChunks,
   verifyManifest,
@@ -60,7 +60,7 @@ test('a captured ext4 image restores byte-identically, with its zero chunks left
 
   const target = path.join(dir, 'restored.raw');
   const progress: number[] = [];
-  await restoreDisk({
+  await restoreDiskFile({
     manifest,
     diskName: 'root',
     repository,
@@ -92,7 +92,7 @@ test('a disk whose size is not a multiple of the chunk size keeps a short last c
   expect(stored).toMatchObject({ chunksWritten: distinctFull + 1, bytesWritten: distinctFull * CHUNK + 12345 });
 
   const target = path.join(dir, 'odd-restored.raw');
-  await restoreDisk({ manifest, diskName: 'root', repository, pool, target });
+  await restoreDiskFile({ manifest, diskName: 'root', repository, pool, target });
   expect((await fs.readFile(target)).equals(bytes)).toBe(true); // (toEqual on large buffers is very slow)
 });
 
@@ -113,7 +113,7 @@ test('an image that differs in a few scattered 4 KiB blocks stores only the chun
   expect(next.stored.bytesWritten).toBe(touched * CHUNK);
 
   const target = path.join(dir, 'changed-restored.raw');
-  await restoreDisk({ manifest: next.manifest, diskName: 'root', repository, pool, target });
+  await restoreDiskFile({ manifest: next.manifest, diskName: 'root', repository, pool, target });
   expect(await fileSha256(target)).toBe(await fileSha256(changed));
 });
 
@@ -163,7 +163,7 @@ test('a restore that fails leaves neither the target nor a partial file', async 
   const { manifest } = await capture({ pool, repository, snapshotId: 's4', chunkSize: CHUNK }, { root: image });
   await loseChunk(repository, distinctChunks(manifest).at(-1)!);
   const target = path.join(dir, 'failed-restore.raw');
-  await expect(restoreDisk({ manifest, diskName: 'root', repository, pool, target })).rejects.toThrow(
+  await expect(restoreDiskFile({ manifest, diskName: 'root', repository, pool, target })).rejects.toThrow(
     ChunkMissingError,
   );
   await expect(fs.access(target)).rejects.toThrow();
