@@ -22,10 +22,18 @@ export type { DiskReader } from './disk-reader';
 export { ChunkPool } from './pool';
 export { WriteBehind } from './write-behind';
 export { LocalRepository } from './repository';
-export type { Repository, StoredChunk } from './repository';
-export { dataActivityWorkingSet, manifestStats, restoreDisk, scanDisk, storeChunks, verifyManifest } from './pipeline';
+export type { ChunkStatus, Repository, StoredChunk } from './repository';
+export {
+  dataActivityWorkingSet,
+  manifestStats,
+  planVerification,
+  restoreDisk,
+  scanDisk,
+  storeChunks,
+  verifyManifest,
+} from './pipeline';
 export { knownChunks } from './ranges';
 export type { Range } from './ranges';
 export { workingMemory } from './memory';
 export type { WorkingMemoryStats } from './memory';
-export type { ManifestStats } from './pipeline';
+export type { ManifestStats, VerificationPlan } from './pipeline';
