@@ -24,10 +24,11 @@ export type { DiskWriter } from './disk-writer';
 export { ChunkPool } from './pool';
 export { WriteBehind } from './write-behind';
 export { LocalRepository } from './repository';
-export type { Repository, StoredChunk } from './repository';
+export type { ChunkStatus, Repository, StoredChunk } from './repository';
 export {
   dataActivityWorkingSet,
   manifestStats,
+  planVerification,
   restoreDisk,
   restoreDiskFile,
   scanDisk,
@@ -38,4 +39,4 @@ export { knownChunks } from './ranges';
 export type { Range } from './ranges';
 export { workingMemory } from './memory';
 export type { WorkingMemoryStats } from './memory';
-export type { ManifestStats } from './pipeline';
+export type { ManifestStats, VerificationPlan } from './pipeline';

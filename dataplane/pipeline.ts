@@ -10,6 +10,7 @@ import { frameBound } from './pool';
 import { workingMemory } from './memory';
 import { packTailBound } from './pack';
 import type { Repository } from './repository';
+import { unreadableChunkError } from './repository';
 import { WriteBehind } from './write-behind';
 
 /** Bytes read per task sent to the pool: large enough to amortise messaging, small enough to bound memory. */
@@ -163,7 +164,10 @@ export async function scanDisk(o: {
 /**
  * Stage "compress": stores every distinct non-zero chunk of `refs` (from index `fromIndex` on) that the repository
  * lacks, reading it from `disk`, re-hashing it (DiskChangedError if the view changed since capture) and compressing it
- * on the pool. Idempotent: what is already stored is skipped (and touched, see collectGarbage).
+ * on the pool. Idempotent: what is already stored is skipped (and touched, see collectGarbage). `beforeWrite` is
+ * given the ids of each pack's chunks before the pack is written, and the write waits for it: the caller records
+ * there, durably, which chunks this call may have stored (a crash between the two leaves ids recorded, never a chunk
+ * stored unrecorded).
  */
 export async function storeChunks(o: {
   disk: DiskReader;
@@ -174,6 +178,7 @@ export async function storeChunks(o: {
   pool: ChunkPool;
   fromIndex?: number;
   signal?: AbortSignal;
+  beforeWrite?: (ids: string[]) => Promise<void>;
   onProgress?: (p: { index: number; bytesDone: number }) => void;
 }): Promise<{ chunksWritten: number; bytesWritten: number; storedBytesWritten: number }> {
   const geometry = { sizeBytes: o.sizeBytes, chunkSize: o.chunkSize };
@@ -232,6 +237,7 @@ export async function storeChunks(o: {
     pack = undefined;
     return writes.push(async () => {
       if (full) {
+        await o.beforeWrite?.(full.chunks.map((chunk) => chunk.id));
         const written = new Set(await o.repository.putChunks(full.chunks));
         for (const chunk of full.chunks) {
           if (!written.has(chunk.id)) continue;
@@ -286,31 +292,84 @@ function distinctChunkLengths(manifest: Manifest): Map<string, number> {
   return lengths;
 }
 
+/** Reused chunks whose records are inspected per repository call when planning a verification. */
+const CHUNKS_PER_INSPECTION = 4096;
+
+/** What a snapshot's verification reads, and which chunks it checks without reading them. */
+export interface VerificationPlan {
+  /** Chunks whose records vouch for them (see planVerification): verifyManifest does not read them. */
+  vouched: Set<string>;
+  /** Raw bytes of the chunks verifyManifest will read: every other distinct chunk of the manifest. */
+  bytesToRead: number;
+}
+
 /**
- * Stage "verify": reads back every distinct chunk the manifest references, decompresses it (zstd frame checksum)
- * and re-hashes it. Throws ChunkMissingError or ChunkCorruptError for the first bad chunk. `index` counts distinct
- * chunks in `distinctChunks` order; bytes are raw (uncompressed) bytes.
+ * Decides which chunks a snapshot's verification must read. `reused` are chunks a verification that passed has
+ * already read back and that nothing since has contradicted (the caller's rule; see the verify activity). Each of
+ * them in the manifest is checked here, without reading it: a chunk with no readable copy fails the verification at
+ * once, as reading it would (ChunkMissingError, or ChunkCorruptError if its copies are quarantined); a chunk with a
+ * quarantined copy is read after all, since its readable copy was stored after that verification; the others are
+ * vouched for. Every chunk not in `reused` is read.
+ */
+export async function planVerification(o: {
+  manifest: Manifest;
+  repository: Repository;
+  reused: ReadonlySet<string>;
+}): Promise<VerificationPlan> {
+  const lengths = distinctChunkLengths(o.manifest);
+  const candidates = [...lengths.keys()].filter((id) => o.reused.has(id));
+  const vouched = new Set<string>();
+  for (let start = 0; start < candidates.length; start += CHUNKS_PER_INSPECTION) {
+    const ids = candidates.slice(start, start + CHUNKS_PER_INSPECTION);
+    const statuses = await o.repository.inspectChunks(ids);
+    ids.forEach((id, i) => {
+      const status = statuses[i]!;
+      if (!status.readable) throw unreadableChunkError(id, status.quarantined);
+      if (!status.quarantined) vouched.add(id);
+    });
+  }
+  let bytesToRead = 0;
+  for (const [id, length] of lengths) if (!vouched.has(id)) bytesToRead += length;
+  return { vouched, bytesToRead };
+}
+
+/**
+ * Stage "verify": reads back every distinct chunk the manifest references, except the `vouched` ones (see
+ * planVerification; none when re-verifying), decompresses it (zstd frame checksum) and re-hashes it. Throws
+ * ChunkMissingError or ChunkCorruptError for the first bad chunk. `index` counts distinct chunks in `distinctChunks`
+ * order, vouched ones included, so that a checkpoint means the same whatever an attempt vouches for; bytes are the
+ * raw (uncompressed) bytes of the chunks read.
  */
 export async function verifyManifest(o: {
   manifest: Manifest;
   repository: Repository;
   pool: ChunkPool;
+  vouched?: ReadonlySet<string>;
   fromIndex?: number;
   signal?: AbortSignal;
   onProgress?: (p: { index: number; total: number; bytesDone: number; bytesTotal: number }) => void;
 }): Promise<{ chunksVerified: number; bytesVerified: number }> {
   const ids = distinctChunks(o.manifest);
   const lengths = distinctChunkLengths(o.manifest);
-  const bytesTotal = [...lengths.values()].reduce((a, b) => a + b, 0);
-  let bytesDone = ids.slice(0, o.fromIndex ?? 0).reduce((sum, id) => sum + lengths.get(id)!, 0);
+  const toRead = (id: string) => !o.vouched?.has(id);
+  const bytesOf = (some: string[]) => some.filter(toRead).reduce((sum, id) => sum + lengths.get(id)!, 0);
+  const bytesTotal = bytesOf(ids);
+  let bytesDone = bytesOf(ids.slice(0, o.fromIndex ?? 0));
   let verified = 0;
+  /** Up to CHUNKS_PER_OPEN_TASK chunks to read, passing over vouched ones (at most CHUNKS_PER_INSPECTION a batch). */
   function* batches() {
-    for (let start = o.fromIndex ?? 0; start < ids.length; start += CHUNKS_PER_OPEN_TASK) {
-      o.signal?.throwIfAborted();
-      yield {
-        end: Math.min(start + CHUNKS_PER_OPEN_TASK, ids.length),
-        ids: ids.slice(start, start + CHUNKS_PER_OPEN_TASK),
-      };
+    let batch: string[] = [];
+    let passed = 0;
+    for (let index = o.fromIndex ?? 0; index < ids.length; index++) {
+      const id = ids[index]!;
+      if (toRead(id)) batch.push(id);
+      else passed++;
+      if (batch.length === CHUNKS_PER_OPEN_TASK || passed === CHUNKS_PER_INSPECTION || index === ids.length - 1) {
+        o.signal?.throwIfAborted();
+        yield { end: index + 1, ids: batch };
+        batch = [];
+        passed = 0;
+      }
     }
   }
   // Frames are read into working memory, which the pool threads check in place.
@@ -319,10 +378,12 @@ export async function verifyManifest(o: {
     batches(),
     o.pool.threads * IN_FLIGHT_PER_THREAD,
     (batch) =>
-      workingMemory.use(readBytes, async (into) => {
-        const frames = await o.repository.getChunks(batch.ids, into);
-        return o.pool.checkChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
-      }),
+      batch.ids.length === 0
+        ? Promise.resolve([])
+        : workingMemory.use(readBytes, async (into) => {
+            const frames = await o.repository.getChunks(batch.ids, into);
+            return o.pool.checkChunks(batch.ids.map((id, i) => ({ id, frame: frames[i]! })));
+          }),
     (rawLengths, batch) => {
       verified += rawLengths.length;
       bytesDone += rawLengths.reduce((sum, length) => sum + length, 0);

@@ -51,6 +51,11 @@ export interface Repository {
   getChunks(ids: string[], into?: Buffer): Promise<Buffer[]>;
   /** Compressed size of a stored chunk; as getChunk if absent. */
   chunkStoredSize(id: string): Promise<number>;
+  /**
+   * What is recorded of each chunk of `ids`, without reading any frame: see ChunkStatus. Up to date with what other
+   * processes stored, removed and quarantined before the call.
+   */
+  inspectChunks(ids: string[]): Promise<ChunkStatus[]>;
   /** Every stored copy of every chunk with its size and last write or touch; never a partial write. */
   listChunks(): AsyncIterable<StoredChunk>;
   /**
@@ -99,6 +104,17 @@ export interface RemoveResult {
   removed: number;
   bytesFreed: number;
   keptByGrace: number;
+}
+
+/** What the repository records of a chunk (see Repository.inspectChunks). */
+export interface ChunkStatus {
+  /** A copy not found corrupt is stored: getChunks would read it. */
+  readable: boolean;
+  /**
+   * Some copy of the chunk was quarantined (found corrupt), at any time: a readable copy is then one stored since,
+   * by a capture whose own verification may not have passed.
+   */
+  quarantined: boolean;
 }
 
 /** A chunk as listed: its compressed size and when it was last written or touched. */
@@ -205,6 +221,13 @@ export class LocalRepository implements Repository {
     const location = await this.locate(id);
     if (!location) throw this.absent(id);
     return location.length;
+  }
+
+  /** The index is brought up to date first if the packs directory or the quarantine list changed (two stats). */
+  async inspectChunks(ids: string[]): Promise<ChunkStatus[]> {
+    await this.load(false);
+    const quarantined = this.quarantinedIds();
+    return ids.map((id) => ({ readable: this.index.has(id), quarantined: quarantined.has(id) }));
   }
 
   async *listChunks(): AsyncIterable<StoredChunk> {
@@ -513,10 +536,12 @@ export class LocalRepository implements Repository {
 
   /** Why a chunk cannot be read: its only copies are quarantined (ChunkCorrupt), or it is not stored (ChunkMissing). */
   private absent(id: string): Error {
-    const quarantined = [...this.quarantined].some((line) => line.endsWith(` ${id}`));
-    return quarantined
-      ? new ChunkCorruptError(id, 'quarantined: its stored copy was found corrupt')
-      : new ChunkMissingError(id);
+    return unreadableChunkError(id, this.quarantinedIds().has(id));
+  }
+
+  /** Ids of the chunks that have a quarantined copy. */
+  private quarantinedIds(): Set<string> {
+    return new Set([...this.quarantined].map((line) => line.slice(line.indexOf(' ') + 1)));
   }
 
   /** The index again from every known pack, leaving quarantined copies out. */
@@ -667,6 +692,13 @@ export class LocalRepository implements Repository {
       throw error;
     }
   }
+}
+
+/** Why a chunk with no readable copy cannot be read: its copies were quarantined (ChunkCorrupt), or none is stored. */
+export function unreadableChunkError(id: string, quarantined: boolean): ChunkCorruptError | ChunkMissingError {
+  return quarantined
+    ? new ChunkCorruptError(id, 'quarantined: its stored copy was found corrupt')
+    : new ChunkMissingError(id);
 }
 
 /**

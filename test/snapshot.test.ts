@@ -122,8 +122,18 @@ describe('snapshot workflow on a real Temporal server', () => {
     const base = await snapshot('corrupt-base', other);
     const repository = env.platform.repositoryFor(other.region);
     const manifest = await repository.readManifest(base.record.id);
-    const victim = manifest.disks[0]!.chunks.find((c) => c !== 'zero')!;
+    const disk = manifest.disks[0]!;
+    const index = disk.chunks.findIndex((c) => c !== 'zero');
+    const victim = disk.chunks[index]!;
     await damageChunk(repository, victim);
+    // An incremental does not read back what it reuses from its verified parent: the victim's content leaves the
+    // disk for one snapshot and comes back, so the next snapshot dedupes against the corrupted copy its parent lacks.
+    const at = index * disk.chunkSize;
+    const source = other.disks.find((d) => d.name === disk.name)!.path;
+    const original = (await fs.readFile(source)).subarray(at, at + 4096);
+    await writeGuestBlocks(env.platform.hypervisor, other, disk.name, [{ offset: at, data: Buffer.alloc(4096, 1) }]);
+    await snapshot('corrupt-away', other);
+    await writeGuestBlocks(env.platform.hypervisor, other, disk.name, [{ offset: at, data: original }]);
     await scribble(env, other, 'new chunks of a snapshot that fails');
     const storedBefore = await storedIds(repository);
 
