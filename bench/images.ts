@@ -36,7 +36,7 @@ const CHANGE_SEED = 0x5eed_2026;
 /** The sparse disk for the memory measurement: 10 GiB, with the image's content at these offsets, holes elsewhere. */
 export const SPARSE_DISK_BYTES = 10 * GiB;
 const SPARSE_COPY_OFFSETS = [0, 4 * GiB, 9 * GiB];
-/** Copy unit of the sparse disk; an all-zero block of this size is left as a hole. */
+/** Copy unit of the sparse disks; an all-zero block of this size is left as a hole (`place` maps such blocks). */
 const ZEROS = Buffer.alloc(1 * MiB);
 
 /**
@@ -99,21 +99,27 @@ export async function applyWrites(file: string, writes: BlockWrite[]): Promise<v
 }
 
 /**
- * A SPARSE_DISK_BYTES file holding copies of `image` at SPARSE_COPY_OFFSETS. All-zero blocks are skipped, so the
- * image's free space and everything between the copies stay holes.
+ * A `sizeBytes` file (default SPARSE_DISK_BYTES) holding `image`'s 1 MiB blocks where `place` puts each (default: a
+ * whole copy at each of SPARSE_COPY_OFFSETS). All-zero blocks are skipped, so the image's free space and everything
+ * between the placed blocks stay holes.
  */
-export async function buildSparseDisk(target: string, image: string): Promise<void> {
+export async function buildSparseDisk(
+  target: string,
+  image: string,
+  sizeBytes = SPARSE_DISK_BYTES,
+  place: (imageOffset: number) => number[] = (offset) => SPARSE_COPY_OFFSETS.map((copy) => copy + offset),
+): Promise<void> {
   const source = await fs.open(image, 'r');
   const disk = await fs.open(target, 'w');
   const buffer = Buffer.alloc(ZEROS.length);
   try {
-    await disk.truncate(SPARSE_DISK_BYTES);
+    await disk.truncate(sizeBytes);
     for (let position = 0; ; position += buffer.length) {
       const { bytesRead } = await source.read(buffer, 0, buffer.length, position);
       if (bytesRead === 0) break;
       const block = buffer.subarray(0, bytesRead);
       if (isZero(block)) continue;
-      for (const offset of SPARSE_COPY_OFFSETS) await disk.write(block, 0, block.length, offset + position);
+      for (const offset of place(position)) await disk.write(block, 0, block.length, offset);
     }
   } finally {
     await source.close();

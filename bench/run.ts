@@ -18,6 +18,7 @@ import {
   buildStagingDir,
   planChanges,
 } from './images';
+import { benchQemu } from './qemu';
 import { printReport } from './report';
 import type { DataPlaneResult, Images, MemoryResult, ResticRun, Results, WorkflowResult } from './report';
 import { ResticRepository } from './restic';
@@ -81,6 +82,9 @@ async function main(): Promise<number> {
     results.memory = await section('(d) peak memory of a capture', () => benchMemory(context));
     results.concurrency = await section('(e) peak memory of the worker, 1 and 10 snapshots at once', () =>
       benchConcurrency({ workDir, image: images.base, log }),
+    );
+    results.qemu = await section('(q) snapshots through the QEMU driver', () =>
+      benchQemu({ workDir, image: images.base, restic: context.tools.restic, log }),
     );
   } catch (error) {
     errors.push(errorText(error));

@@ -1,0 +1,293 @@
+/**
+ * The QEMU driver section: snapshots through the real workflow with the QEMU hypervisor driver, each VM's qcow2 disk
+ * served by its own qemu-storage-daemon (QEMU's block layer and QMP, without a guest), the guest's writes made through
+ * a writable NBD export of the disk node (as test/platform/qemu-capture.test.ts does).
+ */
+import { randomBytes, randomInt } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import { SnapshotClient } from '../client/snapshot-client';
+import { DEFAULT_CHUNK_SIZE } from '../dataplane';
+import { startDevServer } from '../devserver/dev-server';
+import { ensureTemporalCli } from '../devserver/temporal-cli';
+import { GuestFreezeError } from '../domain/errors';
+import type { Region, Vm } from '../domain/model';
+import { openEmbeddedPlatform } from '../platform/local';
+import { NbdClient } from '../platform/qemu/nbd';
+import { QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../platform/qemu/qemu-hypervisor';
+import { QmpClient } from '../platform/qemu/qmp';
+import { startStorageDaemon } from '../platform/qemu/storage-daemon';
+import { createSnapshotWorker } from '../worker/worker';
+import type { SnapshotWorkflowResult } from '../workflows/snapshot';
+import { BLOCK_BYTES, IMAGE_BYTES, buildSparseDisk } from './images';
+import { ResticRepository } from './restic';
+import { ACCOUNT } from './service';
+import { GiB, MiB, run, settleWrites, timed, warmPageCache, which } from './util';
+
+/** The sparse disk: this size, holding the 1 GiB image's data spread over it (see sparseOffset). */
+export const QEMU_SPARSE_DISK_BYTES = 20 * GiB;
+/** Share of the image's 4 KiB blocks (distinct, at random positions) rewritten before each incremental. */
+export const CHANGED_PERCENTS = [1, 5] as const;
+/** The image is cut into pieces this large, piece i placed at i × SPARSE_PIECE_STRIDE on the sparse disk. */
+const SPARSE_PIECE_BYTES = 256 * MiB;
+const SPARSE_PIECE_STRIDE = 5 * GiB;
+/** Random 4 KiB blocks of a 64 MiB disk: the warm-up snapshot shares no chunk with any timed one. */
+const WARM_UP_DISK_BYTES = 64 * MiB;
+const TASK_QUEUE = 'bench-qemu';
+const WRITABLE_EXPORT = 'root-rw';
+/** Guest writes in flight on the writable export. */
+const WRITES_IN_FLIGHT = 64;
+
+/** One snapshot through the workflow: seconds from the create request to the SUCCESS result, and what it read. */
+export interface QemuSnapshotRun {
+  seconds: number;
+  /** captureBytesRead of the workflow result. */
+  bytesRead: number;
+  addedBytes: number;
+  consistency: string;
+}
+
+export interface QemuIncrementalRun extends QemuSnapshotRun {
+  percent: number;
+  blocksWritten: number;
+  /** Chunks the writes touched, times the chunk size: what an incremental has to read. */
+  changedChunkBytes: number;
+}
+
+export interface QemuDiskResult {
+  sizeBytes: number;
+  full: QemuSnapshotRun;
+  incrementals: QemuIncrementalRun[];
+}
+
+export interface QemuResult {
+  image: QemuDiskResult;
+  sparse: QemuDiskResult;
+  /** `restic backup` of the raw 1 GiB image, into a fresh repository. */
+  restic?: { seconds: number };
+}
+
+/**
+ * The QEMU driver for a process without a guest: qemu-storage-daemon runs none, so no agent answers a freeze and the
+ * workflow takes the crash-consistent path it takes for any VM without an agent (without starting the host's freeze
+ * guard, a process that would outlive the benchmark).
+ */
+class GuestlessQemuHypervisor extends QemuHypervisor {
+  override freeze(vm: Vm): Promise<void> {
+    return Promise.reject(new GuestFreezeError(vm.id, 'qemu-storage-daemon runs no guest'));
+  }
+}
+
+/** Where the byte at `imageOffset` of the image lies on the sparse disk (pieces are chunk- and cluster-aligned). */
+function sparseOffset(imageOffset: number): number {
+  const piece = Math.floor(imageOffset / SPARSE_PIECE_BYTES);
+  return piece * SPARSE_PIECE_STRIDE + (imageOffset % SPARSE_PIECE_BYTES);
+}
+
+/** A VM of the benchmark whose one disk is a qcow2 node `root` of its own qemu-storage-daemon. */
+interface QemuVm {
+  vm: Vm;
+  /** Places an image offset on this disk. */
+  place: (imageOffset: number) => number;
+  /** A connection to the writable export of the disk node: the guest's writes. */
+  disk: NbdClient;
+}
+
+/**
+ * Full snapshots of the 1 GiB qcow2 disk (vs `restic backup` of the raw image) and of the 20 GiB sparse one holding
+ * the same data, then on each an incremental after CHANGED_PERCENTS of the image's blocks were rewritten. Every
+ * process and file it makes is gone when it returns or throws.
+ */
+export async function benchQemu(options: {
+  workDir: string;
+  image: string;
+  restic?: string;
+  log: (message: string) => void;
+}): Promise<QemuResult> {
+  const { image, log } = options;
+  for (const tool of ['qemu-img', 'qemu-storage-daemon']) {
+    if (!(await which(tool))) {
+      throw new Error(`${tool} is missing: run scripts/setup.sh (or apt-get install qemu-utils qemu-system-x86)`);
+    }
+  }
+  const dir = path.join(options.workDir, 'qemu');
+  const hostDir = path.join(dir, 'host');
+  const cleanups: (() => Promise<unknown>)[] = [async () => fs.rm(dir, { recursive: true, force: true })];
+  try {
+    await fs.mkdir(hostDir, { recursive: true });
+    log('  building the qcow2 disks (1 GiB, 20 GiB sparse, 64 MiB warm-up)');
+    const qcow2 = async (vmId: string, fill: (raw: string) => Promise<unknown>): Promise<string> => {
+      const vmDir = qemuVmDir(hostDir, vmId);
+      await fs.mkdir(vmDir, { recursive: true });
+      const raw = path.join(dir, `${vmId}.raw`);
+      await fill(raw);
+      const file = path.join(vmDir, 'root.qcow2');
+      // qemu-img leaves clusters that read as zeros unallocated: the qcow2 holds only the data.
+      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, file]);
+      await fs.rm(raw);
+      return file;
+    };
+    const images = {
+      image: await qcow2('vm-qemu-1g', (raw) => run('cp', ['--sparse=always', image, raw])),
+      sparse: await qcow2('vm-qemu-20g', (raw) =>
+        buildSparseDisk(raw, image, QEMU_SPARSE_DISK_BYTES, (offset) => [sparseOffset(offset)]),
+      ),
+      warmUp: await qcow2('vm-qemu-warm-up', (raw) => fs.writeFile(raw, randomBytes(WARM_UP_DISK_BYTES))),
+    };
+
+    const startVm = async (id: string, region: Region, sizeBytes: number, file: string, place = (o: number) => o) => {
+      const vmDir = qemuVmDir(hostDir, id);
+      const daemon = await startStorageDaemon({ dir: vmDir, disks: [{ nodeName: 'root', path: file }] });
+      cleanups.push(() => daemon.stop());
+      // The NBD server on the socket the driver exports its views on (one server per process), with the writable
+      // export the guest's writes go through.
+      const nbdSocket = path.join(vmDir, QEMU_VM_FILES.nbd);
+      const qmp = await QmpClient.connect(daemon.qmpSocket);
+      try {
+        await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
+        await qmp.execute('block-export-add', {
+          type: 'nbd',
+          id: WRITABLE_EXPORT,
+          'node-name': 'root',
+          name: WRITABLE_EXPORT,
+          writable: true,
+        });
+      } finally {
+        await qmp.close();
+      }
+      const disk = await NbdClient.connect({ socketPath: nbdSocket, exportName: WRITABLE_EXPORT });
+      cleanups.push(() => disk.disconnect());
+      const vm: Vm = {
+        id,
+        accountId: ACCOUNT.id,
+        name: id.replace(/^vm-/, ''),
+        region,
+        flavor: 'H100-SXM5-80GB',
+        status: 'ACTIVE',
+        config: { vcpus: 1 },
+        disks: [{ name: 'root', path: file, sizeBytes }],
+        labels: [],
+      };
+      return { vm, place, disk };
+    };
+
+    // The SDK logs every worker state change at INFO. Section (b) installs the same runtime; it is gone once (b)'s
+    // connections closed, but install refuses while one exists.
+    if (Runtime._instance === undefined) Runtime.install({ logger: new DefaultLogger('WARN') });
+    const server = await startDevServer({ cliPath: await ensureTemporalCli(log), port: 0, uiPort: false });
+    cleanups.push(() => server.stop());
+    const platform = openEmbeddedPlatform(path.join(dir, 'platform'));
+    cleanups.push(async () => platform.catalog.close());
+    platform.catalog.putAccount(ACCOUNT);
+    // Each VM in its own region, so each full snapshot goes into a fresh repository (the two big disks share data).
+    const vms = {
+      image: await startVm('vm-qemu-1g', 'CANADA-1', IMAGE_BYTES, images.image),
+      sparse: await startVm('vm-qemu-20g', 'NORWAY-1', QEMU_SPARSE_DISK_BYTES, images.sparse, sparseOffset),
+      warmUp: await startVm('vm-qemu-warm-up', 'US-1', WARM_UP_DISK_BYTES, images.warmUp),
+    };
+    for (const { vm } of Object.values(vms)) platform.catalog.putVm(vm);
+
+    const nativeConnection = await NativeConnection.connect({ address: server.address });
+    cleanups.push(() => nativeConnection.close());
+    const connection = await Connection.connect({ address: server.address });
+    cleanups.push(() => connection.close());
+    const client = new Client({ connection, namespace: server.namespace });
+    log('  bundling the workflows and starting the worker (QEMU driver)');
+    const { worker, pool } = await createSnapshotWorker({
+      connection: nativeConnection,
+      namespace: server.namespace,
+      taskQueue: TASK_QUEUE,
+      platform: { ...platform, hypervisor: new GuestlessQemuHypervisor(hostDir) },
+    });
+    cleanups.push(() => pool.destroy());
+    const running = worker.run();
+    cleanups.push(async () => {
+      worker.shutdown();
+      await running;
+    });
+    const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: TASK_QUEUE });
+
+    const snapshot = async (vm: Vm, name: string): Promise<QemuSnapshotRun> => {
+      await settleWrites();
+      const { seconds, value: result } = await timed(async () => {
+        const started = await snapshots.createSnapshot({
+          accountId: ACCOUNT.id,
+          vmId: vm.id,
+          region: vm.region,
+          name,
+          requestedBy: 'bench',
+        });
+        return (await client.workflow.getHandle(started.workflowId).result()) as SnapshotWorkflowResult;
+      });
+      if (result.status !== 'SUCCESS') throw new Error(`snapshot ${name} ended ${result.status}`);
+      const record = platform.catalog.getSnapshot(result.snapshotId);
+      return {
+        seconds,
+        bytesRead: result.captureBytesRead,
+        addedBytes: result.addedBytes,
+        consistency: record?.consistency?.kind ?? 'unknown',
+      };
+    };
+
+    log('  warm-up snapshot (64 MiB)');
+    await snapshot(vms.warmUp.vm, 'qemu-warm-up');
+    for (const file of [images.image, images.sparse]) await warmPageCache(file);
+
+    log('  full snapshot of the 1 GiB disk');
+    const imageFull = await snapshot(vms.image.vm, 'qemu-full-1g');
+    let restic: QemuResult['restic'];
+    if (options.restic) {
+      log('  restic backup of the raw image (fresh repository)');
+      await settleWrites();
+      const repository = await ResticRepository.init(options.restic, path.join(dir, 'restic-repo'));
+      restic = { seconds: (await repository.backup(image)).seconds };
+    }
+    log('  full snapshot of the 20 GiB sparse disk');
+    const sparseFull = await snapshot(vms.sparse.vm, 'qemu-full-20g');
+
+    const incrementals = async (target: QemuVm, label: string): Promise<QemuIncrementalRun[]> => {
+      const runs: QemuIncrementalRun[] = [];
+      for (const percent of CHANGED_PERCENTS) {
+        log(`  ${label}: ${percent} % of the blocks rewritten, incremental snapshot`);
+        const written = await writeRandomBlocks(target, percent);
+        const run = await snapshot(target.vm, `qemu-incremental-${label}-${percent}`);
+        runs.push({ ...run, percent, ...written });
+      }
+      return runs;
+    };
+    return {
+      image: { sizeBytes: IMAGE_BYTES, full: imageFull, incrementals: await incrementals(vms.image, '1g') },
+      sparse: {
+        sizeBytes: QEMU_SPARSE_DISK_BYTES,
+        full: sparseFull,
+        incrementals: await incrementals(vms.sparse, '20g'),
+      },
+      restic,
+    };
+  } finally {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  }
+}
+
+/**
+ * Rewrites `percent` % of the image's 4 KiB blocks, distinct and at random positions, with random bytes, through the
+ * VM's writable export (placed on its disk), then flushes. Returns how many and the bytes of the chunks they touch.
+ */
+async function writeRandomBlocks(
+  target: QemuVm,
+  percent: number,
+): Promise<{ blocksWritten: number; changedChunkBytes: number }> {
+  const imageBlocks = IMAGE_BYTES / BLOCK_BYTES;
+  const blocks = new Set<number>();
+  while (blocks.size < Math.round((imageBlocks * percent) / 100)) blocks.add(randomInt(imageBlocks));
+  const offsets = [...blocks].map((block) => target.place(block * BLOCK_BYTES));
+  for (let i = 0; i < offsets.length; i += WRITES_IN_FLIGHT) {
+    const batch = offsets.slice(i, i + WRITES_IN_FLIGHT);
+    await Promise.all(batch.map((offset) => target.disk.write(offset, randomBytes(BLOCK_BYTES))));
+  }
+  await target.disk.flush();
+  const chunks = new Set(offsets.map((offset) => Math.floor(offset / DEFAULT_CHUNK_SIZE)));
+  return { blocksWritten: offsets.length, changedChunkBytes: chunks.size * DEFAULT_CHUNK_SIZE };
+}
