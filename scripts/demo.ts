@@ -16,12 +16,14 @@ import { loadConfig } from '../domain/config';
 import { formatWindow } from '../domain/windows';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../platform/local';
 import { demoApiKeysFile, seedDemoApiKeys } from '../platform/local/seed';
+import type { Vm } from '../domain/model';
 import { createSnapshotWorker } from '../worker/worker';
+import { demoRealVm } from './demo-qemu';
 
 /**
  * The main job on the embedded defaults (`npm run demo`): a Temporal dev server with the Web UI, the demo fleet, a
- * worker, then a full snapshot of a VM, some guest writes, an incremental snapshot of it, and a nightly snapshot
- * policy (a Temporal Schedule). Server and worker stay up for the Web UI until Ctrl-C (or exit at once with --exit).
+ * worker, then a full snapshot of a VM, some guest writes, an incremental snapshot of it, a nightly snapshot policy
+ * (a Temporal Schedule), and a real QEMU VM snapshotted live and restored into a VM that boots (demo-qemu.ts). Server and worker stay up for the Web UI until Ctrl-C (or exit at once with --exit).
  */
 async function main(): Promise<void> {
   const config = loadConfig();
@@ -84,9 +86,9 @@ async function main(): Promise<void> {
   const vm = eligible[0]!.vm;
   const stamp = new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-');
 
-  const take = async (name: string): Promise<void> => {
+  const take = async (via: SnapshotClient, vm: Vm, name: string) => {
     console.log(`\nSnapshot "${name}" of ${vm.name}:`);
-    const started: StartedSnapshot = await snapshots.createSnapshot({
+    const started: StartedSnapshot = await via.createSnapshot({
       accountId: config.SNAP_ACCOUNT,
       vmId: vm.id,
       region: vm.region,
@@ -95,21 +97,22 @@ async function main(): Promise<void> {
       requestedBy: 'demo',
     });
     const bar = stageProgressBar();
-    const record = await snapshots.watchProgress(started, (p) => bar.update({ ...p, stage: p.status }));
+    const record = await via.watchProgress(started, (p) => bar.update({ ...p, stage: p.status }));
     bar.stop();
     console.log(snapshotDetails(record));
     const workflowUrl = `${uiUrl}/namespaces/${config.TEMPORAL_NAMESPACE}/workflows/${encodeURIComponent(started.workflowId)}`;
     console.log(`Web UI: ${workflowUrl}`);
+    return { record, started };
   };
 
-  await take(`${vm.name}-demo-${stamp}-v1`);
+  await take(snapshots, vm, `${vm.name}-demo-${stamp}-v1`);
   // The guest keeps running: 64 scattered 4 KiB writes, then an incremental snapshot stores only what changed.
   const writes = Array.from({ length: 64 }, (_, i) => ({
     offset: ((i * 7919 + 13) % Math.floor(vm.disks[0]!.sizeBytes / 4096)) * 4096,
     data: Buffer.alloc(4096, `demo write ${i} at ${stamp}\n`),
   }));
   await writeGuestBlocks(platform.hypervisor, vm, 'root', writes);
-  await take(`${vm.name}-demo-${stamp}-v2`);
+  await take(snapshots, vm, `${vm.name}-demo-${stamp}-v2`);
 
   // Storage is billed hourly on what is stored (the Schedule does this at every full hour; here for the current one).
   await billing.meterHour(new Date());
@@ -139,6 +142,16 @@ async function main(): Promise<void> {
         .join(', '),
   );
   console.log(`Schedules in the Web UI: ${uiUrl}/namespaces/${config.TEMPORAL_NAMESPACE}/schedules`);
+
+  await demoRealVm({
+    platform,
+    dataDir: config.SNAP_DATA_DIR,
+    client,
+    nativeConnection,
+    namespace: config.TEMPORAL_NAMESPACE,
+    taskQueue: config.SNAP_TASK_QUEUE,
+    take,
+  });
 
   console.log(
     `\nAll snapshots: npm run snap -- list    Search them in the Web UI: ${uiUrl} (query SnapshotVm="${vm.id}")`,
