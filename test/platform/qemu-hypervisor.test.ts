@@ -202,8 +202,16 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
     await qemu.waitForAgent(BOOT_TIMEOUT_MS);
     const vm = vmRecord('vm-guest-01', [{ name: 'root', path: rootDisk }]);
     env.platform.catalog.putVm(vm);
-    await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
+    // Stopped at the end: the next test starts its own worker (on its own host folder) on the env's task queue.
+    const worker = await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
+    try {
+      await snapshotLiveTwiceAndRestore(vm, qemu);
+    } finally {
+      await worker.stop();
+    }
+  }, 900_000);
 
+  async function snapshotLiveTwiceAndRestore(vm: Vm, qemu: QemuVm): Promise<void> {
     const full = await takeSnapshot(env, vm, 'live-full');
     const incremental = await takeSnapshot(env, vm, 'live-incremental');
     expect([full.status, incremental.status]).toEqual(['SUCCESS', 'SUCCESS']);
@@ -237,7 +245,7 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
       expect(log).toEqual(log.map((_, i) => log[0]! + i));
       expect([log.at(-1), log.at(-2)]).toContain(Number((await cat(GUEST.writerCounterFile)).trim()));
     }
-  }, 900_000);
+  }
 
   test('a snapshot restored into a new VM boots with the captured configuration and its files', async () => {
     const image = await ensureGuestImage(path.join(__dirname, '../../.cache/guest'));
