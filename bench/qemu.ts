@@ -15,9 +15,9 @@ import { ensureTemporalCli } from '../devserver/temporal-cli';
 import { GuestFreezeError } from '../domain/errors';
 import type { Region, Vm } from '../domain/model';
 import { openEmbeddedPlatform } from '../platform/local';
-import { NbdClient } from '../platform/qemu/nbd';
+import type { NbdClient } from '../platform/qemu/nbd';
 import { QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../platform/qemu/qemu-hypervisor';
-import { QmpClient } from '../platform/qemu/qmp';
+import { exportWritable } from '../platform/qemu/nbd-writer';
 import { startStorageDaemon } from '../platform/qemu/storage-daemon';
 import { createSnapshotWorker } from '../worker/worker';
 import type { SnapshotWorkflowResult } from '../workflows/snapshot';
@@ -144,20 +144,11 @@ export async function benchQemu(options: {
       // The NBD server on the socket the driver exports its views on (one server per process), with the writable
       // export the guest's writes go through.
       const nbdSocket = path.join(vmDir, QEMU_VM_FILES.nbd);
-      const qmp = await QmpClient.connect(daemon.qmpSocket);
-      try {
-        await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
-        await qmp.execute('block-export-add', {
-          type: 'nbd',
-          id: WRITABLE_EXPORT,
-          'node-name': 'root',
-          name: WRITABLE_EXPORT,
-          writable: true,
-        });
-      } finally {
-        await qmp.close();
-      }
-      const disk = await NbdClient.connect({ socketPath: nbdSocket, exportName: WRITABLE_EXPORT });
+      const disk = await exportWritable(daemon.qmpSocket, {
+        socketPath: nbdSocket,
+        nodeName: 'root',
+        exportName: WRITABLE_EXPORT,
+      });
       cleanups.push(() => disk.disconnect());
       const vm: Vm = {
         id,

@@ -26,21 +26,11 @@ export async function openQemuDiskWriter(o: { dir: string; nodeName: string; pat
     pidFile: path.join(o.dir, FILES.pid),
   });
   try {
-    const socketPath = path.join(o.dir, FILES.nbd);
-    const qmp = await QmpClient.connect(daemon.qmpSocket);
-    try {
-      await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socketPath } } });
-      await qmp.execute('block-export-add', {
-        type: 'nbd',
-        id: EXPORT_NAME,
-        'node-name': o.nodeName,
-        name: EXPORT_NAME,
-        writable: true,
-      });
-    } finally {
-      await qmp.close();
-    }
-    const nbd = await NbdClient.connect({ socketPath, exportName: EXPORT_NAME });
+    const nbd = await exportWritable(daemon.qmpSocket, {
+      socketPath: path.join(o.dir, FILES.nbd),
+      nodeName: o.nodeName,
+      exportName: EXPORT_NAME,
+    });
     const maximum = nbd.blockSize.maximumPayload;
     return {
       async write(data, position) {
@@ -64,6 +54,26 @@ export async function openQemuDiskWriter(o: { dir: string; nodeName: string; pat
     await daemon.stop();
     throw error;
   }
+}
+
+/**
+ * Starts the QEMU process's NBD server on `socketPath` (one server per process), exports block node `nodeName`
+ * writable as `exportName`, and connects to it: a disk written from outside the guest (a restore; tests and the
+ * benchmark playing the guest).
+ */
+export async function exportWritable(
+  qmpSocket: string,
+  o: { socketPath: string; nodeName: string; exportName: string },
+): Promise<NbdClient> {
+  const qmp = await QmpClient.connect(qmpSocket);
+  try {
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: o.socketPath } } });
+    const name = o.exportName;
+    await qmp.execute('block-export-add', { type: 'nbd', id: name, 'node-name': o.nodeName, name, writable: true });
+  } finally {
+    await qmp.close();
+  }
+  return NbdClient.connect({ socketPath: o.socketPath, exportName: o.exportName });
 }
 
 /** Ends the storage daemon whose pid `pidFile` holds, if that process still runs and is one. */

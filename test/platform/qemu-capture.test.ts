@@ -6,8 +6,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { DEFAULT_CHUNK_SIZE } from '../../dataplane';
 import type { Vm } from '../../domain/model';
-import { NbdClient } from '../../platform/qemu/nbd';
-import { QmpClient } from '../../platform/qemu/qmp';
+import type { NbdClient } from '../../platform/qemu/nbd';
+import { exportWritable } from '../../platform/qemu/nbd-writer';
 import { QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../../platform/qemu/qemu-hypervisor';
 import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
 import type { SnapshotWorkflowResult } from '../../workflows/snapshot';
@@ -50,20 +50,11 @@ beforeEach(async () => {
   daemon = await startStorageDaemon({ dir, disks: [{ nodeName: 'root', path: image }] });
   // The NBD server runs on the socket the driver exports its views on (one server per process).
   const nbdSocket = path.join(dir, QEMU_VM_FILES.nbd);
-  const qmp = await QmpClient.connect(daemon.qmpSocket);
-  try {
-    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbdSocket } } });
-    await qmp.execute('block-export-add', {
-      type: 'nbd',
-      id: WRITABLE_EXPORT,
-      'node-name': 'root',
-      name: WRITABLE_EXPORT,
-      writable: true,
-    });
-  } finally {
-    await qmp.close();
-  }
-  disk = await NbdClient.connect({ socketPath: nbdSocket, exportName: WRITABLE_EXPORT });
+  disk = await exportWritable(daemon.qmpSocket, {
+    socketPath: nbdSocket,
+    nodeName: 'root',
+    exportName: WRITABLE_EXPORT,
+  });
 });
 
 afterEach(async () => {
