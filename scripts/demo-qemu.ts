@@ -79,14 +79,14 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
     ...config.boot,
   });
   const taskQueue = `${demo.taskQueue}-qemu`;
+  const hypervisor = new QemuHypervisor(hostDir, { accel });
   const { worker, pool } = await createSnapshotWorker({
     connection: demo.nativeConnection,
     namespace: demo.namespace,
     taskQueue,
-    platform: { ...demo.platform, hypervisor: new QemuHypervisor(hostDir, { accel }) },
+    platform: { ...demo.platform, hypervisor },
   });
   const running = worker.run();
-  const hypervisor = new QemuHypervisor(hostDir, { accel });
   let restoredId: string | undefined;
   try {
     const bootedAt = performance.now();
