@@ -1,11 +1,12 @@
 import { restoreDisk, restoreDiskFile, withDiskWriter } from '../dataplane';
 import type { DiskWriter } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
-import type { Disk, Region, SnapshotRecord, Vm } from '../domain/model';
+import type { Disk, HostPlacement, Region, SnapshotRecord, Vm } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
 import { checkOwnSnapshot } from '../domain/rules';
 import type { ActivityDeps } from './deps';
+import { placementOn } from './deps';
 import { withFailureTypes } from './failures';
 import { readSnapshotManifest } from './manifests';
 import { StageReporter } from './progress';
@@ -20,6 +21,8 @@ export interface RestoredVm {
   vmId: string;
   disks: Disk[];
   source: RestoreSource;
+  /** Where its disks are written (and any other host step runs): the new VM's host. */
+  host: HostPlacement;
 }
 
 /**
@@ -109,6 +112,10 @@ export function createRestoreActivities(deps: ActivityDeps) {
           const snapshot = restorable(accountId, source.snapshotId);
           from = { manifestId: snapshot.id, region: snapshot.region };
         }
+        // The new VM goes on the host of the VM the snapshot was taken of (the capacity its owner had there), or, once
+        // that VM is gone, on the host of the worker that runs this step.
+        const sourceVmId = deps.catalog.getSnapshot(from.manifestId)?.vmId;
+        const hostId = (sourceVmId && deps.catalog.getVm(sourceVmId)?.hostId) ?? deps.hostId;
         if (region && region !== from.region) {
           throw new SnapshotError(
             'RegionMismatch',
@@ -116,7 +123,10 @@ export function createRestoreActivities(deps: ActivityDeps) {
           );
         }
         const existing = deps.catalog.getVm(input.vmId);
-        if (existing) return { vmId: existing.id, disks: existing.disks, source: from };
+        if (existing) {
+          const host = placementOn(deps, existing.hostId);
+          return { vmId: existing.id, disks: existing.disks, source: from, host };
+        }
         if (deps.catalog.listVms({ accountId }).some((vm) => vm.name === vmName)) {
           throw new SnapshotError('InvalidVmName', `Account ${accountId} already has a VM named "${vmName}".`);
         }
@@ -125,6 +135,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
         const config = manifest.vmConfig;
         deps.catalog.putVm({
           id: input.vmId,
+          hostId,
           accountId,
           name: vmName,
           region: from.region,
@@ -134,7 +145,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
           disks,
           labels: [],
         });
-        return { vmId: input.vmId, disks, source: from };
+        return { vmId: input.vmId, disks, source: from, host: placementOn(deps, hostId) };
       });
     },
 

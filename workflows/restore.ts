@@ -1,20 +1,28 @@
-import { CancellationScope, proxyActivities, setCurrentDetails, setHandler, uuid4 } from '@temporalio/workflow';
+import {
+  CancellationScope,
+  proxyActivities,
+  proxyLocalActivities,
+  setCurrentDetails,
+  setHandler,
+  uuid4,
+} from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { restoredVmIdFrom } from '../domain/ids';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { restoreStateQuery } from './messages';
-import { CATALOG_ACTIVITY, dataActivities } from './profiles';
+import { CATALOG_ACTIVITY, dataActivities, hostActivities } from './profiles';
 
-// Restores scale with disk size and heartbeat like the data stages; a permanent error (not SUCCESS, unknown disk,
-// corrupt chunk) ends the restore at once, and cleanup never starts while a disk is still being written. On the data
-// task queue, within the memory budget.
-const restores = dataActivities();
+// Restores scale with disk size and heartbeat like the data stages (their default options, dataActivities); a
+// permanent error (not SUCCESS, unknown disk, corrupt chunk) ends the restore at once, and cleanup never starts while a
+// disk is still being written. On a host's data task queue, within its memory budget.
 const restoreCatalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
+const { workerHost } = proxyLocalActivities<Activities>(CATALOG_ACTIVITY);
 
 /** Restores one disk of a snapshot to a raw image file; its progress is in the activity's heartbeat details. */
 export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<{ bytesRestored: number }> {
   setCurrentDetails(`Restoring disk \`${request.diskName}\` of ${request.snapshotId} to \`${request.targetPath}\``);
-  return restores.restoreSnapshotDisk(request);
+  // A file belongs to no VM: it is written on the host of the worker that runs this workflow.
+  return dataActivities(await workerHost()).restoreSnapshotDisk(request);
 }
 
 /**
@@ -30,6 +38,8 @@ export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vm
   setCurrentDetails(`Restoring VM \`${request.vmName}\` (${vmId}) from ${JSON.stringify(request.source)}`);
   const created = await restoreCatalog.createRestoredVm({ request, vmId });
   state.bytesTotal = created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
+  // The new VM's disks are written, and removed on failure, on its host.
+  const restores = dataActivities(created.host);
   try {
     for (const disk of created.disks) {
       await restores.restoreVmDisk({ source: created.source, vmId, diskName: disk.name });
@@ -38,7 +48,9 @@ export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vm
     await restoreCatalog.startRestoredVm(vmId);
     await restoreCatalog.activateRestoredVm(vmId);
   } catch (error) {
-    await CancellationScope.nonCancellable(() => restoreCatalog.discardRestoredVm(vmId));
+    await CancellationScope.nonCancellable(() =>
+      hostActivities(created.host, CATALOG_ACTIVITY).discardRestoredVm(vmId),
+    );
     throw error;
   }
   state.done = true;

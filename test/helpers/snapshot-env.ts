@@ -42,7 +42,7 @@ export interface SnapshotEnv {
   client: Client;
   taskQueue: string;
   /**
-   * Starts a worker (its main and data workers) on the env's task queue; `repositoryFor` lets a test wrap a
+   * Starts a worker (its main, host and data workers) on the env's task queue; `repositoryFor` lets a test wrap a
    * repository (fault injection), `captureGate` holds its captures where a test needs them.
    */
   startWorker(options?: {
@@ -53,6 +53,10 @@ export interface SnapshotEnv {
     repositoryFor?: (region: Region) => Repository;
     /** Another hypervisor driver than the env's embedded one (the QEMU driver's tests). */
     hypervisor?: Hypervisor;
+    /** The worker's host (DEFAULT_HOST_ID, the test fleet's, by default). */
+    hostId?: string;
+    /** How long a host-pinned step waits for its host's worker (DEFAULT_HOST_START_TIMEOUT_MS by default). */
+    hostStartTimeoutMs?: number;
   }): Promise<RunningWorker>;
   close(): Promise<void>;
 }
@@ -130,6 +134,8 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
         connection: temporal.nativeConnection,
         namespace: temporal.client.options.namespace,
         taskQueue,
+        hostId: options.hostId,
+        hostStartTimeoutMs: options.hostStartTimeoutMs,
         platform: {
           ...platform,
           repositoryFor: options.repositoryFor ?? platform.repositoryFor,
