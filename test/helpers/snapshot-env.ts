@@ -130,8 +130,11 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
     maintenance: new MaintenanceClient({ client: temporal.client, taskQueue }),
     billing: new BillingClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
     async startWorker(options = {}) {
+      // A worker of a host of its own stands for another machine's worker: it has connections of its own (the SDK
+      // refuses two workers of one task queue on one connection).
+      const own = options.hostId === undefined ? undefined : await connectTestClient();
       const { worker, pool } = await createSnapshotWorker({
-        connection: temporal.nativeConnection,
+        connection: (own ?? temporal).nativeConnection,
         namespace: temporal.client.options.namespace,
         taskQueue,
         hostId: options.hostId,
@@ -147,6 +150,9 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
         shutdownGraceTime: options.shutdownGraceTime,
         dataMemoryMiB: options.dataMemoryMiB,
         workflowBundle: testWorkflowBundle(),
+      }).catch(async (error: unknown) => {
+        await own?.close();
+        throw error;
       });
       const running = worker.run();
       const handle: RunningWorker = {
@@ -156,6 +162,7 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
           worker.shutdown();
           await running;
           await pool.destroy();
+          await own?.close();
         },
       };
       workers.push(handle);
