@@ -13,6 +13,7 @@ import { createRootDisk, ensureGuestImage, GUEST, writerTicks } from '../platfor
 import { QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../platform/qemu/qemu-hypervisor';
 import { startQemuVm, waitForGuestAgent } from '../platform/qemu/vm-process';
 import { createSnapshotWorker } from '../worker/worker';
+import { DEFAULT_HOST_ID } from '../domain/model';
 
 const exec = promisify(execFile);
 const VM_ID = 'vm-guest-01';
@@ -96,6 +97,7 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
     );
     const vm: Vm = {
       id: VM_ID,
+      hostId: DEFAULT_HOST_ID,
       accountId: 'acme',
       name: 'guest-01',
       region: 'CANADA-1',

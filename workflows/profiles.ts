@@ -72,6 +72,7 @@ export const HOST_ACTIVITY_TYPES = [
   'thawVm',
   'releaseViews',
   'readVmLoad',
+  'startRestoredVm',
   'discardRestoredVm',
 ] as const satisfies readonly (keyof Activities)[];
 

@@ -38,19 +38,18 @@ export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vm
   setCurrentDetails(`Restoring VM \`${request.vmName}\` (${vmId}) from ${JSON.stringify(request.source)}`);
   const created = await restoreCatalog.createRestoredVm({ request, vmId });
   state.bytesTotal = created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
-  // The new VM's disks are written, and removed on failure, on its host.
+  // The new VM's disks are written, the VM started, and removed on failure, on its host.
   const restores = dataActivities(created.host);
+  const onHost = hostActivities(created.host, CATALOG_ACTIVITY);
   try {
     for (const disk of created.disks) {
       await restores.restoreVmDisk({ source: created.source, vmId, diskName: disk.name });
       state.finishedBytes += disk.sizeBytes;
     }
-    await restoreCatalog.startRestoredVm(vmId);
+    await onHost.startRestoredVm(vmId);
     await restoreCatalog.activateRestoredVm(vmId);
   } catch (error) {
-    await CancellationScope.nonCancellable(() =>
-      hostActivities(created.host, CATALOG_ACTIVITY).discardRestoredVm(vmId),
-    );
+    await CancellationScope.nonCancellable(() => onHost.discardRestoredVm(vmId));
     throw error;
   }
   state.done = true;
