@@ -2,6 +2,7 @@ import { createCaptureActivity } from './capture';
 import { createCleanupActivities } from './cleanup';
 import { createCompressActivity } from './compress';
 import type { ActivityDeps } from './deps';
+import { createHostActivities } from './hosts';
 import { createInitiateActivity } from './initiate';
 import { createLifecycleActivities } from './lifecycle';
 import { createMaintenanceActivities } from './maintenance';
@@ -27,6 +28,7 @@ export function createActivities(deps: ActivityDeps) {
     ...createLifecycleActivities(deps),
     ...createMaintenanceActivities(deps),
     ...createMeteringActivities(deps),
+    ...createHostActivities(deps),
   };
 }
 

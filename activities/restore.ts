@@ -1,11 +1,12 @@
 import { restoreDisk, restoreDiskFile, withDiskWriter } from '../dataplane';
 import type { DiskWriter } from '../dataplane';
 import { SnapshotError } from '../domain/errors';
-import type { Disk, Region, SnapshotRecord, Vm } from '../domain/model';
+import type { Disk, HostPlacement, Region, SnapshotRecord, Vm } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
 import { checkOwnSnapshot } from '../domain/rules';
 import type { ActivityDeps } from './deps';
+import { placementOn } from './deps';
 import { withFailureTypes } from './failures';
 import { readSnapshotManifest } from './manifests';
 import { StageReporter } from './progress';
@@ -16,10 +17,10 @@ export interface RestoreSource {
   region: Region;
 }
 
-export interface RestoredVm {
-  vmId: string;
-  disks: Disk[];
+/** Where a new VM is restored from, and the host it goes on (its disks are created and written there). */
+export interface PlacedRestore {
   source: RestoreSource;
+  host: HostPlacement;
 }
 
 /**
@@ -90,14 +91,15 @@ export function createRestoreActivities(deps: ActivityDeps) {
     },
 
     /**
-     * Registers the new VM (state BUILD) with the captured configuration and allocates its disks. Idempotent for the
-     * same `vmId`, which the workflow chooses.
+     * Checks a VM restore request and chooses where the new VM goes: the source (a SUCCESS snapshot or an image of
+     * the account, in the requested region) and the host, which is the host of the VM the snapshot was taken of (the
+     * capacity its owner had there), or, once that VM is gone, the host of the worker that runs this step.
      */
-    async createRestoredVm(input: { request: RestoreVmRequest; vmId: string }): Promise<RestoredVm> {
+    async placeRestoredVm(input: RestoreVmRequest): Promise<PlacedRestore> {
       return withFailureTypes(async () => {
-        const parsed = RestoreVmRequestSchema.safeParse(input.request);
+        const parsed = RestoreVmRequestSchema.safeParse(input);
         if (!parsed.success) throw new SnapshotError('InvalidRequest', parsed.error.message);
-        const { accountId, source, vmName, region } = parsed.data;
+        const { accountId, source, region } = parsed.data;
         let from: RestoreSource;
         if ('imageId' in source) {
           const image = deps.catalog.getImage(source.imageId);
@@ -115,26 +117,40 @@ export function createRestoreActivities(deps: ActivityDeps) {
             `The source is stored in ${from.region}; a VM restored from it is created in ${from.region}, not ${region}.`,
           );
         }
+        const sourceVmId = deps.catalog.getSnapshot(from.manifestId)?.vmId;
+        const hostId = (sourceVmId && deps.catalog.getVm(sourceVmId)?.hostId) ?? deps.hostId;
+        return { source: from, host: placementOn(deps, hostId) };
+      });
+    },
+
+    /**
+     * On the new VM's host: allocates its disks and registers it (state BUILD, on this worker's host) with the
+     * captured configuration. Idempotent for the same `vmId`, which the workflow chooses.
+     */
+    async createRestoredVm(input: { request: RestoreVmRequest; vmId: string; source: RestoreSource }): Promise<Disk[]> {
+      return withFailureTypes(async () => {
+        const { accountId, vmName } = RestoreVmRequestSchema.parse(input.request);
         const existing = deps.catalog.getVm(input.vmId);
-        if (existing) return { vmId: existing.id, disks: existing.disks, source: from };
+        if (existing) return existing.disks;
         if (deps.catalog.listVms({ accountId }).some((vm) => vm.name === vmName)) {
           throw new SnapshotError('InvalidVmName', `Account ${accountId} already has a VM named "${vmName}".`);
         }
-        const manifest = await readSnapshotManifest(deps, from.region, from.manifestId);
+        const manifest = await readSnapshotManifest(deps, input.source.region, input.source.manifestId);
         const disks = await deps.hypervisor.createDisks(input.vmId, manifest.disks);
         const config = manifest.vmConfig;
         deps.catalog.putVm({
           id: input.vmId,
+          hostId: deps.hostId,
           accountId,
           name: vmName,
-          region: from.region,
+          region: input.source.region,
           flavor: typeof config.flavor === 'string' ? config.flavor : 'unknown',
           status: 'BUILD',
           config,
           disks,
           labels: [],
         });
-        return { vmId: input.vmId, disks, source: from };
+        return disks;
       });
     },
 

@@ -1,10 +1,11 @@
-import type { Region, VmLoad, VmStatus } from '../domain/model';
+import type { HostPlacement, Region, VmLoad, VmStatus } from '../domain/model';
 import { renderSnapshotName } from '../domain/naming';
 import type { SnapshotPolicy } from '../domain/policies';
 import { parsePolicy, policyScheduleId, selectPolicyVms } from '../domain/policies';
 import { selectRetained } from '../domain/retention';
 import { SnapshotError } from '../domain/errors';
 import type { ActivityDeps } from './deps';
+import { placementOn } from './deps';
 import { withFailureTypes } from './failures';
 
 /** A VM a scheduled run will snapshot: what the child workflow's summary and search attributes need. */
@@ -13,6 +14,8 @@ export interface TargetVm {
   name: string;
   flavor: string;
   region: Region;
+  /** Where its load is read (and its snapshot's host steps run): the VM's host. */
+  host: HostPlacement;
 }
 
 export interface PolicyTargets {
@@ -55,8 +58,15 @@ export function createSchedulingActivities(deps: ActivityDeps) {
         }));
         const vms: TargetVm[] = [];
         for (const vm of candidates) {
-          if (vm.status === 'ACTIVE') vms.push({ id: vm.id, name: vm.name, flavor: vm.flavor, region: vm.region });
-          else skipped.push({ vmId: vm.id, reason: notActive(vm.name, vm.status) });
+          if (vm.status === 'ACTIVE') {
+            vms.push({
+              id: vm.id,
+              name: vm.name,
+              flavor: vm.flavor,
+              region: vm.region,
+              host: placementOn(deps, vm.hostId),
+            });
+          } else skipped.push({ vmId: vm.id, reason: notActive(vm.name, vm.status) });
         }
         return { policy, vms, skipped };
       });

@@ -2,11 +2,12 @@ import { createHash } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import { NO_ACTIVE_VMS, requestFingerprint } from '../domain/acceptance';
 import { SnapshotError } from '../domain/errors';
-import type { Region } from '../domain/model';
+import type { HostPlacement, Region } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { CreateSnapshotRequestSchema } from '../domain/requests';
 import { checkAccount, checkSnapshotRequest } from '../domain/rules';
 import type { ActivityDeps } from './deps';
+import { placementOn } from './deps';
 import { withFailureTypes } from './failures';
 
 export interface ValidateResult {
@@ -21,6 +22,8 @@ export interface ValidateResult {
   vmName: string;
   region: Region;
   logicalBytes: number;
+  /** Where the snapshot's host-pinned steps and data stages run: the VM's host. */
+  host: HostPlacement;
 }
 
 /**
@@ -76,6 +79,7 @@ export function createValidateActivity(deps: ActivityDeps) {
         vmName: vm.name,
         region: vm.region,
         logicalBytes: vm.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0),
+        host: placementOn(deps, vm.hostId),
       };
     });
   };

@@ -42,6 +42,7 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   ManifestMissing: 500,
   TemporalUnavailable: 503,
   WorkerUnavailable: 503,
+  HostUnavailable: 503,
   ManifestCorrupt: 500,
   StorageFull: 507,
 };

@@ -25,6 +25,7 @@ import { BLOCK_BYTES, IMAGE_BYTES, buildSparseDisk } from './images';
 import { ResticRepository } from './restic';
 import { ACCOUNT } from './service';
 import { GiB, MiB, run, settleWrites, timed, warmPageCache, which } from './util';
+import { DEFAULT_HOST_ID } from '../domain/model';
 
 /** The sparse disk: this size, holding the 1 GiB image's data spread over it (see sparseOffset). */
 export const QEMU_SPARSE_DISK_BYTES = 20 * GiB;
@@ -152,6 +153,7 @@ export async function benchQemu(options: {
       cleanups.push(() => disk.disconnect());
       const vm: Vm = {
         id,
+        hostId: DEFAULT_HOST_ID,
         accountId: ACCOUNT.id,
         name: id.replace(/^vm-/, ''),
         region,

@@ -13,6 +13,7 @@ import type { EmbeddedPlatform } from '../platform/local';
 import { createSnapshotWorker } from '../worker/worker';
 import type { BlockWrite } from './images';
 import { run, timed } from './util';
+import { DEFAULT_HOST_ID } from '../domain/model';
 
 export const ACCOUNT: Account = { ...DEMO_ACCOUNT, id: 'bench', name: 'Benchmark' };
 const TASK_QUEUE = 'bench-snapshots';
@@ -125,6 +126,7 @@ export async function registerVm(
   await fillDisk(diskPath);
   const vm: Vm = {
     id,
+    hostId: DEFAULT_HOST_ID,
     accountId: ACCOUNT.id,
     name: id.replace(/^vm-/, ''),
     region,

@@ -1,11 +1,19 @@
 import path from 'node:path';
 import { z } from 'zod';
+import { DEFAULT_HOST_ID, HostIdSchema } from './model';
 
 /** Runtime configuration, parsed once at start-up from the environment. */
 export const ConfigSchema = z.object({
   TEMPORAL_ADDRESS: z.string().default('127.0.0.1:7233'),
   TEMPORAL_NAMESPACE: z.string().default('default'),
   SNAP_TASK_QUEUE: z.string().default('snapshots'),
+  /**
+   * The host this worker runs on: it runs the host-pinned steps and data stages of the VMs placed on this host (their
+   * hypervisor, views and QEMU processes are here), on the task queues `<SNAP_TASK_QUEUE>-host-<id>` and
+   * `<SNAP_TASK_QUEUE>-host-<id>-data`. One id per host, the same for every worker on it; `local` by default, the
+   * host the demo fleet is seeded on.
+   */
+  SNAP_HOST_ID: HostIdSchema.default(DEFAULT_HOST_ID),
   /** Embedded platform state: catalog, demo disks, repositories, point-in-time views, Temporal's database. */
   SNAP_DATA_DIR: z.string().default(path.resolve(__dirname, '..', '.data')),
   /** The account the CLI acts for. */

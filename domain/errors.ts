@@ -41,6 +41,12 @@ export const SnapshotErrorType = {
    * hypervisor needs other settings than the snapshot captured).
    */
   VmNotBootable: 'VmNotBootable',
+  /**
+   * No worker of the VM's host took a step that must run there (the host's views and QEMU processes are nowhere
+   * else) within the host start timeout: the host or its worker is down. Start the worker of that host (SNAP_HOST_ID),
+   * then take the snapshot again.
+   */
+  HostUnavailable: 'HostUnavailable',
   /** The client cannot reach the Temporal server (not started, or another address). */
   TemporalUnavailable: 'TemporalUnavailable',
   /** No worker polls a task queue the request needs: it would wait until one starts. */
@@ -111,6 +117,16 @@ export class GuestFreezeError extends SnapshotError {
         'accept a crash-consistent snapshot.',
     );
   }
+}
+
+/**
+ * Why a host-pinned step failed with `HostUnavailable`: no worker of `hostId` started `activity` within `timeout`.
+ */
+export function hostUnavailableMessage(hostId: string, activity: string, timeout: string): string {
+  return (
+    `No worker of host "${hostId}" started ${activity} within ${timeout}: the host or its worker is down, and this ` +
+    `step must run on the VM's host. Start the worker of that host (SNAP_HOST_ID=${hostId}), then try again.`
+  );
 }
 
 export function isSnapshotErrorType(value: unknown): value is SnapshotErrorType {

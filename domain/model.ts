@@ -18,8 +18,32 @@ export const DiskSchema = z.object({
 });
 export type Disk = z.infer<typeof DiskSchema>;
 
+/**
+ * The host a worker stands for when SNAP_HOST_ID is not set, and the host the demo fleet is seeded on: a fixed name
+ * rather than os.hostname(), so a data directory keeps its VMs' host across machines and renames, and the two-command
+ * quick start needs no setting. Deployments with several hosts set SNAP_HOST_ID on each worker.
+ */
+export const DEFAULT_HOST_ID = 'local';
+
+/** A host id: it is part of a task queue name (`<queue>-host-<host id>`), so letters, digits, `.`, `_` and `-`. */
+export const HostIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'a host id is 1-63 letters, digits, ".", "_" or "-"');
+
+/**
+ * Where a VM's host-pinned steps run, as a workflow learns it from an activity's result (so a replay routes them the
+ * same way): the VM's host, and how long a step may wait for a worker of that host to start it before the host is
+ * taken as down (the worker's host start timeout).
+ */
+export interface HostPlacement {
+  hostId: string;
+  startTimeoutMs: number;
+}
+
 export const VmSchema = z.object({
   id: z.string(),
+  /** The host whose hypervisor runs the VM: its disks, its views and its QEMU processes are there. */
+  hostId: HostIdSchema,
   accountId: z.string(),
   name: z.string(),
   region: RegionSchema,

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Client } from '@temporalio/client';
-import type { NativeConnection } from '@temporalio/worker';
+import { NativeConnection } from '@temporalio/worker';
 import { SnapshotClient } from '../client/snapshot-client';
 import type { StartedSnapshot } from '../client/snapshot-client';
 import type { SnapshotRecord, Vm } from '../domain/model';
@@ -16,6 +16,8 @@ import { createSnapshotWorker } from '../worker/worker';
 
 const exec = promisify(execFile);
 const VM_ID = 'vm-guest-01';
+/** The demo's QEMU host: the guest's VM is placed there, and the second worker stands for that host. */
+const HOST_ID = 'qemu-1';
 const DISK_BYTES = 64 * 2 ** 20;
 // A TCG guest boots to a ready agent in about 30 s here; a loaded machine takes longer.
 const BOOT_TIMEOUT_MS = 300_000;
@@ -25,9 +27,10 @@ export interface RealVmDemo {
   platform: EmbeddedPlatform;
   dataDir: string;
   client: Client;
-  nativeConnection: NativeConnection;
+  /** The Temporal server's address: the QEMU host's worker connects to it on a connection of its own. */
+  address: string;
   namespace: string;
-  /** The demo's task queue: the QEMU host's worker serves `<taskQueue>-qemu`. */
+  /** The demo's task queue, which every worker shares (the QEMU host's worker too). */
   taskQueue: string;
   /** Takes a snapshot, showing its progress and Web UI link (the demo's own). */
   take(snapshots: SnapshotClient, vm: Vm, name: string): Promise<{ record: SnapshotRecord; started: StartedSnapshot }>;
@@ -38,7 +41,8 @@ export interface RealVmDemo {
  * (TCG here; `SNAP_QEMU_ACCEL=kvm` where KVM works) while its writer workload keeps writing, snapshots it live through
  * the QEMU driver (printing how long initiation, and so the freeze, took), takes an incremental, restores the
  * incremental into a new VM that boots, and reads a file back through the restored guest's agent. The guest runs on
- * its own worker (a second host: the driver's folder `<data dir>/qemu`); both VMs are stopped at the end.
+ * its own worker, a second host (`qemu-1`, the driver's folder `<data dir>/qemu`), which runs its host steps and data
+ * stages; both VMs are stopped at the end.
  */
 export async function demoRealVm(demo: RealVmDemo): Promise<void> {
   if (
@@ -78,12 +82,14 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
     ...config,
     ...config.boot,
   });
-  const taskQueue = `${demo.taskQueue}-qemu`;
   const hypervisor = new QemuHypervisor(hostDir, { accel });
+  // Another host's worker has a connection of its own (the SDK refuses two workers of one task queue on one).
+  const connection = await NativeConnection.connect({ address: demo.address });
   const { worker, pool } = await createSnapshotWorker({
-    connection: demo.nativeConnection,
+    connection,
     namespace: demo.namespace,
-    taskQueue,
+    taskQueue: demo.taskQueue,
+    hostId: HOST_ID,
     platform: { ...demo.platform, hypervisor },
   });
   const running = worker.run();
@@ -96,6 +102,7 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
     );
     const vm: Vm = {
       id: VM_ID,
+      hostId: HOST_ID,
       accountId: 'acme',
       name: 'guest-01',
       region: 'CANADA-1',
@@ -106,7 +113,11 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
       labels: [],
     };
     demo.platform.catalog.putVm(vm);
-    const snapshots = new SnapshotClient({ client: demo.client, catalog: demo.platform.catalog, taskQueue });
+    const snapshots = new SnapshotClient({
+      client: demo.client,
+      catalog: demo.platform.catalog,
+      taskQueue: demo.taskQueue,
+    });
     const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
     let last: SnapshotRecord | undefined;
     for (const name of [`guest-01-live-${stamp}-v1`, `guest-01-live-${stamp}-v2`]) {
@@ -157,6 +168,7 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
     worker.shutdown();
     await running;
     await pool.destroy();
+    await connection.close();
   }
 }
 

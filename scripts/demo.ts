@@ -147,7 +147,7 @@ async function main(): Promise<void> {
     platform,
     dataDir: config.SNAP_DATA_DIR,
     client,
-    nativeConnection,
+    address: config.TEMPORAL_ADDRESS,
     namespace: config.TEMPORAL_NAMESPACE,
     taskQueue: config.SNAP_TASK_QUEUE,
     take,

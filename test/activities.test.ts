@@ -12,6 +12,8 @@ import type { DiskView } from '../platform/ports';
 import { seedTestFleet } from './helpers/snapshot-env';
 import type { CaptureCheckpoint, CaptureResult } from '../activities/capture';
 import type { StageHeartbeat } from '../activities/progress';
+import { DEFAULT_HOST_ID } from '../domain/model';
+import { DEFAULT_HOST_START_TIMEOUT_MS } from '../worker/worker';
 
 let dataDir: string;
 let platform: EmbeddedPlatform;
@@ -29,6 +31,8 @@ beforeAll(async () => {
     repositoryFor: platform.repositoryFor,
     pool,
     captureMaxBytesPerSecond: 0,
+    hostId: DEFAULT_HOST_ID,
+    hostStartTimeoutMs: DEFAULT_HOST_START_TIMEOUT_MS,
   });
 });
 

@@ -11,6 +11,8 @@ import { writeGuestBlocks } from '../platform/local';
 import type { LocalHypervisor } from '../platform/local';
 import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
+import { DEFAULT_HOST_ID } from '../domain/model';
+import { DEFAULT_HOST_START_TIMEOUT_MS } from '../worker/worker';
 
 jest.setTimeout(120_000);
 
@@ -88,6 +90,8 @@ test('a failure between freeze and thaw leaves the guest thawed: initiation fail
       repositoryFor: env.platform.repositoryFor,
       pool,
       captureMaxBytesPerSecond: 0,
+      hostId: DEFAULT_HOST_ID,
+      hostStartTimeoutMs: DEFAULT_HOST_START_TIMEOUT_MS,
     });
     env.platform.catalog.reserveSnapshot({
       id: 'snap-fails-frozen',

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Client } from '@temporalio/client';
 import { tsToMs } from '@temporalio/common/lib/time';
 import { dataActivityWorkingSet, workingMemory } from '../dataplane';
+import { DEFAULT_HOST_ID } from '../domain/model';
 import type { Vm } from '../domain/model';
 import { dataMemoryPlan } from '../worker/worker';
 import { DATA_ACTIVITY_TYPES, dataTaskQueue } from '../workflows/profiles';
@@ -128,7 +129,7 @@ describe('one memory budget for the data stages', () => {
     });
     const runs = (await Promise.all(workflowIds.map((id) => dataRuns(env.client, id)))).flat();
     expect(runs).toHaveLength(vms.length * 3 + disks);
-    expect(new Set(runs.map((r) => r.taskQueue))).toEqual(new Set([dataTaskQueue(env.taskQueue)]));
+    expect(new Set(runs.map((r) => r.taskQueue))).toEqual(new Set([dataTaskQueue(env.taskQueue, DEFAULT_HOST_ID)]));
     expect(maxOverlap(runs)).toBe(LIMIT);
 
     // The working memory held (in use and free) never passed the budget.

@@ -21,6 +21,7 @@ import { startQemuVm, type QemuVm } from '../platform/qemu/vm-process';
 import { socketAccepts } from '../platform/qemu/wire';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 import { createSnapshotEnv, refusal } from './helpers/snapshot-env';
+import { DEFAULT_HOST_ID } from '../domain/model';
 
 /**
  * The freeze policy (`quiesce`): a guest that cannot be frozen gives a crash-consistent snapshot that says why
@@ -66,6 +67,7 @@ afterEach(async () => {
 function vmRecord(id: string, disks: { name: string; path: string }[]): Vm {
   return {
     id,
+    hostId: DEFAULT_HOST_ID,
     accountId: 'acme',
     name: id.replace(/^vm-/, ''),
     region: 'CANADA-1',

@@ -11,6 +11,7 @@ import { DEMO_ACCOUNT } from '../platform/local';
 import { createSnapshotEnv, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import type { RaceOutcome } from './support/race-client';
+import { DEFAULT_HOST_ID } from '../domain/model';
 
 // Races between processes: each request is sent by one of several client processes (test/support/race-client.ts),
 // and validated by one of three workers (this process's and two child processes', test/support/race-worker.ts). They
@@ -186,6 +187,7 @@ test('money for 5 snapshots, 20 requests on 20 VMs from 4 processes: exactly 5 a
     await fs.writeFile(disk, Buffer.alloc(4 * 2 ** 20, `racer ${i}\n`));
     const vm: Vm = {
       id,
+      hostId: DEFAULT_HOST_ID,
       accountId: 'racer',
       name: `racer-${i}`,
       region: 'US-1',

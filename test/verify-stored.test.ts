@@ -23,6 +23,8 @@ import { makeTempDir } from './dataplane/helpers';
 import { damageChunk, loseChunk } from './helpers/repository';
 import { createSnapshotEnv, scribble, takeSnapshot } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
+import { DEFAULT_HOST_ID } from '../domain/model';
+import { DEFAULT_HOST_START_TIMEOUT_MS } from '../worker/worker';
 
 let env: SnapshotEnv;
 /** Chunk ids read back through the worker's repositories (verification's reads), in order. */
@@ -187,6 +189,8 @@ describe('the verification activity', () => {
       repositoryFor: instrumented,
       pool,
       captureMaxBytesPerSecond: 0,
+      hostId: DEFAULT_HOST_ID,
+      hostStartTimeoutMs: DEFAULT_HOST_START_TIMEOUT_MS,
     });
   });
 

@@ -31,6 +31,7 @@ async function main(): Promise<void> {
     connection,
     namespace: config.TEMPORAL_NAMESPACE,
     taskQueue: config.SNAP_TASK_QUEUE,
+    hostId: config.SNAP_HOST_ID,
     platform,
     captureMaxBytesPerSecond: config.SNAP_CAPTURE_MAX_MBPS * 1e6,
     dataMemoryMiB: config.SNAP_DATA_MEMORY_MIB,
@@ -40,7 +41,8 @@ async function main(): Promise<void> {
   await new MaintenanceClient({ client, taskQueue: config.SNAP_TASK_QUEUE }).ensureSchedules();
   const { budgetBytes, workingSetBytes, maxDataActivities } = worker.memory;
   console.log(
-    `worker polling task queue "${config.SNAP_TASK_QUEUE}" on ${config.TEMPORAL_ADDRESS}; data stages: ` +
+    `worker of host "${config.SNAP_HOST_ID}" polling task queue "${config.SNAP_TASK_QUEUE}" on ` +
+      `${config.TEMPORAL_ADDRESS}; data stages: ` +
       `${maxDataActivities} at once in ${mib(budgetBytes)} MiB (${mib(workingSetBytes)} MiB each); hypervisor ` +
       config.SNAP_HYPERVISOR,
   );

@@ -1,19 +1,21 @@
-import { proxyActivities, setCurrentDetails } from '@temporalio/workflow';
+import type { ActivityOptions } from '@temporalio/common';
+import { proxyActivities, proxyLocalActivities, setCurrentDetails } from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import type { ReverifyOutcome } from '../activities/maintenance';
 import type { GcResult } from '../dataplane';
 import type { Region } from '../domain/model';
-import { dataActivities } from './profiles';
+import { CATALOG_ACTIVITY, dataActivities } from './profiles';
 
 // Both walk a whole repository: long timeouts, heartbeats so a dead worker is noticed, safe to retry from scratch.
-// On the data task queue, within the memory budget.
-const maintenance = dataActivities({
+// They belong to no VM: on the data task queue of the host of the worker that runs the workflow, within its budget.
+const MAINTENANCE: ActivityOptions = {
   startToCloseTimeout: '6 hours',
   heartbeatTimeout: '1 minute',
   retry: { initialInterval: '5s', maximumInterval: '5 minutes', maximumAttempts: 10 },
-});
+};
 
 const { listSnapshotsToReverify } = proxyActivities<Activities>({ startToCloseTimeout: '1 minute' });
+const { workerHost } = proxyLocalActivities<Activities>(CATALOG_ACTIVITY);
 
 /**
  * Mark-and-sweep garbage collection of one region's repository (run daily by a Schedule per region): frees chunks
@@ -21,6 +23,7 @@ const { listSnapshotsToReverify } = proxyActivities<Activities>({ startToCloseTi
  */
 export async function garbageCollectionWorkflow(input: { region: Region; graceMinutes: number }): Promise<GcResult> {
   setCurrentDetails(`Garbage collection of ${input.region}, grace period ${input.graceMinutes} min`);
+  const maintenance = dataActivities(await workerHost(), MAINTENANCE);
   const result = await maintenance.collectRegionGarbage(input);
   setCurrentDetails(
     `Garbage collection of ${input.region}: ${result.chunksRemoved} chunks removed, ${result.bytesFreed} bytes freed, ` +
@@ -41,6 +44,7 @@ export interface ReverifyReport {
  */
 export async function reverifyWorkflow(input: { region: Region; olderThanDays: number }): Promise<ReverifyReport> {
   const ids = await listSnapshotsToReverify(input);
+  const maintenance = dataActivities(await workerHost(), MAINTENANCE);
   const damaged: ReverifyOutcome[] = [];
   for (const [index, id] of ids.entries()) {
     setCurrentDetails(`Re-verifying ${input.region}: ${index + 1} of ${ids.length}, ${damaged.length} damaged so far`);

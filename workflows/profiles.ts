@@ -1,15 +1,19 @@
 import type { ActivityOptions } from '@temporalio/common';
-import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
-import type { ActivityInterfaceFor } from '@temporalio/workflow';
+import { SearchAttributeType, TimeoutType, defineSearchAttributeKey } from '@temporalio/common';
+import type { ActivityFunctionWithOptions, ActivityInterfaceFor } from '@temporalio/workflow';
 import {
   ActivityCancellationType,
+  ActivityFailure,
   ApplicationFailure,
+  TimeoutFailure,
   isCancellation,
   proxyActivities,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities } from '../activities';
-import { PERMANENT_ERROR_TYPES } from '../domain/errors';
+import type { SnapshotErrorType } from '../domain/errors';
+import { PERMANENT_ERROR_TYPES, hostUnavailableMessage } from '../domain/errors';
+import type { HostPlacement } from '../domain/model';
 
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 
@@ -42,8 +46,10 @@ export const DATA_ACTIVITY: ActivityOptions = {
 
 /**
  * The activities whose working memory counts against the worker's data memory budget: they run on the data task
- * queue, whose worker runs only as many at once as the budget holds (see worker/worker.ts); the rest of a worker's
- * activities (catalog, initiation, cleanup) run on the main task queue.
+ * queue of a host, whose worker runs only as many at once as the budget holds (see worker/worker.ts). A process has
+ * one budget, and Temporal keeps it as the slot count of one worker polling one queue: so every data activity runs on
+ * a host's data queue, verification included (it reads only the repository and could run anywhere, but a second
+ * budgeted queue per process would let the process use twice its budget).
  */
 export const DATA_ACTIVITY_TYPES = [
   'captureSnapshot',
@@ -57,21 +63,104 @@ export const DATA_ACTIVITY_TYPES = [
 
 export type DataActivities = Pick<Activities, (typeof DATA_ACTIVITY_TYPES)[number]>;
 
-/** The task queue of the data activities of workflows on `taskQueue` (served by the same workers). */
-export function dataTaskQueue(taskQueue: string): string {
-  return `${taskQueue}-data`;
+/**
+ * The short activities that must run on the VM's host, because what they touch exists only there (the hypervisor's
+ * VMs, their freeze, their point-in-time views, their load counters, a restored VM's disks): they run on the host's task queue.
+ */
+export const HOST_ACTIVITY_TYPES = [
+  'initiateSnapshot',
+  'thawVm',
+  'releaseViews',
+  'readVmLoad',
+  'createRestoredVm',
+  'startRestoredVm',
+  'discardRestoredVm',
+] as const satisfies readonly (keyof Activities)[];
+
+export type HostActivities = Pick<Activities, (typeof HOST_ACTIVITY_TYPES)[number]>;
+
+/**
+ * The task queues, in one place: a worker of host `h` on task queue `q` runs the workflows and the catalog steps on
+ * `q` (shared by every worker), its host's short steps on `q-host-h` and its host's data stages on `q-host-h-data`.
+ */
+export function hostTaskQueue(taskQueue: string, hostId: string): string {
+  return `${taskQueue}-host-${hostId}`;
+}
+
+/** The data task queue of host `hostId` (see hostTaskQueue). */
+export function dataTaskQueue(taskQueue: string, hostId: string): string {
+  return `${hostTaskQueue(taskQueue, hostId)}-data`;
 }
 
 /**
- * The data activities with `options`, scheduled on the data task queue of the calling workflow's task queue. Safe to
- * call at module load: the options (which need workflowInfo()) are made when an activity is called, in the workflow.
+ * How long a data stage may wait on its host's data queue: it waits there for the host's memory budget behind the
+ * host's other data stages, which a live host can keep busy for hours, so this bound is as long as one data stage may
+ * run (DATA_ACTIVITY's start-to-close timeout), and only a host that stays down that long fails the stage.
  */
-export function dataActivities(options: ActivityOptions = DATA_ACTIVITY): ActivityInterfaceFor<DataActivities> {
-  return new Proxy({} as ActivityInterfaceFor<DataActivities>, {
-    get: (_, type) =>
-      proxyActivities<DataActivities>({ ...options, taskQueue: dataTaskQueue(workflowInfo().taskQueue) })[
-        type as keyof DataActivities
-      ],
+const DATA_START_TIMEOUT = '12 hours';
+
+/**
+ * The host-pinned activities of the host `placement` names, with `options`, on that host's task queue. A worker of
+ * the host that is alive starts a task at once (the host queue has no budget to wait for), so a step not started
+ * within `placement.startTimeoutMs` fails with `HostUnavailable` (non-retryable, naming the host) instead of waiting
+ * for a host that is gone.
+ */
+export function hostActivities(
+  placement: HostPlacement,
+  options: ActivityOptions,
+): ActivityInterfaceFor<HostActivities> {
+  const timeout = `${placement.startTimeoutMs / 1000} s`;
+  return onHost<HostActivities>(placement.hostId, timeout, {
+    ...options,
+    scheduleToStartTimeout: placement.startTimeoutMs,
+    taskQueue: hostTaskQueue(workflowInfo().taskQueue, placement.hostId),
+  });
+}
+
+/**
+ * The data activities with `options`, on the data task queue of the host `placement` names; a stage not started
+ * within DATA_START_TIMEOUT fails with `HostUnavailable`.
+ */
+export function dataActivities(
+  placement: HostPlacement,
+  options: ActivityOptions = DATA_ACTIVITY,
+): ActivityInterfaceFor<DataActivities> {
+  return onHost<DataActivities>(placement.hostId, DATA_START_TIMEOUT, {
+    ...options,
+    scheduleToStartTimeout: DATA_START_TIMEOUT,
+    taskQueue: dataTaskQueue(workflowInfo().taskQueue, placement.hostId),
+  });
+}
+
+/** `proxyActivities(options)`, each call turning a schedule-to-start timeout into `HostUnavailable`. */
+function onHost<A extends object>(hostId: string, timeout: string, options: ActivityOptions): ActivityInterfaceFor<A> {
+  const proxied = proxyActivities<A>(options);
+  const pinned = <T>(type: string, call: () => Promise<T>): Promise<T> =>
+    call().catch((error: unknown) => {
+      if (
+        error instanceof ActivityFailure &&
+        error.cause instanceof TimeoutFailure &&
+        error.cause.timeoutType === TimeoutType.SCHEDULE_TO_START
+      ) {
+        throw ApplicationFailure.create({
+          type: 'HostUnavailable' satisfies SnapshotErrorType,
+          message: hostUnavailableMessage(hostId, type, timeout),
+          nonRetryable: true,
+          cause: error,
+        });
+      }
+      throw error;
+    });
+  return new Proxy({} as ActivityInterfaceFor<A>, {
+    get: (_, type: string) => {
+      const activity = proxied[type as keyof A] as ActivityFunctionWithOptions<
+        (...args: unknown[]) => Promise<unknown>
+      >;
+      const call = (...args: unknown[]) => pinned(type, () => activity(...args));
+      call.executeWithOptions = (callOptions: ActivityOptions, args: unknown[]) =>
+        pinned(type, () => activity.executeWithOptions(callOptions, args));
+      return call;
+    },
   });
 }
 

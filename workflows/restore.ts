@@ -1,20 +1,28 @@
-import { CancellationScope, proxyActivities, setCurrentDetails, setHandler, uuid4 } from '@temporalio/workflow';
+import {
+  CancellationScope,
+  proxyActivities,
+  proxyLocalActivities,
+  setCurrentDetails,
+  setHandler,
+  uuid4,
+} from '@temporalio/workflow';
 import type { Activities } from '../activities';
 import { restoredVmIdFrom } from '../domain/ids';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { restoreStateQuery } from './messages';
-import { CATALOG_ACTIVITY, dataActivities } from './profiles';
+import { CATALOG_ACTIVITY, dataActivities, hostActivities } from './profiles';
 
-// Restores scale with disk size and heartbeat like the data stages; a permanent error (not SUCCESS, unknown disk,
-// corrupt chunk) ends the restore at once, and cleanup never starts while a disk is still being written. On the data
-// task queue, within the memory budget.
-const restores = dataActivities();
+// Restores scale with disk size and heartbeat like the data stages (their default options, dataActivities); a
+// permanent error (not SUCCESS, unknown disk, corrupt chunk) ends the restore at once, and cleanup never starts while a
+// disk is still being written. On a host's data task queue, within its memory budget.
 const restoreCatalog = proxyActivities<Activities>(CATALOG_ACTIVITY);
+const { workerHost } = proxyLocalActivities<Activities>(CATALOG_ACTIVITY);
 
 /** Restores one disk of a snapshot to a raw image file; its progress is in the activity's heartbeat details. */
 export async function restoreDiskWorkflow(request: RestoreDiskRequest): Promise<{ bytesRestored: number }> {
   setCurrentDetails(`Restoring disk \`${request.diskName}\` of ${request.snapshotId} to \`${request.targetPath}\``);
-  return restores.restoreSnapshotDisk(request);
+  // A file belongs to no VM: it is written on the host of the worker that runs this workflow.
+  return dataActivities(await workerHost()).restoreSnapshotDisk(request);
 }
 
 /**
@@ -28,17 +36,21 @@ export async function restoreVmWorkflow(request: RestoreVmRequest): Promise<{ vm
   setHandler(restoreStateQuery, () => state);
   const vmId = restoredVmIdFrom(uuid4());
   setCurrentDetails(`Restoring VM \`${request.vmName}\` (${vmId}) from ${JSON.stringify(request.source)}`);
-  const created = await restoreCatalog.createRestoredVm({ request, vmId });
-  state.bytesTotal = created.disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
+  const placed = await restoreCatalog.placeRestoredVm(request);
+  // The new VM's disks are created and written, the VM started, and removed on failure, on its host.
+  const restores = dataActivities(placed.host);
+  const onHost = hostActivities(placed.host, CATALOG_ACTIVITY);
   try {
-    for (const disk of created.disks) {
-      await restores.restoreVmDisk({ source: created.source, vmId, diskName: disk.name });
+    const disks = await onHost.createRestoredVm({ request, vmId, source: placed.source });
+    state.bytesTotal = disks.reduce((sum, disk) => sum + disk.sizeBytes, 0);
+    for (const disk of disks) {
+      await restores.restoreVmDisk({ source: placed.source, vmId, diskName: disk.name });
       state.finishedBytes += disk.sizeBytes;
     }
-    await restoreCatalog.startRestoredVm(vmId);
+    await onHost.startRestoredVm(vmId);
     await restoreCatalog.activateRestoredVm(vmId);
   } catch (error) {
-    await CancellationScope.nonCancellable(() => restoreCatalog.discardRestoredVm(vmId));
+    await CancellationScope.nonCancellable(() => onHost.discardRestoredVm(vmId));
     throw error;
   }
   state.done = true;

@@ -13,12 +13,13 @@ import {
 import type { Activities } from '../activities';
 import type { TargetVm } from '../activities/scheduling';
 import { snapshotIdFrom } from '../domain/ids';
+import type { VmLoad } from '../domain/model';
 import { formatLoad, isQuiet, policyScheduleId, runDeadline } from '../domain/policies';
 import type { SnapshotPolicy } from '../domain/policies';
 import { formatWindow } from '../domain/windows';
 import { deleteSnapshotWorkflow, deletionWorkflowId } from './lifecycle';
 import { scheduledRunQuery } from './messages';
-import { CATALOG_ACTIVITY, scheduledStartTime, typedFailure } from './profiles';
+import { CATALOG_ACTIVITY, hostActivities, scheduledStartTime, typedFailure } from './profiles';
 import type { ScheduledRunState, VmRunOutcome } from './messages';
 import type { snapshotWorkflow } from './snapshot';
 import { snapshotStartOptions } from './start-options';
@@ -66,14 +67,31 @@ export async function scheduledSnapshotWorkflow(input: SnapshotPolicy): Promise<
   const runVm = async (vm: TargetVm): Promise<VmRunOutcome> => {
     const waitStarted = Date.now();
     const waited = () => Math.round((Date.now() - waitStarted) / 1000);
-    let load = await catalog.readVmLoad.executeWithOptions({ summary: `Read the load of ${vm.name}` }, [vm.id]);
-    if (!isQuiet(load, policy.loadThreshold)) {
-      decide(`${vm.name} is busy (${formatLoad(load)}); waiting for it to drop under ${thresholdText(policy)}`);
-    }
-    while (!isQuiet(load, policy.loadThreshold) && Date.now() < deadline.closesAt.getTime()) {
-      const wait = Math.min(policy.loadCheckSeconds * 1000, deadline.closesAt.getTime() - Date.now());
-      await sleep(wait, { summary: `${vm.name} busy (${formatLoad(load)}): check again` });
-      load = await catalog.readVmLoad.executeWithOptions({ summary: `Read the load of ${vm.name}` }, [vm.id]);
+    // The load counters are the hypervisor's, on the VM's host.
+    const onHost = hostActivities(vm.host, CATALOG_ACTIVITY);
+    const readLoad = () => onHost.readVmLoad.executeWithOptions({ summary: `Read the load of ${vm.name}` }, [vm.id]);
+    // Reads the load until it is under the threshold or the window closes.
+    const waitForQuiet = async (): Promise<VmLoad> => {
+      let load = await readLoad();
+      if (!isQuiet(load, policy.loadThreshold)) {
+        decide(`${vm.name} is busy (${formatLoad(load)}); waiting for it to drop under ${thresholdText(policy)}`);
+      }
+      while (!isQuiet(load, policy.loadThreshold) && Date.now() < deadline.closesAt.getTime()) {
+        const wait = Math.min(policy.loadCheckSeconds * 1000, deadline.closesAt.getTime() - Date.now());
+        await sleep(wait, { summary: `${vm.name} busy (${formatLoad(load)}): check again` });
+        load = await readLoad();
+      }
+      return load;
+    };
+    let load: VmLoad;
+    try {
+      load = await waitForQuiet();
+    } catch (error) {
+      // A VM whose load cannot be read (its host is down: HostUnavailable) fails alone; the other VMs still run.
+      const { type, reason: why } = typedFailure(error);
+      const reason = `${type}: ${why}`;
+      decide(`${vm.name} failed: its load could not be read: ${reason}`);
+      return { vmId: vm.id, vmName: vm.name, outcome: 'failed', reason, waitedSeconds: waited(), expired: [] };
     }
     if (!isQuiet(load, policy.loadThreshold)) {
       const why = `the window closed after waiting ${minutes(waited())} while ${vm.name} stayed busy (${formatLoad(load)})`;

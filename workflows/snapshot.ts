@@ -12,16 +12,17 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
+import type { ActivityOptions } from '@temporalio/common';
 import type { Activities } from '../activities';
 import { idempotencyKeyReusedMessage, nameTakenMessage, requestFingerprint } from '../domain/acceptance';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
 import { describeConsistency } from '../domain/model';
-import type { Region, SnapshotRecord, SnapshotStage } from '../domain/model';
+import type { HostPlacement, Region, SnapshotRecord, SnapshotStage } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
 import type { Acceptance, AcceptanceRequest } from './messages';
 import { JOINED_REFUSED_RUN, acceptedUpdate } from './messages';
-import { CATALOG_ACTIVITY, dataActivities, typedFailure } from './profiles';
+import { CATALOG_ACTIVITY, dataActivities, hostActivities, typedFailure } from './profiles';
 
 const nonRetryableErrorTypes = [...PERMANENT_ERROR_TYPES];
 
@@ -35,22 +36,23 @@ const checks = proxyLocalActivities<Activities>(CATALOG_ACTIVITY);
 // whatever the disk size); the freeze may wait up to 30 s for a guest write in progress. It heartbeats every second
 // (FREEZE_RENEW_MS), so a dead worker is noticed after 5 s and the attempt retried, while the guest it froze thaws by
 // itself when the freeze lease (5 s) runs out. Few attempts: each one freezes the guest again.
-const initiation = proxyActivities<Activities>({
+// On the VM's host (hostActivities), where the VM and its views are.
+const INITIATION: ActivityOptions = {
   startToCloseTimeout: '5 minutes',
   heartbeatTimeout: '5 seconds',
   // On cancellation, compensations must not run while the activity still works (it would recreate what they remove).
   cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
   retry: { initialInterval: '2s', maximumAttempts: 3, nonRetryableErrorTypes },
-});
+};
 
-// Capture, compression and verification scale with disk size: on the data task queue, within the memory budget.
-const dataStages = dataActivities();
-
-// Compensations must eventually succeed: many attempts, all idempotent.
-const compensations = proxyActivities<Activities>({
+// Compensations must eventually succeed: many attempts, all idempotent. Those on the VM's host (thaw, releasing the
+// views) fail with HostUnavailable once the host start timeout passes with the host down, so cleanup never waits for
+// a dead host: its freeze lease thaws the guest by itself.
+const COMPENSATION: ActivityOptions = {
   startToCloseTimeout: '5 minutes',
   retry: { initialInterval: '1s', maximumInterval: '30 seconds', maximumAttempts: 50 },
-});
+};
+const compensations = proxyActivities<Activities>(COMPENSATION);
 
 const STAGE_SUMMARIES: Record<SnapshotStage, string> = {
   VALIDATING: 'Validation: check the rules, reserve the name',
@@ -155,7 +157,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   };
 
   const undo: (() => Promise<unknown>)[] = [];
-  let verified: { region: Region; record: SnapshotRecord; captureBytesRead: number };
+  let verified: { region: Region; host: HostPlacement; record: SnapshotRecord; captureBytesRead: number };
   try {
     // The run's start is when the request arrived: validation compares it with the VM's other snapshots.
     const vm = await run('VALIDATING', checks.validateSnapshot, input, workflowInfo().startTime.toISOString());
@@ -171,10 +173,15 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       await CancellationScope.nonCancellable(() => condition(allHandlersFinished));
       return { snapshotId: vm.snapshotId, status: 'DUPLICATE' };
     }
-    undo.unshift(() => compensations.thawVm(snapshotId));
-    undo.unshift(() => compensations.releaseViews(snapshotId, 'discarded'));
+    // Initiation, capture and compression run on the VM's host (its views exist only there), verification on its
+    // data queue too (within the host's memory budget); catalog steps run on the workflow's own task queue.
+    const onHost = hostActivities(vm.host, INITIATION);
+    const cleanup = hostActivities(vm.host, COMPENSATION);
+    const dataStages = dataActivities(vm.host);
+    undo.unshift(() => cleanup.thawVm(snapshotId));
+    undo.unshift(() => cleanup.releaseViews(snapshotId, 'discarded'));
     // Runs started before `quiesce` existed have none: the activity takes the default then.
-    const disks = await run('INITIATING', initiation.initiateSnapshot, snapshotId, { quiesce: request.quiesce });
+    const disks = await run('INITIATING', onHost.initiateSnapshot, snapshotId, { quiesce: request.quiesce });
     undo.unshift(() => compensations.discardSnapshotData(snapshotId, vm.region));
     const captured = await run('CAPTURING', dataStages.captureSnapshot, { snapshotId, region: vm.region, disks });
     const compressed = await run('COMPRESSING', dataStages.compressSnapshot, {
@@ -188,7 +195,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       region: vm.region,
       addedBytes: compressed.addedBytes,
     });
-    verified = { region: vm.region, record, captureBytesRead: captured.bytesRead };
+    verified = { region: vm.region, host: vm.host, record, captureBytesRead: captured.bytesRead };
     consistency = describeConsistency(record.consistency ?? null);
   } catch (error) {
     const reason = typedFailure(error);
@@ -217,7 +224,12 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   enter('SUCCESS');
   await CancellationScope.nonCancellable(() =>
     Promise.all([
-      compensations.releaseViews(snapshotId, 'kept'),
+      // A host that went down since verification keeps its views; the snapshot is SUCCESS all the same.
+      hostActivities(verified.host, COMPENSATION)
+        .releaseViews(snapshotId, 'kept')
+        .catch((error: unknown) => {
+          log.warn('views not released', { snapshotId, error: String(error) });
+        }),
       compensations.dropStaging(snapshotId, verified.region),
     ]),
   );

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
 import { generateApiKey, hashApiKey } from '../api-keys';
+import { DEFAULT_HOST_ID } from '../../domain/model';
 import type { Account, Region, Vm, VmStatus } from '../../domain/model';
 import type { Catalog } from '../ports';
 
@@ -18,6 +19,8 @@ export interface SeedOptions {
   /** Directories whose files fill the root and data disks (first that exists wins). */
   rootSources?: string[];
   dataSources?: string[];
+  /** The host the fleet runs on: DEFAULT_HOST_ID (a worker's host when SNAP_HOST_ID is not set) by default. */
+  hostId?: string;
 }
 
 interface FleetVm {
@@ -161,6 +164,7 @@ export async function seedDemoFleet(catalog: Catalog, options: SeedOptions): Pro
     await makeExt4Image(data.path, dataBytes, dataSource, 'data');
     const vm: Vm = {
       id: spec.id,
+      hostId: options.hostId ?? DEFAULT_HOST_ID,
       accountId: spec.accountId,
       name: spec.name,
       region: spec.region,

@@ -13,7 +13,7 @@ import type {
   Vm,
   VmStatus,
 } from '../../domain/model';
-import { AccountSchema, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
+import { AccountSchema, DEFAULT_HOST_ID, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
 import { idempotencyKeyReusedMessage, nameTakenMessage } from '../../domain/acceptance';
 import { NAME_KEY_RULE, snapshotNameKey } from '../../domain/requests';
 import { checkCredits } from '../../domain/rules';
@@ -26,7 +26,8 @@ const HOLDS_NAME = `status NOT IN ('FAILED', 'DELETED')`;
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vms (
-  id TEXT PRIMARY KEY, account_id TEXT NOT NULL, region TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL
+  id TEXT PRIMARY KEY, account_id TEXT NOT NULL, region TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL,
+  host_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshots (
   id TEXT PRIMARY KEY,
@@ -154,6 +155,16 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
   };
 }
 
+interface VmRow {
+  doc: string;
+  host_id: string;
+}
+
+/** A VM is its doc and its host, which has a column of its own (added after the doc). */
+function toVm(row: VmRow): Vm {
+  return VmSchema.parse({ ...(JSON.parse(row.doc) as object), hostId: row.host_id });
+}
+
 /** A crash-consistent snapshot's reason is kept in its own column (null for application-consistent ones). */
 function toConsistency(row: SnapshotRow): Consistency | null {
   if (row.consistency === 'crash-consistent') return { kind: row.consistency, reason: row.consistency_reason ?? '' };
@@ -177,17 +188,24 @@ const PATCH_COLUMNS: Record<Exclude<keyof SnapshotPatch, 'consistency'>, string>
   manifestDigest: 'manifest_digest',
 };
 
-/** Columns added after the first release, with their definitions: catalogs made before them gain them on open. */
-const ADDED_COLUMNS: Record<string, string> = {
-  policy_id: 'TEXT',
-  verified_at: 'TEXT',
-  deleted_at: 'TEXT',
-  deleted_reason: 'TEXT',
-  request_digest: 'TEXT',
-  manifest_digest: 'TEXT',
-  // Snapshots made before consistency was recorded stay null: not known.
-  consistency: 'TEXT',
-  consistency_reason: 'TEXT',
+/** Columns added after the first release, by table, with their definitions: catalogs made before them gain them on open. */
+const ADDED_COLUMNS: Record<string, Record<string, string>> = {
+  snapshots: {
+    policy_id: 'TEXT',
+    verified_at: 'TEXT',
+    deleted_at: 'TEXT',
+    deleted_reason: 'TEXT',
+    request_digest: 'TEXT',
+    manifest_digest: 'TEXT',
+    // Snapshots made before consistency was recorded stay null: not known.
+    consistency: 'TEXT',
+    consistency_reason: 'TEXT',
+  },
+  vms: {
+    // VMs made before hosts existed are on the one host there was: the default one (the column holds a VM's host, its
+    // doc does not).
+    host_id: `TEXT NOT NULL DEFAULT '${DEFAULT_HOST_ID}'`,
+  },
 };
 
 /**
@@ -238,11 +256,13 @@ export class SqliteCatalog implements Catalog {
   }
 
   private addMissingColumns(): void {
-    const present = new Set(
-      (this.db.prepare('PRAGMA table_info(snapshots)').all() as { name: string }[]).map((c) => c.name),
-    );
-    for (const [column, type] of Object.entries(ADDED_COLUMNS)) {
-      if (!present.has(column)) this.db.exec(`ALTER TABLE snapshots ADD COLUMN ${column} ${type}`);
+    for (const [table, columns] of Object.entries(ADDED_COLUMNS)) {
+      const present = new Set(
+        (this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).map((c) => c.name),
+      );
+      for (const [column, type] of Object.entries(columns)) {
+        if (!present.has(column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+      }
     }
   }
 
@@ -284,31 +304,41 @@ export class SqliteCatalog implements Catalog {
   }
 
   getVm(id: string): Vm | undefined {
-    const row = this.db.prepare('SELECT doc FROM vms WHERE id = ?').get(id) as { doc: string } | undefined;
-    return row && VmSchema.parse(JSON.parse(row.doc));
+    const row = this.db.prepare('SELECT doc, host_id FROM vms WHERE id = ?').get(id) as VmRow | undefined;
+    return row && toVm(row);
   }
 
   listVms(filter: { accountId?: string; region?: Region; status?: VmStatus }): Vm[] {
     const rows = this.db
       .prepare(
-        `SELECT doc FROM vms WHERE (@accountId IS NULL OR account_id = @accountId)
+        `SELECT doc, host_id FROM vms WHERE (@accountId IS NULL OR account_id = @accountId)
          AND (@region IS NULL OR region = @region) AND (@status IS NULL OR status = @status) ORDER BY id`,
       )
-      .all({ accountId: filter.accountId ?? null, region: filter.region ?? null, status: filter.status ?? null }) as {
-      doc: string;
-    }[];
-    return rows.map((row) => VmSchema.parse(JSON.parse(row.doc)));
+      .all({
+        accountId: filter.accountId ?? null,
+        region: filter.region ?? null,
+        status: filter.status ?? null,
+      }) as VmRow[];
+    return rows.map(toVm);
   }
 
   putVm(vm: Vm): void {
-    const doc = VmSchema.parse(vm);
+    const { hostId, ...doc } = VmSchema.parse(vm);
     this.db
       .prepare(
-        `INSERT INTO vms (id, account_id, region, status, doc) VALUES (@id, @accountId, @region, @status, @doc)
+        `INSERT INTO vms (id, account_id, region, status, doc, host_id)
+         VALUES (@id, @accountId, @region, @status, @doc, @hostId)
          ON CONFLICT (id) DO UPDATE SET account_id = excluded.account_id, region = excluded.region,
-         status = excluded.status, doc = excluded.doc`,
+         status = excluded.status, doc = excluded.doc, host_id = excluded.host_id`,
       )
-      .run({ id: doc.id, accountId: doc.accountId, region: doc.region, status: doc.status, doc: JSON.stringify(doc) });
+      .run({
+        id: doc.id,
+        accountId: doc.accountId,
+        region: doc.region,
+        status: doc.status,
+        doc: JSON.stringify(doc),
+        hostId,
+      });
   }
 
   deleteVm(id: string): void {

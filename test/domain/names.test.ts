@@ -14,6 +14,7 @@ import {
 } from '../../domain/requests';
 import { SqliteCatalog } from '../../platform/local';
 import { DEMO_ACCOUNT } from '../../platform/local/seed';
+import { DEFAULT_HOST_ID } from '../../domain/model';
 
 const accepted = (name: string) => SnapshotNameSchema.parse(name);
 const refusal = (name: string) => SnapshotNameSchema.safeParse(name).error?.issues[0]?.message;
@@ -128,6 +129,7 @@ describe('the catalog', () => {
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   const vm = (id: string) => ({
+    hostId: DEFAULT_HOST_ID,
     id,
     accountId: DEMO_ACCOUNT.id,
     name: id.slice(3),

@@ -42,7 +42,7 @@ export interface SnapshotEnv {
   client: Client;
   taskQueue: string;
   /**
-   * Starts a worker (its main and data workers) on the env's task queue; `repositoryFor` lets a test wrap a
+   * Starts a worker (its main, host and data workers) on the env's task queue; `repositoryFor` lets a test wrap a
    * repository (fault injection), `captureGate` holds its captures where a test needs them.
    */
   startWorker(options?: {
@@ -53,6 +53,10 @@ export interface SnapshotEnv {
     repositoryFor?: (region: Region) => Repository;
     /** Another hypervisor driver than the env's embedded one (the QEMU driver's tests). */
     hypervisor?: Hypervisor;
+    /** The worker's host (DEFAULT_HOST_ID, the test fleet's, by default). */
+    hostId?: string;
+    /** How long a host-pinned step waits for its host's worker (DEFAULT_HOST_START_TIMEOUT_MS by default). */
+    hostStartTimeoutMs?: number;
   }): Promise<RunningWorker>;
   close(): Promise<void>;
 }
@@ -126,10 +130,15 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
     maintenance: new MaintenanceClient({ client: temporal.client, taskQueue }),
     billing: new BillingClient({ client: temporal.client, catalog: platform.catalog, taskQueue }),
     async startWorker(options = {}) {
+      // A worker of a host of its own stands for another machine's worker: it has connections of its own (the SDK
+      // refuses two workers of one task queue on one connection).
+      const own = options.hostId === undefined ? undefined : await connectTestClient();
       const { worker, pool } = await createSnapshotWorker({
-        connection: temporal.nativeConnection,
+        connection: (own ?? temporal).nativeConnection,
         namespace: temporal.client.options.namespace,
         taskQueue,
+        hostId: options.hostId,
+        hostStartTimeoutMs: options.hostStartTimeoutMs,
         platform: {
           ...platform,
           repositoryFor: options.repositoryFor ?? platform.repositoryFor,
@@ -141,6 +150,9 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
         shutdownGraceTime: options.shutdownGraceTime,
         dataMemoryMiB: options.dataMemoryMiB,
         workflowBundle: testWorkflowBundle(),
+      }).catch(async (error: unknown) => {
+        await own?.close();
+        throw error;
       });
       const running = worker.run();
       const handle: RunningWorker = {
@@ -150,6 +162,7 @@ export async function createSnapshotEnv(): Promise<SnapshotEnv> {
           worker.shutdown();
           await running;
           await pool.destroy();
+          await own?.close();
         },
       };
       workers.push(handle);

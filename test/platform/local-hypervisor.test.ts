@@ -11,6 +11,7 @@ import type { DiskView } from '../../platform/ports';
 import type { SnapshotWorkflowResult } from '../../workflows/snapshot';
 import { createSnapshotEnv, fileHash, waitFor } from '../helpers/snapshot-env';
 import type { SnapshotEnv } from '../helpers/snapshot-env';
+import { DEFAULT_HOST_ID } from '../../domain/model';
 
 /** 1 MiB and a bit: the last 64 KiB copy-before-write block is a short one. */
 const DISK_BYTES = 1024 * 1024 + 1000;
@@ -34,6 +35,7 @@ beforeEach(async () => {
   await fs.writeFile(disk, original);
   vm = {
     id: 'vm-1',
+    hostId: DEFAULT_HOST_ID,
     accountId: 'acct',
     name: 'one',
     region: 'CANADA-1',

@@ -13,6 +13,7 @@ import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/stor
 import type { SnapshotWorkflowResult } from '../../workflows/snapshot';
 import { createSnapshotEnv, fileHash } from '../helpers/snapshot-env';
 import type { SnapshotEnv } from '../helpers/snapshot-env';
+import { DEFAULT_HOST_ID } from '../../domain/model';
 
 /**
  * Capture with the QEMU driver reads only what it must, through the real workflow against qemu-storage-daemon: a
@@ -78,6 +79,7 @@ class GuestlessQemuHypervisor extends QemuHypervisor {
 function vmRecord(): Vm {
   return {
     id: VM_ID,
+    hostId: DEFAULT_HOST_ID,
     accountId: 'acme',
     name: 'capture-01',
     region: 'CANADA-1',

@@ -17,6 +17,7 @@ import { startQemuVm, waitForGuestAgent, type QemuVm } from '../../platform/qemu
 import { socketAccepts } from '../../platform/qemu/wire';
 import type { SnapshotEnv } from '../helpers/snapshot-env';
 import { createSnapshotEnv, takeSnapshot } from '../helpers/snapshot-env';
+import { DEFAULT_HOST_ID } from '../../domain/model';
 
 /**
  * The QEMU hypervisor driver, first against qemu-storage-daemon (the same block layer and QMP as a VM, no guest),
@@ -50,6 +51,7 @@ afterEach(async () => {
 function vmRecord(id: string, disks: { name: string; path: string }[]): Vm {
   return {
     id,
+    hostId: DEFAULT_HOST_ID,
     accountId: 'acme',
     name: id.replace(/^vm-/, ''),
     region: 'CANADA-1',
