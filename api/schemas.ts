@@ -98,6 +98,15 @@ export const SnapshotSchema = z.object({
     .string()
     .nullable()
     .describe('"application-consistent" or "crash-consistent: <why the guest was not frozen>"; null until initiated'),
+  capture: z
+    .object({
+      kind: z.enum(['full', 'incremental']),
+      readWhole: z
+        .array(z.object({ disk: z.string(), reason: z.string() }))
+        .describe('Disks an incremental read whole (all their data, still deduplicated), and why'),
+    })
+    .nullable()
+    .describe('How the snapshot was captured; null until captured'),
   createdAt: z.string(),
   completedAt: z.string().nullable(),
   failureType: z.string().nullable(),

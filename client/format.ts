@@ -1,4 +1,4 @@
-import { describeConsistency } from '../domain/model';
+import { describeCaptureLine, describeConsistency } from '../domain/model';
 import type { SnapshotRecord } from '../domain/model';
 
 /** C0 controls but the newline, DEL and C1 controls: what a terminal may act on (ESC sequences, CSI, bell). */
@@ -78,6 +78,7 @@ export function snapshotDetails(s: SnapshotRecord): string {
     ['Consistency', describeConsistency(s.consistency) ?? '- (not initiated)'],
     ['Policy', s.policyId ?? '- (not scheduled)'],
     ['Incremental parent', s.parentSnapshotId ?? '- (full)'],
+    ['Capture', describeCaptureLine(s) ?? '- (not captured)'],
     ['Logical size', formatBytes(s.logicalBytes)],
     ['Stored size', `${formatBytes(s.storedBytes)} (compressed bytes of the distinct chunks it references)`],
     ['Added to repository', formatBytes(s.addedBytes)],

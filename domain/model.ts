@@ -128,6 +128,35 @@ export function describeConsistency(consistency: Consistency | null): string | n
   return consistency.kind === 'crash-consistent' ? `crash-consistent: ${consistency.reason}` : consistency.kind;
 }
 
+/**
+ * A disk that an incremental snapshot's capture read whole (every data range), and why: its changes since the parent
+ * could not be told (a QEMU checkpoint bitmap missing or inconsistent after an unclean exit, a driver that does not
+ * track writes) or the parent's copy of it cannot be reused (the parent deleted, the disk resized).
+ */
+export interface FullRead {
+  disk: string;
+  reason: string;
+}
+
+/**
+ * How a snapshot was captured, as the API and the page show it: `full` (no parent) or `incremental`, with the disks
+ * read whole and why (every chunk read is still deduplicated: only changed chunks are stored); null before capture.
+ */
+export function describeCapture(
+  record: Pick<SnapshotRecord, 'parentSnapshotId' | 'fullReads'>,
+): { kind: 'full' | 'incremental'; readWhole: FullRead[] } | null {
+  if (record.fullReads === null) return null;
+  return { kind: record.parentSnapshotId === null ? 'full' : 'incremental', readWhole: record.fullReads };
+}
+
+/** describeCapture on one line: `incremental, read whole: root (bitmap … is inconsistent …)`. */
+export function describeCaptureLine(record: Pick<SnapshotRecord, 'parentSnapshotId' | 'fullReads'>): string | null {
+  const capture = describeCapture(record);
+  if (capture === null) return null;
+  if (capture.readWhole.length === 0) return capture.kind;
+  return `${capture.kind}, read whole: ${capture.readWhole.map((read) => `${read.disk} (${read.reason})`).join('; ')}`;
+}
+
 export interface SnapshotRecord {
   id: string;
   accountId: string;
@@ -143,6 +172,11 @@ export interface SnapshotRecord {
   vmConfig: Record<string, unknown> | null;
   /** What initiation got: frozen (application-consistent) or not (crash-consistent, with why); null until then. */
   consistency: Consistency | null;
+  /**
+   * What capture read whole of an incremental snapshot (see FullRead): empty when it read only what changed, or
+   * when the snapshot is full; null until captured (and for snapshots from before it was recorded).
+   */
+  fullReads: FullRead[] | null;
   failureType: string | null;
   failureReason: string | null;
   /** Sum of the captured disks' sizes. */

@@ -40,6 +40,7 @@ export type SnapshotPatch = Partial<
     | 'parentSnapshotId'
     | 'vmConfig'
     | 'consistency'
+    | 'fullReads'
     | 'failureType'
     | 'failureReason'
     | 'logicalBytes'
@@ -143,6 +144,11 @@ export interface ViewRanges {
    * trusted for this disk): every data range is to be read.
    */
   changed: { sinceSnapshotId: string; ranges: Range[] } | null;
+  /**
+   * Why `changed` is null, in words a user can act on (`bitmap … is inconsistent after an unclean QEMU exit`): an
+   * incremental snapshot records it as the disk's FullRead. Null when `changed` is given.
+   */
+  readWholeReason: string | null;
 }
 
 /**

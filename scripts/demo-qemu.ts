@@ -165,6 +165,9 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
       demo.platform.catalog.deleteVm(restoredId);
     }
     await qemu.stop();
+    // Stopped, it is no longer a VM to snapshot until the next run boots it again.
+    const stopped = demo.platform.catalog.getVm(VM_ID);
+    if (stopped) demo.platform.catalog.putVm({ ...stopped, status: 'SHUTOFF' });
     worker.shutdown();
     await running;
     await pool.destroy();

@@ -16,6 +16,7 @@ import { loadConfig } from '../domain/config';
 import { formatWindow } from '../domain/windows';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../platform/local';
 import { demoApiKeysFile, seedDemoApiKeys } from '../platform/local/seed';
+import { DEFAULT_HOST_ID } from '../domain/model';
 import type { Vm } from '../domain/model';
 import { createSnapshotWorker } from '../worker/worker';
 import { demoRealVm } from './demo-qemu';
@@ -83,7 +84,8 @@ async function main(): Promise<void> {
 
   const eligible = snapshots.listEligibleVms(config.SNAP_ACCOUNT, 'CANADA-1');
   console.log(`\nEligible VMs in CANADA-1:\n${eligible.map((e) => `  ${e.label}`).join('\n')}`);
-  const vm = eligible[0]!.vm;
+  // The embedded part snapshots a VM of the embedded host (the QEMU guest of an earlier run is on a host of its own).
+  const vm = eligible.find((e) => e.vm.hostId === DEFAULT_HOST_ID)!.vm;
   const stamp = new Date().toISOString().slice(0, 16).replace(/[:T]/g, '-');
 
   const take = async (via: SnapshotClient, vm: Vm, name: string) => {

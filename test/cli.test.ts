@@ -80,6 +80,7 @@ test('create, list, show and restore work end to end', async () => {
   const shown = (await snap('show', 'cli-nightly-v1')).stdout;
   expect(shown).toContain('from the CLI');
   expect(shown).toMatch(/Consistency:\s+application-consistent/);
+  expect(shown).toMatch(/Capture:\s+full\n/);
   const unknownMode = await snap('create', '--vm', 'trainer-02', '--name', 'cli-quiesce', '--quiesce', 'sometimes');
   expect(unknownMode.code).not.toBe(0);
   expect(unknownMode.stderr).toContain('InvalidRequest');

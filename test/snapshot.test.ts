@@ -103,6 +103,10 @@ describe('snapshot workflow on a real Temporal server', () => {
     const expected = await sourceHashes();
     const second = await snapshot('incr-next');
     expect(second.record.parentSnapshotId).toBe(first.record.id);
+    // The embedded driver cannot tell what changed: every disk was read whole, and the snapshot says so.
+    expect(second.record.fullReads).toEqual(
+      vm.disks.map((disk) => ({ disk: disk.name, reason: 'the embedded driver does not track guest writes' })),
+    );
     // Five 4 KiB writes touch at most five chunks; only those were compressed and added.
     const repository = env.platform.repositoryFor(vm.region);
     const firstManifest = await repository.readManifest(first.record.id);

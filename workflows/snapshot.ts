@@ -16,7 +16,7 @@ import type { ActivityOptions } from '@temporalio/common';
 import type { Activities } from '../activities';
 import { idempotencyKeyReusedMessage, nameTakenMessage, requestFingerprint } from '../domain/acceptance';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
-import { describeConsistency } from '../domain/model';
+import { describeCaptureLine, describeConsistency } from '../domain/model';
 import type { HostPlacement, Region, SnapshotRecord, SnapshotStage } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
@@ -131,13 +131,14 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     return answer.accepted;
   });
 
-  // Once verified: what the snapshot's point in time guarantees (records from before it was recorded have none).
-  let consistency: string | null = null;
+  // Once verified: what the snapshot's point in time guarantees and how it was captured (runs from before they were
+  // recorded have neither).
+  let verifiedAs: string | null = null;
   // The Web UI shows the current details (the stage) and the pending activity's heartbeat details (its progress).
   const showDetails = (): void => {
     setCurrentDetails(
       `**${status}** — snapshot \`${request.name}\` of VM \`${request.vmId}\` (${snapshotId})` +
-        (consistency ? `, ${consistency}` : ''),
+        (verifiedAs ? `, ${verifiedAs}` : ''),
     );
   };
 
@@ -196,7 +197,13 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       addedBytes: compressed.addedBytes,
     });
     verified = { region: vm.region, host: vm.host, record, captureBytesRead: captured.bytesRead };
-    consistency = describeConsistency(record.consistency ?? null);
+    verifiedAs =
+      [
+        describeConsistency(record.consistency ?? null),
+        describeCaptureLine({ parentSnapshotId: record.parentSnapshotId, fullReads: record.fullReads ?? null }),
+      ]
+        .filter((part) => part !== null)
+        .join(', ') || null;
   } catch (error) {
     const reason = typedFailure(error);
     acceptance ??= { refused: reason };

@@ -28,6 +28,9 @@ const ImageMapSchema = z.array(
   }),
 );
 
+/** Why an embedded incremental reads every data range (its chunks are still deduplicated against the parent's). */
+const UNTRACKED_WRITES = 'the embedded driver does not track guest writes';
+
 /** What a view records of its VM, so readers and the guest's write path find the live disks. */
 const ViewInfoSchema = z.object({
   vmId: z.string(),
@@ -111,7 +114,7 @@ export class LocalHypervisor implements Hypervisor {
     const info = await this.viewInfo(view.viewId);
     const disk = info?.disks.find((d) => d.name === view.name);
     if (!disk) throw new Error(`view ${view.viewId} of disk ${view.name} is not open`);
-    return { data: await allocatedRanges(disk.path, disk.sizeBytes), changed: null };
+    return { data: await allocatedRanges(disk.path, disk.sizeBytes), changed: null, readWholeReason: UNTRACKED_WRITES };
   }
 
   async releaseViews(viewId: string): Promise<void> {

@@ -5,6 +5,7 @@ import { SnapshotError } from '../../domain/errors';
 import type {
   Account,
   Consistency,
+  FullRead,
   HourlyCharge,
   ImageRecord,
   Region,
@@ -102,6 +103,7 @@ interface SnapshotRow {
   vm_config: string | null;
   consistency: Consistency['kind'] | null;
   consistency_reason: string | null;
+  full_reads: string | null;
   failure_type: string | null;
   failure_reason: string | null;
   logical_bytes: number | null;
@@ -136,6 +138,7 @@ function toRecord(row: SnapshotRow): SnapshotRecord {
     parentSnapshotId: row.parent_snapshot_id,
     vmConfig: row.vm_config === null ? null : (JSON.parse(row.vm_config) as Record<string, unknown>),
     consistency: toConsistency(row),
+    fullReads: row.full_reads === null ? null : (JSON.parse(row.full_reads) as FullRead[]),
     failureType: row.failure_type,
     failureReason: row.failure_reason,
     logicalBytes: row.logical_bytes,
@@ -176,6 +179,7 @@ const PATCH_COLUMNS: Record<Exclude<keyof SnapshotPatch, 'consistency'>, string>
   status: 'status',
   parentSnapshotId: 'parent_snapshot_id',
   vmConfig: 'vm_config',
+  fullReads: 'full_reads',
   failureType: 'failure_type',
   failureReason: 'failure_reason',
   logicalBytes: 'logical_bytes',
@@ -187,6 +191,9 @@ const PATCH_COLUMNS: Record<Exclude<keyof SnapshotPatch, 'consistency'>, string>
   verifiedAt: 'verified_at',
   manifestDigest: 'manifest_digest',
 };
+
+/** The patch fields stored as JSON text. */
+const JSON_COLUMNS = new Set<keyof SnapshotPatch>(['vmConfig', 'fullReads']);
 
 /** Columns added after the first release, by table, with their definitions: catalogs made before them gain them on open. */
 const ADDED_COLUMNS: Record<string, Record<string, string>> = {
@@ -200,6 +207,8 @@ const ADDED_COLUMNS: Record<string, Record<string, string>> = {
     // Snapshots made before consistency was recorded stay null: not known.
     consistency: 'TEXT',
     consistency_reason: 'TEXT',
+    // JSON; null for snapshots from before it was recorded: not known.
+    full_reads: 'TEXT',
   },
   vms: {
     // VMs made before hosts existed are on the one host there was: the default one (the column holds a VM's host, its
@@ -471,7 +480,7 @@ export class SqliteCatalog implements Catalog {
     ][];
     const sets = entries.map(([key]) => `${PATCH_COLUMNS[key]} = @${key}`);
     const values: Record<string, unknown> = Object.fromEntries(
-      entries.map(([key, value]) => [key, key === 'vmConfig' && value !== null ? JSON.stringify(value) : value]),
+      entries.map(([key, value]) => [key, JSON_COLUMNS.has(key) && value !== null ? JSON.stringify(value) : value]),
     );
     if (consistency !== undefined) {
       sets.push('consistency = @consistency', 'consistency_reason = @consistencyReason');

@@ -8,7 +8,7 @@ import { GuestFreezeError, SnapshotError } from '../../domain/errors';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { vmDisk } from '../../domain/rules';
 import type { DiskView, Hypervisor, ViewOutcome, ViewRanges } from '../ports';
-import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
+import { abandonCheckpoint, CheckpointUnusable, commitCheckpoint, inspectCheckpoint } from './bitmaps';
 import { FreezeGuardError, FreezeGuardErrorType, ProtocolUnavailableError, type AgentFailure } from './errors';
 import { closeViews, openViews } from './fleecing';
 import { FreezeGuardClient } from './freeze-guard';
@@ -218,10 +218,12 @@ export class QemuHypervisor implements Hypervisor {
       const holes = NBD_STATE_HOLE | NBD_STATE_ZERO;
       const allocation = await reader.blockStatus(BASE_ALLOCATION, 0, reader.size);
       const data = rangesWhere(allocation, (flags) => (flags & holes) !== holes);
-      if (parent === null || record.parentViewId === null) return { data, changed: null };
+      if (parent === null || record.parentViewId === null) {
+        return { data, changed: null, readWholeReason: disk.fullReason ?? CheckpointUnusable.noParentBitmap };
+      }
       const dirty = await reader.blockStatus(parent, 0, reader.size);
       const ranges = rangesWhere(dirty, (flags) => (flags & NBD_STATE_DIRTY) !== 0);
-      return { data, changed: { sinceSnapshotId: record.parentViewId, ranges } };
+      return { data, changed: { sinceSnapshotId: record.parentViewId, ranges }, readWholeReason: null };
     } finally {
       await reader.close();
     }

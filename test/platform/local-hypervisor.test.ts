@@ -275,6 +275,7 @@ test('a view of a sparse disk reports its allocated ranges as data, covering eve
   await writeGuestBlocks(hypervisor, vm, 'root', [hole, { offset: 10 * MiB + 5, data: Buffer.alloc(100, 'over') }]);
   const ranges = await hypervisor.viewRanges(view);
   expect(ranges.changed).toBeNull();
+  expect(ranges.readWholeReason).toBe('the embedded driver does not track guest writes');
   // The allocated extents: the data, and the block the guest allocated since (conservative: the view reads zeros).
   expect(ranges.data).toEqual([...SPARSE_DATA.slice(0, 2), { offset: 20 * MiB, length: 4096 }, SPARSE_DATA[2]]);
   const shown = await readWhole(view, 4 * MiB);

@@ -8,11 +8,12 @@ import { DEFAULT_CHUNK_SIZE } from '../../dataplane';
 import type { Vm } from '../../domain/model';
 import type { NbdClient } from '../../platform/qemu/nbd';
 import { exportWritable } from '../../platform/qemu/nbd-writer';
-import { QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../../platform/qemu/qemu-hypervisor';
+import { CheckpointUnusable } from '../../platform/qemu/bitmaps';
+import { checkpointBitmap, QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../../platform/qemu/qemu-hypervisor';
 import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
 import type { SnapshotWorkflowResult } from '../../workflows/snapshot';
 import { createSnapshotEnv, fileHash } from '../helpers/snapshot-env';
-import type { SnapshotEnv } from '../helpers/snapshot-env';
+import type { RunningWorker, SnapshotEnv } from '../helpers/snapshot-env';
 import { DEFAULT_HOST_ID } from '../../domain/model';
 
 /**
@@ -33,37 +34,53 @@ let hostDir: string;
 let daemon: StorageDaemon | undefined;
 let env: SnapshotEnv;
 let disk: NbdClient | undefined;
-
-beforeAll(async () => {
-  env = await createSnapshotEnv();
-});
-
-afterAll(async () => {
-  await env.close();
-});
+/** A test's worker (each test's driver has a host folder of its own). */
+let worker: RunningWorker | undefined;
 
 beforeEach(async () => {
+  // A catalog per test: each test's VM starts with no snapshots.
+  env = await createSnapshotEnv();
   hostDir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-qemu-capture-'));
   const dir = qemuVmDir(hostDir, VM_ID);
   await fs.mkdir(dir, { recursive: true });
-  const image = path.join(dir, 'root.qcow2');
-  await exec('qemu-img', ['create', '-q', '-f', 'qcow2', image, String(DISK_BYTES)]);
-  daemon = await startStorageDaemon({ dir, disks: [{ nodeName: 'root', path: image }] });
+  await exec('qemu-img', ['create', '-q', '-f', 'qcow2', path.join(dir, 'root.qcow2'), String(DISK_BYTES)]);
+  await startDisk();
+});
+
+/** Starts the VM's QEMU process on its disk image, and the writable export the test writes through. */
+async function startDisk(): Promise<void> {
+  const dir = qemuVmDir(hostDir, VM_ID);
+  daemon = await startStorageDaemon({ dir, disks: [{ nodeName: 'root', path: path.join(dir, 'root.qcow2') }] });
   // The NBD server runs on the socket the driver exports its views on (one server per process).
-  const nbdSocket = path.join(dir, QEMU_VM_FILES.nbd);
   disk = await exportWritable(daemon.qmpSocket, {
-    socketPath: nbdSocket,
+    socketPath: path.join(dir, QEMU_VM_FILES.nbd),
     nodeName: 'root',
     exportName: WRITABLE_EXPORT,
   });
-});
+}
+
+/** Ends the VM's QEMU process: cleanly (its bitmaps saved into the image) or by SIGKILL. */
+async function stopDisk(how: 'clean' | 'SIGKILL'): Promise<void> {
+  await disk!.disconnect();
+  disk = undefined;
+  if (how === 'SIGKILL') {
+    process.kill(daemon!.pid, 'SIGKILL');
+    await daemon!.exited;
+  } else {
+    await daemon!.stop();
+  }
+  daemon = undefined;
+}
 
 afterEach(async () => {
+  await worker?.stop();
+  worker = undefined;
   await disk?.disconnect();
   disk = undefined;
   await daemon?.stop();
   daemon = undefined;
   await fs.rm(hostDir, { recursive: true, force: true });
+  await env.close();
 });
 
 /**
@@ -133,7 +150,7 @@ async function restoredHash(vm: Vm, snapshotId: string): Promise<string> {
 test('a full snapshot reads only the data; incrementals read exactly the chunks written since; the chain restores', async () => {
   const vm = vmRecord();
   env.platform.catalog.putVm(vm);
-  await env.startWorker({ hypervisor: new GuestlessQemuHypervisor(hostDir) });
+  worker = await env.startWorker({ hypervisor: new GuestlessQemuHypervisor(hostDir) });
   // A third of the disk holds data, in two regions; the rest was never written (unallocated qcow2 clusters).
   const data = await writeRandom([
     { offset: 0, length: 8 * MiB },
@@ -159,6 +176,38 @@ test('a full snapshot reads only the data; incrementals read exactly the chunks 
   for (const { id, hash } of expected) expect(await restoredHash(vm, id)).toBe(hash);
 }, 300_000);
 
+test('after QEMU is killed the next snapshot is read whole, records why, and restores; the one after is incremental again', async () => {
+  const vm = vmRecord();
+  env.platform.catalog.putVm(vm);
+  worker = await env.startWorker({ hypervisor: new GuestlessQemuHypervisor(hostDir) });
+  const data = await writeRandom([{ offset: 0, length: 6 * MiB }]);
+  const full = await snapshot(vm, 'killed-full');
+  expect(env.platform.catalog.getSnapshot(full.snapshotId)?.fullReads).toEqual([]);
+
+  // The checkpoint bitmap is saved into the image by a clean exit and loaded by the next process, which is killed.
+  await stopDisk('clean');
+  await startDisk();
+  await stopDisk('SIGKILL');
+  await startDisk();
+  const written = await writeRandom([{ offset: 16 * MiB, length: 4096 }]);
+  const afterKill = await snapshot(vm, 'killed-after');
+  const record = env.platform.catalog.getSnapshot(afterKill.snapshotId)!;
+  expect(record.parentSnapshotId).toBe(full.snapshotId);
+  expect(record.fullReads).toEqual([
+    { disk: 'root', reason: CheckpointUnusable.inconsistent(checkpointBitmap(full.snapshotId)) },
+  ]);
+  // Every data chunk was read (not only the one written), and the snapshot holds the disk as it is.
+  expect(afterKill.captureBytesRead).toBe((data.size + written.size) * CHUNK);
+  expect(await restoredHash(vm, afterKill.snapshotId)).toBe(await diskHash());
+
+  // Its bitmap is a checkpoint again: the next snapshot reads only what changed since.
+  const touched = await writeRandom([{ offset: 2 * MiB, length: 4096 }]);
+  const next = await snapshot(vm, 'killed-next');
+  expect(env.platform.catalog.getSnapshot(next.snapshotId)?.fullReads).toEqual([]);
+  expect(next.captureBytesRead).toBe(touched.size * CHUNK);
+  expect(await restoredHash(vm, next.snapshotId)).toBe(await diskHash());
+}, 300_000);
+
 test('viewRanges: data where the disk is allocated; changed: the clusters written since a usable parent bitmap', async () => {
   const vm = vmRecord();
   const hypervisor = new QemuHypervisor(hostDir);
@@ -174,6 +223,7 @@ test('viewRanges: data where the disk is allocated; changed: the clusters writte
       { offset: 9 * MiB, length: CLUSTER },
     ],
     changed: null,
+    readWholeReason: CheckpointUnusable.noParentBitmap,
   });
   await hypervisor.releaseViews('snap-a', 'kept');
 
@@ -199,6 +249,7 @@ test('viewRanges: data where the disk is allocated; changed: the clusters writte
         { offset: 5 * MiB, length: CLUSTER },
       ],
     },
+    readWholeReason: null,
   });
   const reader = await hypervisor.readView(second!);
   const preserved = Buffer.alloc(CLUSTER, 1);
@@ -207,8 +258,11 @@ test('viewRanges: data where the disk is allocated; changed: the clusters writte
   expect(preserved.equals(Buffer.alloc(CLUSTER))).toBe(true);
   await hypervisor.releaseViews('snap-b', 'discarded');
 
-  // A parent whose bitmap the disk does not have: the capture is full.
+  // A parent whose bitmap the disk does not have: the capture is full, and says why.
   const [third] = await hypervisor.openViews(vm, 'snap-c', { parentViewId: 'snap-unknown' });
-  expect((await hypervisor.viewRanges(third!)).changed).toBeNull();
+  expect(await hypervisor.viewRanges(third!)).toMatchObject({
+    changed: null,
+    readWholeReason: CheckpointUnusable.missing(checkpointBitmap('snap-unknown')),
+  });
   await hypervisor.releaseViews('snap-c', 'discarded');
 }, 120_000);
