@@ -165,6 +165,8 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
       demo.platform.catalog.deleteVm(restoredId);
     }
     await qemu.stop();
+    // The demo leaves no process behind: the host's freeze guard (long-lived on a real host) is stopped too.
+    await hypervisor.stopFreezeGuard();
     // Stopped, it is no longer a VM to snapshot until the next run boots it again.
     const stopped = demo.platform.catalog.getVm(VM_ID);
     if (stopped) demo.platform.catalog.putVm({ ...stopped, status: 'SHUTOFF' });

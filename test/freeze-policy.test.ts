@@ -12,13 +12,11 @@ import type { Quiesce, Vm } from '../domain/model';
 import { parsePolicy } from '../domain/policies';
 import { SqliteCatalog } from '../platform/local/sqlite-catalog';
 import { bitmapsOf } from '../platform/qemu/bitmaps';
-import { FreezeGuardClient } from '../platform/qemu/freeze-guard';
 import { createRootDisk, ensureGuestImage, GUEST } from '../platform/qemu/guest-image';
 import { QmpClient } from '../platform/qemu/qmp';
 import { QemuHypervisor, QEMU_VM_FILES, qemuVmDir } from '../platform/qemu/qemu-hypervisor';
 import { startStorageDaemon, type StorageDaemon } from '../platform/qemu/storage-daemon';
 import { startQemuVm, type QemuVm } from '../platform/qemu/vm-process';
-import { socketAccepts } from '../platform/qemu/wire';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 import { createSnapshotEnv, refusal } from './helpers/snapshot-env';
 import { DEFAULT_HOST_ID } from '../domain/model';
@@ -57,10 +55,8 @@ beforeEach(async () => {
 afterEach(async () => {
   await worker?.stop();
   worker = undefined;
-  // The guard outlives the worker by design; the test ends it. (A client asking a guard that is not there would
-  // start one.)
-  const guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
-  if (await socketAccepts(guard.socketPath)) process.kill((await guard.status()).pid, 'SIGTERM');
+  // The guard outlives the worker by design; the test ends it.
+  await new QemuHypervisor(hostDir).stopFreezeGuard();
   await fs.rm(hostDir, { recursive: true, force: true });
 });
 

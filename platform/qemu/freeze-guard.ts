@@ -48,6 +48,8 @@ const THAW_ATTEMPTS = 5;
 // A guard starts (Node + tsx) in about a second here; 20 s leaves room for a loaded 2-core machine.
 const START_TIMEOUT_MS = 20_000;
 const PROBE_INTERVAL_MS = 50;
+/** How long a stopped guard may take to thaw what it holds (each thaw has THAW_TIMEOUT_MS) and exit. */
+const STOP_TIMEOUT_MS = 30_000;
 // Client deadlines: renewals come every second and are answered from memory; a thaw may wait behind one thaw attempt;
 // a freeze gets its own agent deadline plus this margin.
 const RENEW_TIMEOUT_MS = 5_000;
@@ -473,6 +475,26 @@ export class FreezeGuardClient {
     return reply.status;
   }
 
+  /**
+   * Stops the guard if one runs (SIGTERM: it thaws what it holds first) and waits until it has exited; a guard is
+   * never started for this. For a host taken out of service, the demo's end and tests; the next freeze starts one.
+   */
+  async stop(): Promise<void> {
+    if (!(await socketAccepts(this.socketPath))) return;
+    const { pid } = await this.status();
+    process.kill(pid, 'SIGTERM');
+    const deadline = performance.now() + STOP_TIMEOUT_MS;
+    while (processRuns(pid)) {
+      if (performance.now() > deadline) {
+        throw new FreezeGuardError(
+          FreezeGuardErrorType.FreezeGuardUnavailable,
+          `The freeze guard (pid ${pid}) did not exit within ${STOP_TIMEOUT_MS / 1000} s of SIGTERM.`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, PROBE_INTERVAL_MS));
+    }
+  }
+
   private async request(request: FreezeGuardRequest, timeoutMs: number): Promise<Extract<Reply, { ok: true }>> {
     let reply: Reply;
     try {
@@ -528,6 +550,16 @@ export async function ensureFreezeGuard(stateDir: string): Promise<FreezeGuardCl
       );
     }
     await new Promise((resolve) => setTimeout(resolve, PROBE_INTERVAL_MS));
+  }
+}
+
+/** Whether process `pid` still runs (signal 0 checks without sending anything). */
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }
 

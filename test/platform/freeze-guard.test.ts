@@ -376,13 +376,15 @@ describe('on the host, with a qemu-ga that cannot freeze', () => {
     expect(await leaseFile()).toEqual([]);
   });
 
-  test('a guard stopped with SIGTERM thaws what it holds before exiting', async () => {
+  test('a guard stopped (SIGTERM) thaws what it holds before exiting; stopping none starts none', async () => {
     const { client, pid } = await startGuard();
     await client.freeze({ vmId: 'vm-1', agentSocket: proxy.socketPath, leaseMs: 10_000 });
-    process.kill(pid, 'SIGTERM');
-    await waitFor('the guard to exit', () => !alive(pid));
+    await client.stop();
+    expect(alive(pid)).toBe(false);
     expect(commands().at(-1)).toBe('guest-fsfreeze-thaw');
     expect(await leaseFile()).toEqual([]);
+    await client.stop();
+    expect(await socketAccepts(client.socketPath)).toBe(false);
   });
 
   test('concurrent ensureFreezeGuard calls end with one guard; the others exit', async () => {

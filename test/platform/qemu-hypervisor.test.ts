@@ -14,7 +14,6 @@ import { QmpClient } from '../../platform/qemu/qmp';
 import { checkpointBitmap, QemuHypervisor, qemuVmDir } from '../../platform/qemu/qemu-hypervisor';
 import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
 import { startQemuVm, waitForGuestAgent, type QemuVm } from '../../platform/qemu/vm-process';
-import { socketAccepts } from '../../platform/qemu/wire';
 import type { SnapshotEnv } from '../helpers/snapshot-env';
 import { createSnapshotEnv, takeSnapshot } from '../helpers/snapshot-env';
 import { DEFAULT_HOST_ID } from '../../domain/model';
@@ -42,9 +41,7 @@ beforeEach(async () => {
 
 afterEach(async () => {
   // The guard outlives the worker by design; the test ends it.
-  const guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
-  // (A client asking a guard that is not there would start one.)
-  if (await socketAccepts(guard.socketPath)) process.kill((await guard.status()).pid, 'SIGTERM');
+  await new QemuHypervisor(hostDir).stopFreezeGuard();
   await fs.rm(hostDir, { recursive: true, force: true });
 });
 
