@@ -10,7 +10,8 @@ import type { SnapshotRecord, Vm } from '../domain/model';
 import type { EmbeddedPlatform } from '../platform/local';
 import { GuestAgentClient } from '../platform/qemu/guest-agent';
 import { createRootDisk, ensureGuestImage, GUEST, writerTicks } from '../platform/qemu/guest-image';
-import { QEMU_VM_FILES, QemuHypervisor, qemuVmDir } from '../platform/qemu/qemu-hypervisor';
+import { QemuHypervisor } from '../platform/qemu/qemu-hypervisor';
+import { QEMU_VM_FILES, qemuVmDir } from '../platform/qemu/host-layout';
 import { startQemuVm, waitForGuestAgent } from '../platform/qemu/vm-process';
 import { createSnapshotWorker } from '../worker/worker';
 

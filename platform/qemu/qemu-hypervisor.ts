@@ -1,66 +1,15 @@
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { promisify } from 'node:util';
 import type { DiskReader, DiskWriter, Range } from '../../dataplane';
-import { GuestFreezeError, SnapshotError } from '../../domain/errors';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
-import { vmDisk } from '../../domain/rules';
 import type { DiskView, Hypervisor, ViewOutcome, ViewRanges } from '../ports';
-import { abandonCheckpoint, CheckpointUnusable, commitCheckpoint, inspectCheckpoint } from './bitmaps';
-import { FreezeGuardError, FreezeGuardErrorType, ProtocolUnavailableError, type AgentFailure } from './errors';
-import { closeViews, openViews } from './fleecing';
-import { FreezeGuardClient } from './freeze-guard';
+import { CheckpointUnusable } from './bitmaps';
+import type { QemuControl, ViewPlan } from './control';
 import { BASE_ALLOCATION, dirtyBitmapContext, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from './nbd';
 import type { NbdExtent } from './nbd';
 import { NbdDiskReader } from './nbd-reader';
-import { openQemuDiskWriter } from './nbd-writer';
-import { QmpClient } from './qmp';
-import { launchQemuVm, VM_PROCESS_FILES } from './vm-process';
-import { socketAccepts } from './wire';
-
-const exec = promisify(execFile);
-
-/** A QEMU block node name: a letter first, then letters, digits, `-`, `_` or `.`, at most 31 characters in all. */
-const NODE_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,30}$/;
-
-/** The qcow2 format node that holds a VM's disk `diskName` in its QEMU process: the disk's name itself. */
-export function qemuDiskNode(diskName: string): string {
-  if (!NODE_NAME.test(diskName)) {
-    throw new Error(
-      `Disk name "${diskName}" cannot name a QEMU block node: use a letter, then letters, digits, "-", "_" or ".", ` +
-        'at most 31 characters.',
-    );
-  }
-  return diskName;
-}
-
-/** The persistent dirty bitmap that snapshot `snapshotId` leaves on each disk: its checkpoint for the next one. */
-export function checkpointBitmap(snapshotId: string): string {
-  return `checkpoint-${snapshotId}`;
-}
-
-/** Where a VM's QEMU process listens, under the host's folder: what `startQemuVm` and the storage daemon are given. */
-export function qemuVmDir(hostDir: string, vmId: string): string {
-  return path.join(hostDir, 'vms', vmId);
-}
-
-/** The sockets of a VM's QEMU process, in its folder (`qemuVmDir`). */
-export const QEMU_VM_FILES = { ...VM_PROCESS_FILES, nbd: 'nbd.sock', tempDir: 'fleecing' } as const;
-
-/**
- * What a VM's configuration must say for this driver to start it (a restored VM gets its source's): CPUs, memory,
- * and a direct kernel boot (kernel and initramfs files on the host, and the kernel command line).
- */
-const QemuVmConfigSchema = z.object({
-  vcpus: z.number().int().min(1).default(1),
-  memoryMiB: z.number().int().min(16).default(256),
-  boot: z.object({ kernel: z.string().min(1), initrd: z.string().min(1), append: z.string().optional() }),
-});
-
-// SIGTERM makes QEMU close its disks cleanly; after this long a VM being removed is killed.
-const STOP_TIMEOUT_MS = 20_000;
+import { QmpControl } from './qmp-control';
 
 /** What an open view set records, so readers and the release (from any worker of the host) find its pieces. */
 const ViewRecordSchema = z.object({
@@ -73,7 +22,7 @@ const ViewRecordSchema = z.object({
       name: z.string(),
       nodeName: z.string(),
       parentBitmap: z.string().nullable(),
-      /** Why this disk is captured whole; null when it is incremental against the parent's bitmap. */
+      /** Why this disk is read whole; null when it is incremental against the parent's bitmap. */
       fullReason: z.string().nullable(),
       exportName: z.string().nullable(),
       sizeBytes: z.number().int().nonnegative().nullable(),
@@ -82,128 +31,70 @@ const ViewRecordSchema = z.object({
 });
 type ViewRecord = z.infer<typeof ViewRecordSchema>;
 
-/** How long the guard waits on the guest agent for a freeze: a silent agent costs a snapshot at most this. */
-const FREEZE_TIMEOUT_MS = 10_000;
-
-// How long a readLoad watches the VM's counters: utilisation is their change over this interval.
-const LOAD_SAMPLE_MS = 1_000;
-
-const blockstatsSchema = z.array(
-  z.object({
-    'node-name': z.string().optional(),
-    qdev: z.string().optional(),
-    stats: z.object({ rd_total_time_ns: z.number(), wr_total_time_ns: z.number() }),
-  }),
-);
-
 /**
  * Hypervisor driver for VMs run by QEMU on this host (`qemu-system-x86_64`, or `qemu-storage-daemon` where no guest
- * is needed: the same block layer and QMP). Each VM's process listens in `<hostDir>/vms/<vm>/`: QMP on `qmp.sock`, the
- * guest agent's virtio-serial chardev on `qga.sock`; its disks are qcow2 nodes named after the disks (qemuDiskNode).
- *
- * - freeze/thaw: through the host's freeze guard (`<hostDir>/freeze-guard/`, started on first use), which holds the
- *   lease and thaws by itself when the worker stops renewing it (qemu-ga has no auto-thaw).
- * - views: image fleecing (fleecing.ts): one QMP transaction over all the VM's disks adds this snapshot's checkpoint
- *   bitmap, disables the parent's and starts the copy-before-write jobs; the views are exported read-only over NBD
- *   on `nbd.sock`. A disk whose parent bitmap cannot be trusted (bitmaps.ts) is marked for a full capture, with why.
- * - release: the views are torn down; a kept snapshot's bitmap becomes the checkpoint (the parent's is removed), a
- *   discarded one's writes are merged back into the parent's bitmap, so the next incremental misses nothing.
- * - load: CPU from the QEMU process's CPU time (`/proc/<pid>/stat`, pid from `qemu.pid` in the VM's folder when the
- *   launcher wrote one), disk I/O from `query-blockstats` time spent in requests, both over one second.
- * - new VMs (restores): empty qcow2 disks in the VM's folder, written through a qemu-storage-daemon's writable NBD
- *   export, then the VM's own QEMU started daemonized (`accel`: `kvm` by default) with the captured configuration.
+ * is needed: the same block layer). Its control side — freezing, opening and closing the views, load, new VMs — is a
+ * QemuControl: the direct-QMP one (QmpControl, the default), or a libvirt one on hosts where libvirt owns the VMs.
+ * Its data side is shared by both: each view set is recorded in `<hostDir>/views/<snapshot>.json` before anything is
+ * made (so a release after a crash at any point finds what to undo), and the views are read over NBD, with
+ * `base:allocation` telling the data and the parent's checkpoint bitmap (`qemu:dirty-bitmap:…`) what changed.
  */
 export class QemuHypervisor implements Hypervisor {
-  private readonly guard: FreezeGuardClient;
+  private readonly control: QemuControl;
 
   constructor(
     private readonly hostDir: string,
-    private readonly options: { accel?: 'kvm' | 'tcg' } = {},
+    options: { accel?: 'kvm' | 'tcg'; control?: QemuControl } = {},
   ) {
-    this.guard = new FreezeGuardClient(path.join(hostDir, 'freeze-guard'));
+    this.control = options.control ?? new QmpControl(hostDir, { accel: options.accel });
   }
 
-  /**
-   * A guest whose agent cannot freeze it is a `GuestFreezeError` with the agent's cause (no agent socket: at once; a
-   * silent agent: after the guard's 10 s freeze timeout); the guard's own failures keep their FreezeGuardError.
-   */
-  async freeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
-    const agentSocket = this.file(vm.id, 'agent');
-    try {
-      await this.guard.freeze({ vmId: vm.id, agentSocket, leaseMs: lease.leaseMs, timeoutMs: FREEZE_TIMEOUT_MS });
-    } catch (error) {
-      if (!(error instanceof FreezeGuardError) || error.type !== FreezeGuardErrorType.GuestFreezeFailed) throw error;
-      throw new GuestFreezeError(vm.id, freezeFailureReason(error.details.agentError, agentSocket));
-    }
+  freeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
+    return this.control.freeze(vm, lease);
   }
 
-  async renewFreeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
-    await this.guard.renew(vm.id, lease.leaseMs);
+  renewFreeze(vm: Vm, lease: { leaseMs: number }): Promise<void> {
+    return this.control.renewFreeze(vm, lease);
   }
 
-  async thaw(vm: Vm): Promise<void> {
-    await this.guard.thaw(vm.id);
+  thaw(vm: Vm): Promise<void> {
+    return this.control.thaw(vm);
   }
 
   /**
    * Stops this host's freeze guard, which outlives the workers by design (it thaws what it holds first): for a host
    * taken out of service, the end of the demo and tests. The next freeze starts it again.
    */
-  async stopFreezeGuard(): Promise<void> {
-    await this.guard.stop();
+  stopFreezeGuard(): Promise<void> {
+    return this.control.stopFreezeGuard();
   }
 
   async openViews(vm: Vm, viewId: string, options: { parentViewId: string | null }): Promise<DiskView[]> {
-    return this.withQmp(vm.id, async (qmp) => {
-      // An earlier attempt's views and bitmaps are settled first, so the parent's bitmap is inspected as it was.
-      const earlier = await this.viewRecord(viewId);
-      if (earlier) await this.settle(qmp, viewId, earlier, 'discarded');
-      const expected = options.parentViewId === null ? null : checkpointBitmap(options.parentViewId);
-      const disks: ViewRecord['disks'] = [];
-      for (const disk of vm.disks) {
-        const nodeName = qemuDiskNode(disk.name);
-        const state = await inspectCheckpoint(qmp, nodeName, expected);
-        disks.push({
-          name: disk.name,
-          nodeName,
-          parentBitmap: state.usable ? expected : null,
-          fullReason: state.usable ? null : state.reason,
-          exportName: null,
-          sizeBytes: null,
-        });
-      }
-      const record: ViewRecord = {
-        vmId: vm.id,
-        parentViewId: options.parentViewId,
-        newBitmap: checkpointBitmap(viewId),
-        disks,
-      };
-      // Recorded before anything is made, so a release after a crash at any point finds what to undo.
-      await this.writeViewRecord(viewId, record);
-      const tempDir = this.file(vm.id, 'tempDir');
-      await fs.mkdir(tempDir, { recursive: true });
-      const views = await openViews(qmp, {
-        viewId,
-        tempDir,
-        nbdSocket: this.file(vm.id, 'nbd'),
-        disks,
-        newBitmap: record.newBitmap,
-      });
-      for (const view of views) {
-        const disk = disks.find((d) => d.name === view.name)!;
-        disk.exportName = view.exportName;
-        disk.sizeBytes = view.sizeBytes;
-      }
-      await this.writeViewRecord(viewId, record);
-      return views.map((view) => ({ viewId, name: view.name, sizeBytes: view.sizeBytes }));
-    });
+    // An earlier attempt's views and bitmaps are settled first, so the parent's bitmap is inspected as it was.
+    const earlier = await this.viewRecord(viewId);
+    if (earlier) await this.control.closeViews(planOf(viewId, earlier), 'discarded');
+    const plan = await this.control.planViews(vm, viewId, options.parentViewId);
+    const record: ViewRecord = {
+      vmId: plan.vmId,
+      newBitmap: plan.newBitmap,
+      parentViewId: options.parentViewId,
+      disks: plan.disks.map((disk) => ({ ...disk, exportName: null, sizeBytes: null })),
+    };
+    // Recorded before anything is made, so a release after a crash at any point finds what to undo.
+    await this.writeViewRecord(viewId, record);
+    const views = await this.control.openViews(plan);
+    for (const view of views) {
+      const disk = record.disks.find((d) => d.name === view.name)!;
+      disk.exportName = view.exportName;
+      disk.sizeBytes = view.sizeBytes;
+    }
+    await this.writeViewRecord(viewId, record);
+    return views.map((view) => ({ viewId, name: view.name, sizeBytes: view.sizeBytes }));
   }
 
   async readView(view: DiskView): Promise<DiskReader> {
-    const record = await this.viewRecord(view.viewId);
-    const disk = record?.disks.find((d) => d.name === view.name);
-    if (!record || !disk?.exportName) throw new Error(`View ${view.viewId} of disk ${view.name} is not open.`);
-    return NbdDiskReader.open({ socketPath: this.file(record.vmId, 'nbd'), exportName: disk.exportName });
+    const { record, disk } = await this.openDisk(view);
+    return NbdDiskReader.open({ socketPath: this.control.nbdSocket(record.vmId), exportName: disk.exportName });
   }
 
   /**
@@ -212,12 +103,10 @@ export class QemuHypervisor implements Hypervisor {
    * checkpoint bitmap marks dirty (`qemu:dirty-bitmap:<parent's bitmap>`), when that bitmap was usable for this disk.
    */
   async viewRanges(view: DiskView): Promise<ViewRanges> {
-    const record = await this.viewRecord(view.viewId);
-    const disk = record?.disks.find((d) => d.name === view.name);
-    if (!record || !disk?.exportName) throw new Error(`View ${view.viewId} of disk ${view.name} is not open.`);
+    const { record, disk } = await this.openDisk(view);
     const parent = disk.parentBitmap === null ? null : dirtyBitmapContext(disk.parentBitmap);
     const reader = await NbdDiskReader.open({
-      socketPath: this.file(record.vmId, 'nbd'),
+      socketPath: this.control.nbdSocket(record.vmId),
       exportName: disk.exportName,
       connections: 1,
       metaContexts: parent === null ? [BASE_ALLOCATION] : [BASE_ALLOCATION, parent],
@@ -240,121 +129,36 @@ export class QemuHypervisor implements Hypervisor {
   async releaseViews(viewId: string, outcome: ViewOutcome): Promise<void> {
     const record = await this.viewRecord(viewId);
     if (!record) return;
-    await this.withQmp(record.vmId, (qmp) => this.settle(qmp, viewId, record, outcome)).catch(async (error) => {
-      // A QEMU process that is gone took its views with it; its bitmaps are inspected by the next snapshot.
-      if (!isGone(error)) throw error;
-      await fs.rm(this.file(record.vmId, 'tempDir'), { recursive: true, force: true });
-    });
+    await this.control.closeViews(planOf(viewId, record), outcome);
     await fs.rm(this.viewRecordFile(viewId), { force: true });
   }
 
-  async readLoad(vm: Vm): Promise<VmLoad> {
-    return this.withQmp(vm.id, async (qmp) => {
-      const before = { at: performance.now(), cpu: await this.cpuTicks(vm.id), io: await ioNanos(qmp) };
-      await new Promise((resolve) => setTimeout(resolve, LOAD_SAMPLE_MS));
-      const after = { at: performance.now(), cpu: await this.cpuTicks(vm.id), io: await ioNanos(qmp) };
-      const elapsedMs = after.at - before.at;
-      // Clock ticks are 10 ms on Linux (USER_HZ 100).
-      const cpuMs = before.cpu === undefined || after.cpu === undefined ? 0 : (after.cpu - before.cpu) * 10;
-      const ioMs = (after.io - before.io) / 1e6;
-      return { cpuPercent: percent(cpuMs, elapsedMs), diskIoPercent: percent(ioMs, elapsedMs) };
-    });
+  readLoad(vm: Vm): Promise<VmLoad> {
+    return this.control.readLoad(vm);
   }
 
-  /** A new VM's disks are empty qcow2 images in its folder, `<hostDir>/vms/<vm>/<disk>.qcow2` (made anew on retry). */
-  async createDisks(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
-    const dir = qemuVmDir(this.hostDir, vmId);
-    await fs.mkdir(dir, { recursive: true });
-    const created: Disk[] = [];
-    for (const disk of disks) {
-      const image = path.join(dir, `${qemuDiskNode(disk.name)}.qcow2`);
-      await exec('qemu-img', ['create', '-q', '-f', 'qcow2', image, String(disk.sizeBytes)]);
-      created.push({ ...disk, path: image });
-    }
-    return created;
+  createDisks(vmId: string, disks: { name: string; sizeBytes: number }[]): Promise<Disk[]> {
+    return this.control.createDisks(vmId, disks);
   }
 
-  /** Through a qemu-storage-daemon that exports the disk's image writable over NBD (nbd-writer.ts). */
-  async writeDisk(vm: Vm, diskName: string): Promise<DiskWriter> {
-    const disk = vmDisk(vm, diskName);
-    const dir = path.join(qemuVmDir(this.hostDir, vm.id), `restore-${disk.name}`);
-    return openQemuDiskWriter({ dir, nodeName: qemuDiskNode(disk.name), path: disk.path });
+  writeDisk(vm: Vm, diskName: string): Promise<DiskWriter> {
+    return this.control.writeDisk(vm, diskName);
   }
 
-  /**
-   * Starts the VM's own `qemu-system-x86_64`, daemonized (it outlives the worker, as VMs do), listening in its folder
-   * like every VM this driver snapshots, booted as its configuration says (QemuVmConfigSchema). A VM whose QMP socket
-   * answers runs already.
-   */
-  async startVm(vm: Vm): Promise<void> {
-    const dir = qemuVmDir(this.hostDir, vm.id);
-    if (await socketAccepts(path.join(dir, QEMU_VM_FILES.qmp))) return;
-    const parsed = QemuVmConfigSchema.safeParse(vm.config);
-    if (!parsed.success) {
-      const problem = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'config'}: ${issue.message}`);
-      throw new SnapshotError(
-        'VmNotBootable',
-        `VM ${vm.name} cannot be started by the QEMU driver: its configuration needs ` +
-          `{ vcpus, memoryMiB, boot: { kernel, initrd, append } } (${problem.join('; ')}).`,
-      );
-    }
-    const config = parsed.data;
-    await launchQemuVm({
-      dir,
-      disks: vm.disks.map((disk) => ({ nodeName: qemuDiskNode(disk.name), path: disk.path })),
-      kernel: config.boot.kernel,
-      initrd: config.boot.initrd,
-      append: config.boot.append,
-      memoryMiB: config.memoryMiB,
-      vcpus: config.vcpus,
-      accel: this.options.accel,
-    });
+  startVm(vm: Vm): Promise<void> {
+    return this.control.startVm(vm);
   }
 
-  /** Quits the VM's QEMU process (SIGKILL if it has not exited after 20 s) and removes its folder with its disks. */
-  async removeVm(vmId: string): Promise<void> {
-    const dir = qemuVmDir(this.hostDir, vmId);
-    const pid = Number(await fs.readFile(path.join(dir, QEMU_VM_FILES.pid), 'utf8').catch(() => ''));
-    if (Number.isSafeInteger(pid) && pid > 0 && (await isQemu(pid))) {
-      process.kill(pid, 'SIGTERM');
-      const deadline = Date.now() + STOP_TIMEOUT_MS;
-      while (await isQemu(pid)) {
-        if (Date.now() > deadline) process.kill(pid, 'SIGKILL');
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-    }
-    await fs.rm(dir, { recursive: true, force: true });
+  removeVm(vmId: string): Promise<void> {
+    return this.control.removeVm(vmId);
   }
 
-  /** Tears the views down and settles the bitmaps as the snapshot's outcome says. */
-  private async settle(qmp: QmpClient, viewId: string, record: ViewRecord, outcome: ViewOutcome): Promise<void> {
-    await closeViews(qmp, { viewId, tempDir: this.file(record.vmId, 'tempDir') });
-    if (outcome === 'kept') await commitCheckpoint(qmp, record.disks);
-    else await abandonCheckpoint(qmp, record.disks, record.newBitmap);
-  }
-
-  private async withQmp<T>(vmId: string, use: (qmp: QmpClient) => Promise<T>): Promise<T> {
-    const qmp = await QmpClient.connect(this.file(vmId, 'qmp'));
-    try {
-      return await use(qmp);
-    } finally {
-      await qmp.close();
-    }
-  }
-
-  /** The QEMU process's user + system CPU time in clock ticks, when its pid is known. */
-  private async cpuTicks(vmId: string): Promise<number | undefined> {
-    const pid = await fs.readFile(this.file(vmId, 'pid'), 'utf8').catch(() => undefined);
-    if (pid === undefined) return undefined;
-    const stat = await fs.readFile(`/proc/${pid.trim()}/stat`, 'utf8').catch(() => undefined);
-    // Fields after the command name (which may hold spaces, so it is skipped by its closing parenthesis): utime is
-    // the 12th and stime the 13th.
-    const fields = stat?.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields ? Number(fields[11]) + Number(fields[12]) : undefined;
-  }
-
-  private file(vmId: string, which: keyof typeof QEMU_VM_FILES): string {
-    return path.join(qemuVmDir(this.hostDir, vmId), QEMU_VM_FILES[which]);
+  /** The record of an open view and its disk, exported. */
+  private async openDisk(view: DiskView): Promise<{ record: ViewRecord; disk: OpenDisk }> {
+    const record = await this.viewRecord(view.viewId);
+    const disk = record?.disks.find((d) => d.name === view.name);
+    if (!record || !disk?.exportName) throw new Error(`View ${view.viewId} of disk ${view.name} is not open.`);
+    return { record, disk: { ...disk, exportName: disk.exportName } };
   }
 
   private viewRecordFile(viewId: string): string {
@@ -377,45 +181,15 @@ export class QemuHypervisor implements Hypervisor {
   }
 }
 
+/** A disk of an open view, with its export. */
+type OpenDisk = ViewRecord['disks'][number] & { exportName: string };
+
+/** The plan a view record was made from, for the control to close what exists of it. */
+function planOf(viewId: string, record: ViewRecord): ViewPlan {
+  return { vmId: record.vmId, viewId, newBitmap: record.newBitmap, disks: record.disks };
+}
+
 /** The extents whose flags `keep` accepts, as ranges. */
 function rangesWhere(extents: NbdExtent[], keep: (flags: number) => boolean): Range[] {
   return extents.filter((extent) => keep(extent.flags)).map(({ offset, length }) => ({ offset, length }));
-}
-
-/** Why the agent could not freeze the guest, as a snapshot records it (`crash-consistent: <reason>`). */
-function freezeFailureReason(agentError: AgentFailure | undefined, agentSocket: string): string {
-  switch (agentError?.type) {
-    case 'GuestAgentUnavailable':
-      return `the VM has no guest agent channel (nothing listens on ${agentSocket})`;
-    case 'GuestAgentTimeout':
-      return `the guest agent did not answer within ${FREEZE_TIMEOUT_MS / 1000} s`;
-    case 'GuestAgentConnectionClosed':
-      return 'the guest agent channel closed during the freeze';
-    case 'GuestAgentCommandFailed':
-      return `the guest agent refused the freeze (${agentError.message})`;
-    default:
-      return `the guest agent could not freeze it (${agentError?.message ?? 'no answer'})`;
-  }
-}
-
-/** Time the VM's disks spent serving requests so far, in nanoseconds (all devices). */
-async function ioNanos(qmp: QmpClient): Promise<number> {
-  const devices = blockstatsSchema.parse(await qmp.execute('query-blockstats', { 'query-nodes': false }));
-  return devices.reduce((sum, device) => sum + device.stats.rd_total_time_ns + device.stats.wr_total_time_ns, 0);
-}
-
-function percent(busyMs: number, elapsedMs: number): number {
-  return Math.max(0, Math.min(100, Math.round((100 * busyMs) / elapsedMs)));
-}
-
-/** Whether `pid` is a running QEMU process (not another process that reused the pid). */
-async function isQemu(pid: number): Promise<boolean> {
-  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  // A zombie (state Z after the command name) has exited.
-  return /qemu/.test(stat.slice(0, stat.lastIndexOf(')') + 1)) && stat[stat.lastIndexOf(')') + 2] !== 'Z';
-}
-
-/** The VM's QEMU process does not listen (it exited): nothing at its QMP socket, or nothing accepting there. */
-function isGone(error: unknown): boolean {
-  return error instanceof ProtocolUnavailableError && ['ENOENT', 'ECONNREFUSED'].includes(error.reason);
 }
