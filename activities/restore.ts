@@ -4,7 +4,7 @@ import { SnapshotError } from '../domain/errors';
 import type { Disk, HostPlacement, Region, SnapshotRecord, Vm } from '../domain/model';
 import type { RestoreDiskRequest, RestoreVmRequest } from '../domain/requests';
 import { RestoreDiskRequestSchema, RestoreVmRequestSchema } from '../domain/requests';
-import { checkOwnSnapshot } from '../domain/rules';
+import { checkOwnSnapshot, namedDisk } from '../domain/rules';
 import type { ActivityDeps } from './deps';
 import { placementOn } from './deps';
 import { withFailureTypes } from './failures';
@@ -55,11 +55,7 @@ export function createRestoreActivities(deps: ActivityDeps) {
   const restoreOneDisk = async (source: RestoreSource, diskName: string, target: string | DiskWriter) => {
     const repository = deps.repositoryFor(source.region);
     const manifest = await readSnapshotManifest(deps, source.region, source.manifestId);
-    const disk = manifest.disks.find((d) => d.name === diskName);
-    if (!disk) {
-      const names = manifest.disks.map((d) => d.name).join(', ');
-      throw new SnapshotError('DiskNotFound', `The snapshot has no disk "${diskName}" (it has: ${names}).`);
-    }
+    const disk = namedDisk(manifest.disks, diskName, `Snapshot ${manifest.snapshotId}`);
     const reporter = new StageReporter<null>('RESTORING', disk.sizeBytes);
     const options = {
       manifest,

@@ -92,10 +92,15 @@ export function checkOwnSnapshot(
 
 /** The VM's disk named `diskName`; `DiskNotFound`, naming the disks it has, when there is none. */
 export function vmDisk(vm: Pick<Vm, 'name' | 'disks'>, diskName: string): Disk {
-  const disk = vm.disks.find((d) => d.name === diskName);
+  return namedDisk(vm.disks, diskName, `VM ${vm.name}`);
+}
+
+/** The disk named `diskName` of `owner` (a VM, a snapshot); `DiskNotFound`, naming the disks it has, when none. */
+export function namedDisk<D extends { name: string }>(disks: readonly D[], diskName: string, owner: string): D {
+  const disk = disks.find((d) => d.name === diskName);
   if (!disk) {
-    const names = vm.disks.map((d) => d.name).join(', ');
-    throw new SnapshotError('DiskNotFound', `VM ${vm.name} has no disk "${diskName}" (it has: ${names}).`);
+    const names = disks.map((d) => d.name).join(', ');
+    throw new SnapshotError('DiskNotFound', `${owner} has no disk "${diskName}" (it has: ${names}).`);
   }
   return disk;
 }

@@ -76,6 +76,20 @@ describe('snapshot workflow on a real Temporal server', () => {
     expect(record.vmConfig).toEqual(vm.config);
     expect(progress).toContain('SUCCESS');
     expect(await restoreAll(record.id, env.platform.dataDir)).toEqual(before);
+    // A disk the snapshot does not hold is refused by name, listing the ones it does; nothing is written.
+    const target = path.join(env.platform.dataDir, 'no-such-disk.raw');
+    await expect(
+      env.snapshots.restoreDisk({
+        accountId: vm.accountId,
+        snapshotId: record.id,
+        diskName: 'swap',
+        targetPath: target,
+      }),
+    ).rejects.toMatchObject({
+      type: 'DiskNotFound',
+      message: `Snapshot ${record.id} has no disk "swap" (it has: ${vm.disks.map((d) => d.name).join(', ')}).`,
+    });
+    await expect(fs.stat(target)).rejects.toMatchObject({ code: 'ENOENT' });
     // Operators find it in the Web UI by search attributes, and it carries a summary.
     const query = `SnapshotAccount = "acme" AND SnapshotVm = "${vm.id}" AND SnapshotRegion = "${vm.region}" AND SnapshotName = "full-1" AND SnapshotStatus = "SUCCESS"`;
     const found = await waitFor(async () => {
