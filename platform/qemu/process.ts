@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import readline from 'node:readline';
+import { QmpClient } from './qmp';
 import { socketAccepts } from './wire';
 
 // Between two probes of the ready socket while the process starts.
@@ -24,7 +25,10 @@ export class QemuProcessError extends Error {
 export interface QemuProcessOptions {
   binary: string;
   args: readonly string[];
-  /** A unix socket the process listens on once it is ready (its QMP monitor). */
+  /**
+   * Its QMP monitor's unix socket. The process is ready once the monitor answers a command, not merely once the socket
+   * listens: QEMU listens before it opens its disks, and runs commands only from its main loop, after all of its set-up.
+   */
   readySocket: string;
   readyTimeoutMs: number;
   /** How long `stop()` waits after SIGTERM before SIGKILL. */
@@ -48,7 +52,7 @@ export interface QemuProcess {
 }
 
 /**
- * Spawns a QEMU binary and resolves once `readySocket` accepts connections. Rejects with a `QemuProcessError`
+ * Spawns a QEMU binary and resolves once the QMP monitor on `readySocket` answers. Rejects with a `QemuProcessError`
  * carrying the process's output if it exits first (`QemuProcessExited`) or does not listen in time
  * (`QemuProcessNotListening`, after stopping it). The process is killed if this Node process exits without calling
  * `stop()`, so no orphan keeps holding the disks.
@@ -93,7 +97,7 @@ export async function startQemuProcess(options: QemuProcessOptions): Promise<Qem
       const message = `${binary} exited with ${status} before listening on ${readySocket}.${outputTail()}`;
       throw new QemuProcessError('QemuProcessExited', message);
     }
-    if (await socketAccepts(readySocket)) break;
+    if ((await socketAccepts(readySocket)) && (await monitorAnswers(readySocket, deadline - Date.now()))) break;
     if (Date.now() > deadline) {
       await stop();
       const message = `${binary} did not listen on ${readySocket} within ${options.readyTimeoutMs} ms.${outputTail()}`;
@@ -102,6 +106,18 @@ export async function startQemuProcess(options: QemuProcessOptions): Promise<Qem
     await new Promise((resolve) => setTimeout(resolve, PROBE_INTERVAL_MS));
   }
   return { pid: child.pid!, exited, exitStatus: () => status, outputTail, stop };
+}
+
+/** Whether the QMP monitor on `socketPath` completes its handshake within `timeoutMs` (it fails if QEMU exits). */
+async function monitorAnswers(socketPath: string, timeoutMs: number): Promise<boolean> {
+  if (timeoutMs <= 0) return false;
+  try {
+    const monitor = await QmpClient.connect(socketPath, { timeoutMs });
+    await monitor.close();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** QEMU's option syntax ends a value at a comma; a literal comma is written twice. */

@@ -38,9 +38,9 @@ export interface StorageDaemon {
 
 /**
  * Starts `qemu-storage-daemon` with a QMP monitor on `<dir>/qmp.sock` and each disk opened as a qcow2 node, and
- * resolves once the monitor accepts connections. QEMU's own block layer and QMP, without a guest: what a VM's disks
- * look like to the driver. Rejects with a `QemuProcessError` carrying the daemon's output if it exits or does not
- * listen within 10 s.
+ * resolves once the monitor answers (the disks are then open). QEMU's own block layer and QMP, without a guest: what
+ * a VM's disks look like to the driver. Rejects with a `QemuProcessError` carrying the daemon's output if it exits or
+ * does not listen within 10 s.
  */
 export async function startStorageDaemon(options: StorageDaemonOptions): Promise<StorageDaemon> {
   const qmpSocket = path.join(options.dir, 'qmp.sock');

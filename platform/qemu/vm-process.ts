@@ -134,7 +134,7 @@ export async function launchQemuVm(options: QemuVmOptions): Promise<void> {
  * Starts `qemu-system-x86_64` as a child of this process booting `kernel` and `initrd`, with a QMP monitor on
  * `<dir>/qmp.sock`, the guest agent's virtio-serial port (`org.qemu.guest_agent.0`) on `<dir>/qga.sock`, the serial
  * console in `<dir>/console.log`, and each disk a qcow2 `-blockdev` node of its `nodeName` attached as virtio-blk.
- * Resolves once QMP accepts connections (the guest is still booting: see `waitForAgent`). Rejects with a
+ * Resolves once QMP answers, so the disks are open (the guest is still booting: see `waitForAgent`). Rejects with a
  * `QemuProcessError` carrying QEMU's output if it exits first (a disk that does not open, an unknown option) or does
  * not listen within 30 s.
  */
