@@ -98,6 +98,10 @@ export const SnapshotSchema = z.object({
     .string()
     .nullable()
     .describe('"application-consistent" or "crash-consistent: <why the guest was not frozen>"; null until initiated'),
+  frozenMs: z
+    .number()
+    .nullable()
+    .describe("How long the guest's file systems were frozen, from the freeze request to the thaw; null if not frozen"),
   capture: z
     .object({
       kind: z.enum(['full', 'incremental']),

@@ -3,7 +3,7 @@ import type { PolicyView } from '../client/policy-client';
 import type { Currency } from '../domain/billing';
 import { formatMoney } from '../domain/billing';
 import type { SnapshotProgress, SnapshotRecord } from '../domain/model';
-import { SNAPSHOT_STAGES, describeCapture, describeConsistency } from '../domain/model';
+import { SNAPSHOT_STAGES, describeCapture, describeConsistency, frozenMs } from '../domain/model';
 import { formatWindow } from '../domain/windows';
 import type { Money, Progress, SnapshotView } from './schemas';
 
@@ -33,6 +33,7 @@ export function snapshotView(
     status: record.progress?.status ?? record.status,
     createAsImage: record.createAsImage,
     consistency: describeConsistency(record.consistency),
+    frozenMs: frozenMs(record.consistency),
     capture: describeCapture(record),
     createdAt: record.createdAt,
     completedAt: record.completedAt,

@@ -1,4 +1,4 @@
-import { describeCaptureLine, describeConsistency } from '../domain/model';
+import { describeCaptureLine, describeConsistencyLine } from '../domain/model';
 import type { SnapshotRecord } from '../domain/model';
 
 /** C0 controls but the newline, DEL and C1 controls: what a terminal may act on (ESC sequences, CSI, bell). */
@@ -75,7 +75,7 @@ export function snapshotDetails(s: SnapshotRecord): string {
     ['Region', s.region],
     ['Status', s.status],
     ['Create as image', s.createAsImage ? 'yes' : 'no'],
-    ['Consistency', describeConsistency(s.consistency) ?? '- (not initiated)'],
+    ['Consistency', describeConsistencyLine(s.consistency) ?? '- (not initiated)'],
     ['Policy', s.policyId ?? '- (not scheduled)'],
     ['Incremental parent', s.parentSnapshotId ?? '- (full)'],
     ['Capture', describeCaptureLine(s) ?? '- (not captured)'],

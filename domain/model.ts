@@ -117,15 +117,29 @@ export const DEFAULT_QUIESCE: Quiesce = 'best-effort';
 
 /**
  * What a snapshot's point in time guarantees: `application-consistent` (taken while the guest's file systems were
- * frozen, so flushed) or `crash-consistent` (the guest could not be frozen: the disks as after a power cut, all at the
- * same instant; writes still in the guest's page cache are missing), with the reason.
+ * frozen, so flushed; `frozenMs`: for how long, from the freeze request to the thaw's answer, absent on snapshots
+ * taken before it was recorded) or `crash-consistent` (the guest could not be frozen: the disks as after a power cut,
+ * all at the same instant; writes still in the guest's page cache are missing), with the reason.
  */
-export type Consistency = { kind: 'application-consistent' } | { kind: 'crash-consistent'; reason: string };
+export type Consistency =
+  { kind: 'application-consistent'; frozenMs?: number } | { kind: 'crash-consistent'; reason: string };
 
 /** How a snapshot's consistency reads everywhere it is shown: `crash-consistent: <reason>`, or null before initiation. */
 export function describeConsistency(consistency: Consistency | null): string | null {
   if (consistency === null) return null;
   return consistency.kind === 'crash-consistent' ? `crash-consistent: ${consistency.reason}` : consistency.kind;
+}
+
+/** How long the guest was frozen for the snapshot, when it was and that was recorded. */
+export function frozenMs(consistency: Consistency | null): number | null {
+  return consistency?.kind === 'application-consistent' ? (consistency.frozenMs ?? null) : null;
+}
+
+/** The consistency with the freeze time, as one line: `application-consistent (guest frozen 42 ms)`. */
+export function describeConsistencyLine(consistency: Consistency | null): string | null {
+  const frozen = frozenMs(consistency);
+  const line = describeConsistency(consistency);
+  return frozen === null ? line : `${line} (guest frozen ${frozen} ms)`;
 }
 
 /**

@@ -157,6 +157,9 @@ export interface ViewRanges {
  */
 export type ViewOutcome = 'kept' | 'discarded';
 
+/** Runs the step of `openViews` that fixes the views' moment, with the guest quiesced around it (see openViews). */
+export type AtPointInTime = <T>(step: () => Promise<T>) => Promise<T>;
+
 /**
  * The hypervisor driver: quiesce the guest and expose a consistent point-in-time view of its disks while the VM keeps
  * running. The embedded default works on local raw images (copy-before-write views); a QEMU/KVM driver would use
@@ -189,10 +192,17 @@ export interface Hypervisor {
   /** Undo freeze (end the lease). Idempotent, always safe to call. */
   thaw(vm: Vm): Promise<void>;
   /**
-   * Open (or reopen after a retry) the point-in-time views of the VM's disks under `viewId`, while it is frozen: they
-   * show the disks as they are at this moment, whatever the guest writes afterwards.
+   * Open (or reopen after a retry) the point-in-time views of the VM's disks under `viewId`: they show the disks as
+   * they were at one moment, whatever the guest writes afterwards. The driver runs the one step that fixes that moment
+   * through `options.atPointInTime` (exactly once), which the caller wraps in the freeze (freeze, step, thaw), and
+   * does everything else before or after it, so the guest is frozen only for that step. Without `atPointInTime` the
+   * step just runs: the caller has frozen the guest around the whole call.
    */
-  openViews(vm: Vm, viewId: string, options: { parentViewId: string | null }): Promise<DiskView[]>;
+  openViews(
+    vm: Vm,
+    viewId: string,
+    options: { parentViewId: string | null; atPointInTime?: AtPointInTime },
+  ): Promise<DiskView[]>;
   /** A reader of an open view (capture and compression read through one each); the caller closes it. */
   readView(view: DiskView): Promise<DiskReader>;
   /** What capture can know of an open view without reading it (see ViewRanges). */

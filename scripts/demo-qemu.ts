@@ -5,7 +5,6 @@ import { promisify } from 'node:util';
 import type { Client } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { SnapshotClient } from '../client/snapshot-client';
-import type { StartedSnapshot } from '../client/snapshot-client';
 import type { SnapshotRecord, Vm } from '../domain/model';
 import type { EmbeddedPlatform } from '../platform/local';
 import { GuestAgentClient } from '../platform/qemu/guest-agent';
@@ -34,13 +33,13 @@ export interface RealVmDemo {
   /** The demo's task queue, which every worker shares (the QEMU host's worker too). */
   taskQueue: string;
   /** Takes a snapshot, showing its progress and Web UI link (the demo's own). */
-  take(snapshots: SnapshotClient, vm: Vm, name: string): Promise<{ record: SnapshotRecord; started: StartedSnapshot }>;
+  take(snapshots: SnapshotClient, vm: Vm, name: string): Promise<SnapshotRecord>;
 }
 
 /**
  * The demo's real VM (needs QEMU, which scripts/setup.sh installs): boots the tiny Debian-kernel guest under QEMU
  * (TCG here; `SNAP_QEMU_ACCEL=kvm` where KVM works) while its writer workload keeps writing, snapshots it live through
- * the QEMU driver (printing how long initiation, and so the freeze, took), takes an incremental, restores the
+ * the QEMU driver (printing how long the guest was frozen), takes an incremental, restores the
  * incremental into a new VM that boots, and reads a file back through the restored guest's agent. The guest runs on
  * its own worker, a second host (`qemu-1`, the driver's folder `<data dir>/qemu`), which runs its host steps and data
  * stages; both VMs are stopped at the end.
@@ -122,11 +121,8 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
     const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
     let last: SnapshotRecord | undefined;
     for (const name of [`guest-01-live-${stamp}-v1`, `guest-01-live-${stamp}-v2`]) {
-      const { record, started } = await demo.take(snapshots, vm, name);
-      console.log(
-        `Initiation (freeze, one QMP transaction over the disks, thaw): ${await initiationMs(demo.client, started)} ms`,
-      );
-      last = record;
+      // Its details show how long the guest was frozen: for the QMP transaction over its disks only.
+      last = await demo.take(snapshots, vm, name);
     }
     const ticks = writerTicks(await fs.readFile(qemu.consoleLog, 'utf8'));
     console.log(`The guest kept writing throughout: tick ${ticks.at(-1)} now.`);
@@ -176,21 +172,4 @@ export async function demoRealVm(demo: RealVmDemo): Promise<void> {
     await pool.destroy();
     await connection.close();
   }
-}
-
-/** How long the snapshot's initiation activity ran (from its workflow history): the freeze lasts no longer. */
-async function initiationMs(client: Client, started: StartedSnapshot): Promise<number> {
-  const history = await client.workflow.getHandle(started.workflowId, started.runId).fetchHistory();
-  const events = history.events ?? [];
-  const scheduled = events.find(
-    (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'initiateSnapshot',
-  );
-  const id = scheduled?.eventId?.toString();
-  const of = (attributes: 'activityTaskStartedEventAttributes' | 'activityTaskCompletedEventAttributes') =>
-    events.filter((e) => e[attributes]?.scheduledEventId?.toString() === id).at(-1);
-  const millis = (event: (typeof events)[number] | undefined): number =>
-    Number(event?.eventTime?.seconds ?? 0) * 1000 + (event?.eventTime?.nanos ?? 0) / 1e6;
-  return Math.round(
-    millis(of('activityTaskCompletedEventAttributes')) - millis(of('activityTaskStartedEventAttributes')),
-  );
 }

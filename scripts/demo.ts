@@ -104,7 +104,7 @@ async function main(): Promise<void> {
     console.log(snapshotDetails(record));
     const workflowUrl = `${uiUrl}/namespaces/${config.TEMPORAL_NAMESPACE}/workflows/${encodeURIComponent(started.workflowId)}`;
     console.log(`Web UI: ${workflowUrl}`);
-    return { record, started };
+    return record;
   };
 
   await take(snapshots, vm, `${vm.name}-demo-${stamp}-v1`);

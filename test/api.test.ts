@@ -228,6 +228,7 @@ describe('HTTP API', () => {
     expect(final).toMatchObject({ status: 'SUCCESS', progress: null, logicalBytes: 96 * MiB, failureType: null });
     // The embedded driver always freezes the guest.
     expect(final.consistency).toBe('application-consistent');
+    expect(final.frozenMs).toEqual(expect.any(Number));
     expect(final.capture).toEqual({ kind: 'full', readWhole: [] });
     expect(final.storedBytes).toBeGreaterThan(0);
     expect(final.cost).toBeNull();

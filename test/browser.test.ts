@@ -127,6 +127,7 @@ describe('the Snapshots page in Chromium', () => {
     expect(await row.getByRole('cell').nth(0).textContent()).toBe('trainer-01');
     expect(await row.textContent()).toMatch(/MiB stored \(96\.0 MiB of disks\)/);
     expect(await row.locator('.consistency').textContent()).toBe('application-consistent');
+    expect(await row.locator('.frozen').textContent()).toMatch(/^guest frozen \d+ ms$/);
     await screenshot(page, '03-snapshot-success');
     await page.context().close();
   });

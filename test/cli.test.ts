@@ -73,13 +73,13 @@ test('create, list, show and restore work end to end', async () => {
   expect(created.stderr).toContain('SUCCESS');
   expect(created.stdout).toMatch(/Status:\s+SUCCESS/);
   expect(created.stdout).toMatch(/Compression ratio:\s+\d+\.\d+x/);
-  expect(created.stdout).toMatch(/Consistency:\s+application-consistent/);
+  expect(created.stdout).toMatch(/Consistency:\s+application-consistent \(guest frozen \d+ ms\)\n/);
 
   const list = await snap('list');
   expect(list.stdout).toMatch(/cli-nightly-v1\s+trainer-02\s+CANADA-1\s+SUCCESS/);
   const shown = (await snap('show', 'cli-nightly-v1')).stdout;
   expect(shown).toContain('from the CLI');
-  expect(shown).toMatch(/Consistency:\s+application-consistent/);
+  expect(shown).toMatch(/Consistency:\s+application-consistent \(guest frozen \d+ ms\)\n/);
   expect(shown).toMatch(/Capture:\s+full\n/);
   const unknownMode = await snap('create', '--vm', 'trainer-02', '--name', 'cli-quiesce', '--quiesce', 'sometimes');
   expect(unknownMode.code).not.toBe(0);

@@ -78,10 +78,11 @@ test('a worker SIGKILLed while the guest is frozen: guest writes pass again with
 
 test('a failure between freeze and thaw leaves the guest thawed: initiation fails, the VM is not frozen, writes pass', async () => {
   const hypervisor = Object.create(env.platform.hypervisor) as LocalHypervisor;
-  hypervisor.openViews = async () => {
-    expect(await env.platform.hypervisor.isFrozen(vm)).toBe(true);
-    throw new Error('injected: opening the views failed');
-  };
+  hypervisor.openViews = (_vm, _viewId, options) =>
+    options!.atPointInTime!(async () => {
+      expect(await env.platform.hypervisor.isFrozen(vm)).toBe(true);
+      throw new Error('injected: opening the views failed');
+    });
   const pool = new ChunkPool();
   try {
     const activities = createActivities({

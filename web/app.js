@@ -151,6 +151,7 @@ function snapshotRow(snapshot) {
   const status = cell('td', text(`status status-${snapshot.status.toLowerCase()}`, snapshot.status));
   if (snapshot.failureType) status.append(text('detail', `${snapshot.failureType}: ${snapshot.failureReason}`));
   if (snapshot.consistency) status.append(text('detail consistency', snapshot.consistency));
+  if (snapshot.frozenMs !== null) status.append(text('detail frozen', `guest frozen ${snapshot.frozenMs} ms`));
   for (const read of snapshot.capture?.readWhole ?? []) {
     status.append(text('detail read-whole', `read ${read.disk} whole: ${read.reason}`));
   }

@@ -56,7 +56,7 @@ const compensations = proxyActivities<Activities>(COMPENSATION);
 
 const STAGE_SUMMARIES: Record<SnapshotStage, string> = {
   VALIDATING: 'Validation: check the rules, reserve the name',
-  INITIATING: 'Initiation: record config, freeze, open point-in-time views, thaw',
+  INITIATING: 'Initiation: record config, open point-in-time views (the guest frozen only for their moment)',
   CAPTURING: 'Data capture: read and hash every chunk',
   COMPRESSING: 'Compression: compress and store new chunks, write the manifest',
   VERIFYING: 'Verification: read back and re-hash every chunk',

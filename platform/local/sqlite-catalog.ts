@@ -14,7 +14,7 @@ import type {
   Vm,
   VmStatus,
 } from '../../domain/model';
-import { AccountSchema, DEFAULT_HOST_ID, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
+import { AccountSchema, DEFAULT_HOST_ID, frozenMs, SNAPSHOT_STAGES, VmSchema } from '../../domain/model';
 import { idempotencyKeyReusedMessage, nameTakenMessage } from '../../domain/acceptance';
 import { NAME_KEY_RULE, snapshotNameKey } from '../../domain/requests';
 import { checkCredits } from '../../domain/rules';
@@ -103,6 +103,7 @@ interface SnapshotRow {
   vm_config: string | null;
   consistency: Consistency['kind'] | null;
   consistency_reason: string | null;
+  frozen_ms: number | null;
   full_reads: string | null;
   failure_type: string | null;
   failure_reason: string | null;
@@ -168,10 +169,11 @@ function toVm(row: VmRow): Vm {
   return VmSchema.parse({ ...(JSON.parse(row.doc) as object), hostId: row.host_id });
 }
 
-/** A crash-consistent snapshot's reason is kept in its own column (null for application-consistent ones). */
+/** A crash-consistent snapshot's reason and an application-consistent one's freeze time have a column each. */
 function toConsistency(row: SnapshotRow): Consistency | null {
   if (row.consistency === 'crash-consistent') return { kind: row.consistency, reason: row.consistency_reason ?? '' };
-  return row.consistency === null ? null : { kind: row.consistency };
+  if (row.consistency === null) return null;
+  return row.frozen_ms === null ? { kind: row.consistency } : { kind: row.consistency, frozenMs: row.frozen_ms };
 }
 
 /** The columns of the fields a patch may set that are stored in one column each. */
@@ -207,6 +209,8 @@ const ADDED_COLUMNS: Record<string, Record<string, string>> = {
     // Snapshots made before consistency was recorded stay null: not known.
     consistency: 'TEXT',
     consistency_reason: 'TEXT',
+    // Null where it was not recorded.
+    frozen_ms: 'INTEGER',
     // JSON; null for snapshots from before it was recorded: not known.
     full_reads: 'TEXT',
   },
@@ -483,9 +487,10 @@ export class SqliteCatalog implements Catalog {
       entries.map(([key, value]) => [key, JSON_COLUMNS.has(key) && value !== null ? JSON.stringify(value) : value]),
     );
     if (consistency !== undefined) {
-      sets.push('consistency = @consistency', 'consistency_reason = @consistencyReason');
+      sets.push('consistency = @consistency', 'consistency_reason = @consistencyReason', 'frozen_ms = @frozenMs');
       values.consistency = consistency?.kind ?? null;
       values.consistencyReason = consistency?.kind === 'crash-consistent' ? consistency.reason : null;
+      values.frozenMs = frozenMs(consistency);
     }
     if (sets.length > 0) {
       // Ending a snapshot settles its credit hold in the same statement: released on failure, converted on success.

@@ -1,6 +1,6 @@
 import type { DiskWriter } from '../../dataplane';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
-import type { ViewOutcome } from '../ports';
+import type { AtPointInTime, ViewOutcome } from '../ports';
 
 /**
  * How one disk's view is planned before anything is made: its block node, the parent's checkpoint bitmap when it is
@@ -48,8 +48,11 @@ export interface QemuControl {
    * (a checkpoint that can never be used again, such as an inconsistent one, may be removed).
    */
   planViews(vm: Vm, viewId: string, parentViewId: string | null): Promise<ViewPlan>;
-  /** Opens the planned views at one point in time for all disks, exported over NBD on `nbdSocket(vmId)`. */
-  openViews(plan: ViewPlan): Promise<ExportedDiskView[]>;
+  /**
+   * Opens the planned views at one point in time for all disks, exported over NBD on `nbdSocket(vmId)`; only the step
+   * that fixes that moment runs through `atPointInTime` (the freeze), everything else before or after it.
+   */
+  openViews(plan: ViewPlan, atPointInTime?: AtPointInTime): Promise<ExportedDiskView[]>;
   /**
    * Tears down whatever of the plan's views exists and settles the checkpoints as `outcome` says: kept, the new one
    * replaces the parent's; discarded, the parent's takes in the writes since. Idempotent; a VM whose process is gone

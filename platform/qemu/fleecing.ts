@@ -4,6 +4,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
+import type { AtPointInTime } from '../ports';
 import { abandonCheckpoint, queryBlockNodes } from './bitmaps';
 import {
   FleecingCleanupError,
@@ -62,6 +63,8 @@ export interface OpenViewsOptions {
   disks: readonly FleecingDisk[];
   /** The checkpoint bitmap the transaction adds to every disk (persistent); it must differ from every parent. */
   newBitmap: string;
+  /** Runs the transaction, the one step that fixes the views' moment, with the guest frozen around it (see ports). */
+  atPointInTime?: AtPointInTime;
 }
 
 /** One disk's view: what capture connects to. */
@@ -123,7 +126,8 @@ const jobsSchema = z.array(z.object({ device: z.string(), status: z.string() }))
 
 /**
  * Opens a point-in-time view of every disk in one transaction and exports each read-only over NBD (with the parent's
- * bitmap when the disk has one). Pieces left by an earlier attempt of the same view id are removed first, and its
+ * bitmap when the disk has one). Only the transaction runs through `atPointInTime` (the freeze): the temporary images
+ * and their nodes are made before it, the access nodes and exports after. Pieces left by an earlier attempt of the same view id are removed first, and its
  * bitmaps settled as abandonCheckpoint does. Fails with FleecingNodeNotFound (a disk's node is absent),
  * FleecingTempSpaceExhausted (the temporary images do not fit), FleecingNbdServerElsewhere, or the QMP error of the
  * step that failed (e.g. a parent bitmap that is missing); then nothing of the view is left and the bitmaps are as
@@ -131,6 +135,7 @@ const jobsSchema = z.array(z.object({ device: z.string(), status: z.string() }))
  */
 export async function openViews(qmp: QmpClient, options: OpenViewsOptions): Promise<DiskView[]> {
   const { viewId, tempDir, nbdSocket, disks, newBitmap } = options;
+  const atPointInTime = options.atPointInTime ?? ((step) => step());
   for (const disk of disks) {
     if (disk.parentBitmap === newBitmap) {
       throw new Error(`openViews: disk ${disk.name}: the new bitmap ${newBitmap} must differ from the parent's`);
@@ -154,7 +159,7 @@ export async function openViews(qmp: QmpClient, options: OpenViewsOptions): Prom
       await createTempImage(tempDir, names.tempFile, sizeBytes);
       await qmp.execute('blockdev-add', { driver: 'file', 'node-name': names.tempNode, filename: names.tempFile });
     }
-    await qmp.execute('transaction', {
+    const transaction = {
       actions: planned.flatMap(({ disk, names }) => [
         { type: 'block-dirty-bitmap-add', data: { node: disk.nodeName, name: newBitmap, persistent: true } },
         ...(disk.parentBitmap === null
@@ -171,7 +176,8 @@ export async function openViews(qmp: QmpClient, options: OpenViewsOptions): Prom
           },
         },
       ]),
-    });
+    };
+    await atPointInTime(() => qmp.execute('transaction', transaction));
     for (const { names } of planned) {
       await qmp.execute('blockdev-add', {
         driver: 'snapshot-access',

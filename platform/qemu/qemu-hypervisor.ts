@@ -3,7 +3,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { DiskReader, DiskWriter, Range } from '../../dataplane';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
-import type { DiskView, Hypervisor, ViewOutcome, ViewRanges } from '../ports';
+import type { AtPointInTime, DiskView, Hypervisor, ViewOutcome, ViewRanges } from '../ports';
 import { CheckpointUnusable } from './bitmaps';
 import type { QemuControl, ViewPlan } from './control';
 import { BASE_ALLOCATION, dirtyBitmapContext, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO } from './nbd';
@@ -69,7 +69,12 @@ export class QemuHypervisor implements Hypervisor {
     return this.control.stopFreezeGuard();
   }
 
-  async openViews(vm: Vm, viewId: string, options: { parentViewId: string | null }): Promise<DiskView[]> {
+  /** Planning and the view record come before the freeze; the control runs only its transaction through it. */
+  async openViews(
+    vm: Vm,
+    viewId: string,
+    options: { parentViewId: string | null; atPointInTime?: AtPointInTime },
+  ): Promise<DiskView[]> {
     // An earlier attempt's views and bitmaps are settled first, so the parent's bitmap is inspected as it was.
     const earlier = await this.viewRecord(viewId);
     if (earlier) await this.control.closeViews(planOf(viewId, earlier), 'discarded');
@@ -82,7 +87,7 @@ export class QemuHypervisor implements Hypervisor {
     };
     // Recorded before anything is made, so a release after a crash at any point finds what to undo.
     await this.writeViewRecord(viewId, record);
-    const views = await this.control.openViews(plan);
+    const views = await this.control.openViews(plan, options.atPointInTime);
     for (const view of views) {
       const disk = record.disks.find((d) => d.name === view.name)!;
       disk.exportName = view.exportName;

@@ -7,7 +7,7 @@ import type { DiskWriter } from '../../dataplane';
 import { GuestFreezeError, SnapshotError } from '../../domain/errors';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { vmDisk } from '../../domain/rules';
-import type { ViewOutcome } from '../ports';
+import type { AtPointInTime, ViewOutcome } from '../ports';
 import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
 import type { ExportedDiskView, QemuControl, ViewPlan } from './control';
 import { FreezeGuardError, FreezeGuardErrorType, ProtocolUnavailableError, type AgentFailure } from './errors';
@@ -118,7 +118,7 @@ export class QmpControl implements QemuControl {
     });
   }
 
-  async openViews(plan: ViewPlan): Promise<ExportedDiskView[]> {
+  async openViews(plan: ViewPlan, atPointInTime?: AtPointInTime): Promise<ExportedDiskView[]> {
     const tempDir = this.file(plan.vmId, 'tempDir');
     await fs.mkdir(tempDir, { recursive: true });
     return this.withQmp(plan.vmId, async (qmp) => {
@@ -128,6 +128,7 @@ export class QmpControl implements QemuControl {
         nbdSocket: this.nbdSocket(plan.vmId),
         disks: plan.disks,
         newBitmap: plan.newBitmap,
+        atPointInTime,
       });
       return views.map(({ name, exportName, sizeBytes }) => ({ name, exportName, sizeBytes }));
     });

@@ -2,7 +2,8 @@
  * A snapshot worker in a process of its own, for tests that SIGKILL it: `node --import tsx worker-process.ts
  * <dataDir> <taskQueue>`, connected to the test run's Temporal server (the TEST_ENV variables the jest global setup
  * sets, inherited). Prints `ready` once it polls. Fault wrappers, chosen by environment variables:
- * - SNAP_TEST_SLOW_OPEN_VIEWS_MS: openViews waits this long after opening the views, so the guest stays frozen.
+ * - SNAP_TEST_SLOW_OPEN_VIEWS_MS: the step of openViews that fixes the views' moment (run frozen) takes this much
+ *   longer, so the guest stays frozen.
  * - SNAP_TEST_CAPTURE_BYTES_PER_SECOND: caps the capture's read rate, so a capture lasts long enough to be killed.
  * - SNAP_TEST_PUT_DELAY_MS / SNAP_TEST_GET_DELAY_MS: each repository putChunks / getChunks call waits this long first,
  *   so a compression / verification lasts long enough to be killed.
@@ -38,11 +39,17 @@ async function main(): Promise<void> {
       close: () => reader.close(),
     };
   };
-  hypervisor.openViews = async (vm, viewId): Promise<DiskView[]> => {
-    const views = await platform.hypervisor.openViews(vm, viewId);
-    await sleep(slowOpenViewsMs);
-    return views;
-  };
+  // The views' moment is slow to pass: the guest stays frozen that long (the freeze wraps the step).
+  hypervisor.openViews = (vm, viewId, options): Promise<DiskView[]> =>
+    platform.hypervisor.openViews(vm, viewId, {
+      ...options,
+      atPointInTime: (step) =>
+        options!.atPointInTime!(async () => {
+          const views = await step();
+          await sleep(slowOpenViewsMs);
+          return views;
+        }),
+    });
   const putDelayMs = Number(process.env.SNAP_TEST_PUT_DELAY_MS ?? 0);
   const getDelayMs = Number(process.env.SNAP_TEST_GET_DELAY_MS ?? 0);
   const repositoryFor = (region: Region): Repository => {

@@ -174,7 +174,7 @@ async function fullCheckpoint(q: QmpClient, viewId: string, bitmap: string): Pro
   await commitCheckpoint(q, disks(null));
 }
 
-test('the views hold both disks as of the transaction, consistent with each other, while a writer keeps writing', async () => {
+test('the views hold both disks as of the transaction, consistent with each other, while a writer keeps writing; only the transaction is at the point in time', async () => {
   const q = qmp!;
   const [w0, w1] = await liveWriters(q);
   let written = 0;
@@ -190,9 +190,32 @@ test('the views hold both disks as of the transaction, consistent with each othe
   })();
   while (written < 300) await new Promise((resolve) => setTimeout(resolve, 10));
 
-  const beforeOpen = written;
-  const views = await openViews(q, { viewId: 'snap-1', tempDir, nbdSocket, disks: disks(null), newBitmap: 'cp-1' });
-  const afterOpen = written;
+  // Only the transaction runs through atPointInTime (where initiation freezes the guest): the temporary images and
+  // their nodes exist before it, the bitmaps come with it, the access nodes and exports after it.
+  let beforeOpen = 0;
+  let afterOpen = 0;
+  const atStep: Awaited<ReturnType<typeof leftovers>>[] = [];
+  const views = await openViews(q, {
+    viewId: 'snap-1',
+    tempDir,
+    nbdSocket,
+    disks: disks(null),
+    newBitmap: 'cp-1',
+    atPointInTime: async (step) => {
+      atStep.push(await leftovers(q));
+      expect(await bitmapNames(q, 'disk0')).toEqual([]);
+      beforeOpen = written;
+      const result = await step();
+      afterOpen = written;
+      expect(await bitmapNames(q, 'disk0')).toEqual(['cp-1']);
+      return result;
+    },
+  });
+  expect(atStep).toHaveLength(1);
+  expect(atStep[0]!.nodes.filter((node) => !node.endsWith('-tmp'))).toEqual([]);
+  expect(atStep[0]!.nodes).toHaveLength(DISKS.length);
+  expect(atStep[0]!.exports).toEqual([]);
+  expect((await leftovers(q)).exports).toHaveLength(DISKS.length);
   expect(views.map((view) => [view.name, view.sizeBytes, view.dirtyBitmapContext])).toEqual([
     ['vd-disk0', DISK_BYTES, null],
     ['vd-disk1', DISK_BYTES, null],
@@ -204,7 +227,7 @@ test('the views hold both disks as of the transaction, consistent with each othe
   await writer;
 
   const [last0, last1] = [lastWrite(bytes0), lastWrite(bytes1)];
-  // The transaction ran during openViews; a write in flight may have reached disk0 and not yet disk1.
+  // The transaction ran inside atPointInTime; a write in flight may have reached disk0 and not yet disk1.
   expect(last0).toBeGreaterThanOrEqual(beforeOpen);
   expect(last0).toBeLessThanOrEqual(afterOpen + 1);
   expect([last0, last0 - 1]).toContain(last1);
