@@ -45,6 +45,7 @@ export const HTTP_STATUS: Record<SnapshotErrorType, number> = {
   HostUnavailable: 503,
   ManifestCorrupt: 500,
   StorageFull: 507,
+  SnapshotSpaceExhausted: 507,
 };
 
 /** Body fields whose violations have their own domain type (the same as the client library raises). */

@@ -42,6 +42,12 @@ export const SnapshotErrorType = {
    */
   VmNotBootable: 'VmNotBootable',
   /**
+   * The VM's host lacks the space a snapshot's point-in-time views need (their temporary images are reserved up front,
+   * so that no guest write ever fails): nothing was made, the VM is untouched. Free space in the host's folder, then
+   * take the snapshot again.
+   */
+  SnapshotSpaceExhausted: 'SnapshotSpaceExhausted',
+  /**
    * No worker of the VM's host took a step that must run there (the host's views and QEMU processes are nowhere
    * else) within the host start timeout: the host or its worker is down. Start the worker of that host (SNAP_HOST_ID),
    * then take the snapshot again.
@@ -87,6 +93,7 @@ export const PERMANENT_ERROR_TYPES: readonly SnapshotErrorType[] = [
   'InvalidVmName',
   'GuestFreezeFailed',
   'VmNotBootable',
+  'SnapshotSpaceExhausted',
 ];
 
 /** An error with a stable type; thrown by domain code, the platform adapters and the client library. */

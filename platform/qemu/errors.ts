@@ -114,7 +114,7 @@ export class FleecingTempSpaceError extends Error {
   ) {
     super(
       `The point-in-time view needs ${neededBytes} bytes reserved in ${tempDir} (the disks' size, reserved up front ` +
-        `so that a guest write never fails), but ${detail}; free space there or use a larger temporary folder.`,
+        `so that a guest write never fails), but ${detail}; nothing was made: free space there and try again.`,
     );
   }
 }

@@ -10,7 +10,13 @@ import { vmDisk } from '../../domain/rules';
 import type { AtPointInTime, ViewOutcome } from '../ports';
 import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
 import type { ExportedDiskView, QemuControl, ViewPlan } from './control';
-import { FreezeGuardError, FreezeGuardErrorType, ProtocolUnavailableError, type AgentFailure } from './errors';
+import {
+  FleecingTempSpaceError,
+  FreezeGuardError,
+  FreezeGuardErrorType,
+  ProtocolUnavailableError,
+  type AgentFailure,
+} from './errors';
 import { closeViews, openViews } from './fleecing';
 import { FreezeGuardClient } from './freeze-guard';
 import { checkpointBitmap, qemuDiskNode, qemuVmDir, qemuVmFile, QEMU_VM_FILES } from './host-layout';
@@ -129,6 +135,9 @@ export class QmpControl implements QemuControl {
         disks: plan.disks,
         newBitmap: plan.newBitmap,
         atPointInTime,
+      }).catch((error: unknown) => {
+        if (error instanceof FleecingTempSpaceError) throw new SnapshotError('SnapshotSpaceExhausted', error.message);
+        throw error;
       });
       return views.map(({ name, exportName, sizeBytes }) => ({ name, exportName, sizeBytes }));
     });

@@ -4,11 +4,14 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { WorkflowFailedError } from '@temporalio/client';
+import { z } from 'zod';
 import { DEFAULT_CHUNK_SIZE } from '../../dataplane';
 import type { Vm } from '../../domain/model';
 import type { NbdClient } from '../../platform/qemu/nbd';
 import { exportWritable } from '../../platform/qemu/nbd-writer';
-import { CheckpointUnusable } from '../../platform/qemu/bitmaps';
+import { QmpClient } from '../../platform/qemu/qmp';
+import { bitmapsOf, CheckpointUnusable } from '../../platform/qemu/bitmaps';
 import { QemuHypervisor } from '../../platform/qemu/qemu-hypervisor';
 import { checkpointBitmap, QEMU_VM_FILES, qemuVmDir } from '../../platform/qemu/host-layout';
 import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
@@ -207,6 +210,60 @@ test('after QEMU is killed the next snapshot is read whole, records why, and res
   expect(env.platform.catalog.getSnapshot(next.snapshotId)?.fullReads).toEqual([]);
   expect(next.captureBytesRead).toBe(touched.size * CHUNK);
   expect(await restoredHash(vm, next.snapshotId)).toBe(await diskHash());
+}, 300_000);
+
+test('a host without room for the temporary images fails the snapshot SnapshotSpaceExhausted at once, the VM untouched', async () => {
+  const vm = vmRecord();
+  env.platform.catalog.putVm(vm);
+  worker = await env.startWorker({ hypervisor: new GuestlessQemuHypervisor(hostDir) });
+  await writeRandom([{ offset: 0, length: 4 * MiB }]);
+  const before = await diskHash();
+  // The VM's temporary folder holds half the disk's size: its view's temporary image (the disk's size) cannot fit.
+  const tempDir = path.join(qemuVmDir(hostDir, VM_ID), QEMU_VM_FILES.tempDir);
+  await fs.mkdir(tempDir);
+  await exec('mount', ['-t', 'tmpfs', '-o', `size=${DISK_BYTES / 2}`, 'tmpfs', tempDir]);
+  try {
+    const started = await env.snapshots.createSnapshot({
+      accountId: vm.accountId,
+      vmId: vm.id,
+      region: vm.region,
+      name: 'no-room',
+    });
+    await expect(env.client.workflow.getHandle(started.workflowId).result()).rejects.toBeInstanceOf(
+      WorkflowFailedError,
+    );
+    const record = env.platform.catalog.getSnapshot(started.snapshotId)!;
+    expect(record).toMatchObject({ status: 'FAILED', failureType: 'SnapshotSpaceExhausted' });
+    expect(record.failureReason).toContain(`needs ${DISK_BYTES} bytes reserved in ${tempDir}`);
+    // Not retried: one initiation attempt.
+    const history = await env.client.workflow.getHandle(started.workflowId).fetchHistory();
+    const initiation = (history.events ?? []).find(
+      (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'initiateSnapshot',
+    );
+    const attempts = (history.events ?? []).filter(
+      (e) => e.activityTaskStartedEventAttributes?.scheduledEventId?.toString() === initiation?.eventId?.toString(),
+    );
+    expect(attempts.map((e) => e.activityTaskStartedEventAttributes?.attempt)).toEqual([1]);
+    // Nothing of the view was made: no node, export or job, no bitmap, no temporary file; the disk is as it was.
+    const qmp = await QmpClient.connect(daemon!.qmpSocket);
+    try {
+      const nodes = z.array(z.object({ 'node-name': z.string() })).parse(await qmp.execute('query-named-block-nodes'));
+      expect(nodes.map((node) => node['node-name']).filter((name) => name.startsWith('fl-'))).toEqual([]);
+      expect(await qmp.execute('query-block-jobs')).toEqual([]);
+      const exported = z.array(z.object({ id: z.string() })).parse(await qmp.execute('query-block-exports'));
+      expect(exported.map((e) => e.id)).toEqual([WRITABLE_EXPORT]);
+      expect((await bitmapsOf(qmp, 'root')) ?? []).toEqual([]);
+    } finally {
+      await qmp.close();
+    }
+    expect(await fs.readdir(tempDir)).toEqual([]);
+    expect(await diskHash()).toBe(before);
+  } finally {
+    await exec('umount', [tempDir]);
+  }
+  // With room again, the next snapshot succeeds.
+  const next = await snapshot(vm, 'with-room');
+  expect(await restoredHash(vm, next.snapshotId)).toBe(before);
 }, 300_000);
 
 test('viewRanges: data where the disk is allocated; changed: the clusters written since a usable parent bitmap', async () => {
