@@ -5,22 +5,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
-import { z } from 'zod';
 import { CreateSnapshotRequestSchema } from '../domain/requests';
 import { GuestFreezeError } from '../domain/errors';
 import type { Quiesce, Vm } from '../domain/model';
 import { parsePolicy } from '../domain/policies';
 import { SqliteCatalog } from '../platform/local/sqlite-catalog';
-import { bitmapsOf } from '../platform/qemu/bitmaps';
-import { createRootDisk, ensureGuestImage, GUEST } from '../platform/qemu/guest-image';
-import { QmpClient } from '../platform/qemu/qmp';
 import { QemuHypervisor } from '../platform/qemu/qemu-hypervisor';
 import { QEMU_VM_FILES, qemuVmDir } from '../platform/qemu/host-layout';
 import { startStorageDaemon, type StorageDaemon } from '../platform/qemu/storage-daemon';
-import { startQemuVm, type QemuVm } from '../platform/qemu/vm-process';
+import type { QemuVm } from '../platform/qemu/vm-process';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
 import { createSnapshotEnv, refusal } from './helpers/snapshot-env';
-import { DEFAULT_HOST_ID } from '../domain/model';
+import { blockState, bootTestGuest, qemuTestVm } from './helpers/qemu';
 
 /**
  * The freeze policy (`quiesce`): a guest that cannot be frozen gives a crash-consistent snapshot that says why
@@ -31,10 +27,6 @@ import { DEFAULT_HOST_ID } from '../domain/model';
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
 const DISK_BYTES = 8 * MiB;
-const BOOT_TIMEOUT_MS = 300_000;
-
-const nodesSchema = z.array(z.object({ 'node-name': z.string() }));
-const exportsSchema = z.array(z.object({ id: z.string() }));
 
 let hostDir: string;
 let env: SnapshotEnv;
@@ -61,36 +53,6 @@ afterEach(async () => {
   await fs.rm(hostDir, { recursive: true, force: true });
 });
 
-function vmRecord(id: string, disks: { name: string; path: string }[]): Vm {
-  return {
-    id,
-    hostId: DEFAULT_HOST_ID,
-    accountId: 'acme',
-    name: id.replace(/^vm-/, ''),
-    region: 'CANADA-1',
-    flavor: 'H100-SXM5-80GB',
-    status: 'ACTIVE',
-    config: { vcpus: 1 },
-    disks: disks.map((disk) => ({ ...disk, sizeBytes: DISK_BYTES })),
-    labels: [],
-  };
-}
-
-/** The node names, exports and bitmaps of the QEMU process: what a snapshot could leave behind. */
-async function blockState(qmpSocket: string) {
-  const qmp = await QmpClient.connect(qmpSocket);
-  try {
-    const nodes = nodesSchema.parse(await qmp.execute('query-named-block-nodes', { flat: true }));
-    return {
-      nodes: nodes.map((n) => n['node-name']).filter((name) => !name.startsWith('#')),
-      exports: exportsSchema.parse(await qmp.execute('query-block-exports')).map((e) => e.id),
-      bitmaps: ((await bitmapsOf(qmp, 'root')) ?? []).map((b) => b.name),
-    };
-  } finally {
-    await qmp.close();
-  }
-}
-
 async function snapshot(vm: Vm, name: string, quiesce?: Quiesce) {
   const started = await env.snapshots.createSnapshot({
     accountId: vm.accountId,
@@ -113,7 +75,7 @@ describe('a VM without a guest agent (qemu-storage-daemon)', () => {
     await exec('qemu-img', ['create', '-q', '-f', 'qcow2', disk.path, String(DISK_BYTES)]);
     await exec('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 0 ${DISK_BYTES / 2}`, disk.path]);
     daemon = await startStorageDaemon({ dir, disks: [{ nodeName: disk.name, path: disk.path }] });
-    vm = vmRecord('vm-noagent-01', [disk]);
+    vm = qemuTestVm('vm-noagent-01', [disk], DISK_BYTES);
     env.platform.catalog.putVm(vm);
     worker = await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
   });
@@ -135,15 +97,15 @@ describe('a VM without a guest agent (qemu-storage-daemon)', () => {
   }, 120_000);
 
   test('with quiesce "required" the snapshot fails GuestFreezeFailed and leaves no view, export or bitmap', async () => {
-    const before = await blockState(daemon!.qmpSocket);
+    const before = await blockState(daemon!.qmpSocket, ['root']);
     const { started, done } = await snapshot(vm, 'no-agent-required', 'required');
     const error = await refusal(done);
     expect(error.type).toBe('GuestFreezeFailed');
     expect(error.message).toMatch(/could not be frozen.*no guest agent channel.*quiesce "best-effort"/s);
     const record = env.platform.catalog.getSnapshot(started.snapshotId)!;
     expect([record.status, record.failureType, record.consistency]).toEqual(['FAILED', 'GuestFreezeFailed', null]);
-    expect(await blockState(daemon!.qmpSocket)).toEqual(before);
-    expect(before).toEqual({ nodes: ['root'], exports: [], bitmaps: [] });
+    expect(await blockState(daemon!.qmpSocket, ['root'])).toEqual(before);
+    expect(before).toEqual({ nodes: ['root'], exports: [], jobs: [], bitmaps: { root: [] } });
     expect(await fs.readdir(path.join(hostDir, 'views')).catch(() => [])).toEqual([]);
   }, 120_000);
 });
@@ -156,7 +118,7 @@ test('a guest agent that never answers fails the freeze within the 10 s freeze t
   await new Promise<void>((resolve) => silent.listen(path.join(dir, QEMU_VM_FILES.agent), resolve));
   try {
     const hypervisor = new QemuHypervisor(hostDir);
-    const vm = vmRecord('vm-silent-01', []);
+    const vm = qemuTestVm('vm-silent-01', [], DISK_BYTES);
     const error = await hypervisor.freeze(vm, { leaseMs: 5_000 }).then(
       () => undefined,
       (e: unknown) => e,
@@ -198,20 +160,11 @@ describe('a booted guest with its agent', () => {
   });
 
   test('is snapshotted application-consistent, with quiesce "required"', async () => {
-    const image = await ensureGuestImage(path.join(__dirname, '../.cache/guest'));
     const dir = qemuVmDir(hostDir, 'vm-agent-01');
     await fs.mkdir(dir, { recursive: true });
-    const rootDisk = path.join(dir, 'root.qcow2');
-    await createRootDisk(rootDisk, { sizeBytes: DISK_BYTES, files: { 'hello.txt': 'hello\n' } });
-    qemu = await startQemuVm({
-      dir,
-      disks: [{ nodeName: 'root', path: rootDisk }],
-      kernel: image.kernel,
-      initrd: image.initrd,
-      append: GUEST.writerAppend,
-    });
-    await qemu.waitForAgent(BOOT_TIMEOUT_MS);
-    const vm = vmRecord('vm-agent-01', [{ name: 'root', path: rootDisk }]);
+    const booted = await bootTestGuest(dir, { sizeBytes: DISK_BYTES });
+    qemu = booted.qemu;
+    const vm = qemuTestVm('vm-agent-01', [{ name: 'root', path: booted.rootDisk }], DISK_BYTES);
     env.platform.catalog.putVm(vm);
     worker = await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
     const record = await (await snapshot(vm, 'with-agent', 'required')).done;
@@ -226,7 +179,7 @@ test('a catalog made before consistency was recorded gains its columns on open; 
   const file = path.join(hostDir, 'catalog.sqlite');
   const catalog = new SqliteCatalog(file);
   catalog.putAccount(env.platform.catalog.getAccount('acme')!);
-  catalog.putVm(vmRecord('vm-old', []));
+  catalog.putVm(qemuTestVm('vm-old', [], DISK_BYTES));
   const reserved = catalog.reserveSnapshot({
     id: 'snap-old',
     accountId: 'acme',

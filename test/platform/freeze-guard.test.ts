@@ -9,9 +9,10 @@ import { FreezeGuardError } from '../../platform/qemu/errors';
 import { FREEZE_LEASE_MS, FREEZE_RENEW_MS } from '../../activities/initiate';
 import { ensureFreezeGuard, FREEZE_GUARD_FILES, FreezeGuardClient } from '../../platform/qemu/freeze-guard';
 import { GuestAgentClient } from '../../platform/qemu/guest-agent';
-import { createRootDisk, ensureGuestImage, GUEST, writerTicks } from '../../platform/qemu/guest-image';
-import { startQemuVm, type QemuVm } from '../../platform/qemu/vm-process';
+import { writerTicks } from '../../platform/qemu/guest-image';
+import type { QemuVm } from '../../platform/qemu/vm-process';
 import { LineBuffer, socketAccepts } from '../../platform/qemu/wire';
+import { BOOT_TIMEOUT_MS, bootTestGuest } from '../helpers/qemu';
 
 /**
  * The agent runs on this host, not in a guest, so it must never freeze this machine's file systems: both freeze
@@ -43,7 +44,6 @@ const PROMISE_MS = 10_000;
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
 // The first run builds the guest image (about 30 s); a boot takes 30–60 s under TCG on 2 busy cores.
 const GUEST_SETUP_TIMEOUT_MS = 600_000;
-const BOOT_TIMEOUT_MS = 300_000;
 
 interface Agent {
   socketPath: string;
@@ -486,19 +486,9 @@ describe('with a booted guest', () => {
   let vm: QemuVm | undefined;
 
   beforeAll(async () => {
-    const image = await ensureGuestImage(path.join(REPO_ROOT, '.cache/guest'));
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-guard-vm-'));
     stateDir = path.join(dir, 'state');
-    const rootDisk = path.join(dir, 'root.qcow2');
-    await createRootDisk(rootDisk, { sizeBytes: 32 * 2 ** 20 });
-    vm = await startQemuVm({
-      dir,
-      disks: [{ nodeName: 'root', path: rootDisk }],
-      kernel: image.kernel,
-      initrd: image.initrd,
-      append: GUEST.writerAppend,
-    });
-    await vm.waitForAgent(BOOT_TIMEOUT_MS);
+    vm = (await bootTestGuest(dir, { sizeBytes: 32 * 2 ** 20 })).qemu;
     await waitFor('the writer to tick', async () => (await lastTick()) > 2, BOOT_TIMEOUT_MS);
   }, GUEST_SETUP_TIMEOUT_MS);
 

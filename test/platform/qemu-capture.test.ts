@@ -5,20 +5,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { WorkflowFailedError } from '@temporalio/client';
-import { z } from 'zod';
 import { DEFAULT_CHUNK_SIZE } from '../../dataplane';
 import type { Vm } from '../../domain/model';
 import type { NbdClient } from '../../platform/qemu/nbd';
 import { exportWritable } from '../../platform/qemu/nbd-writer';
-import { QmpClient } from '../../platform/qemu/qmp';
-import { bitmapsOf, CheckpointUnusable } from '../../platform/qemu/bitmaps';
+import { CheckpointUnusable } from '../../platform/qemu/bitmaps';
 import { QemuHypervisor } from '../../platform/qemu/qemu-hypervisor';
 import { checkpointBitmap, QEMU_VM_FILES, qemuVmDir } from '../../platform/qemu/host-layout';
 import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
 import type { SnapshotWorkflowResult } from '../../workflows/snapshot';
 import { createSnapshotEnv, fileHash } from '../helpers/snapshot-env';
 import type { RunningWorker, SnapshotEnv } from '../helpers/snapshot-env';
-import { DEFAULT_HOST_ID } from '../../domain/model';
+import { blockState, qemuTestVm } from '../helpers/qemu';
 
 /**
  * Capture with the QEMU driver reads only what it must, through the real workflow against qemu-storage-daemon: a
@@ -98,18 +96,7 @@ class GuestlessQemuHypervisor extends QemuHypervisor {
 }
 
 function vmRecord(): Vm {
-  return {
-    id: VM_ID,
-    hostId: DEFAULT_HOST_ID,
-    accountId: 'acme',
-    name: 'capture-01',
-    region: 'CANADA-1',
-    flavor: 'H100-SXM5-80GB',
-    status: 'ACTIVE',
-    config: { vcpus: 1 },
-    disks: [{ name: 'root', path: path.join(qemuVmDir(hostDir, VM_ID), 'root.qcow2'), sizeBytes: DISK_BYTES }],
-    labels: [],
-  };
+  return qemuTestVm(VM_ID, [{ name: 'root', path: path.join(qemuVmDir(hostDir, VM_ID), 'root.qcow2') }], DISK_BYTES);
 }
 
 /** Writes random bytes at each offset (through the writable export); returns the chunks the writes touch. */
@@ -245,17 +232,12 @@ test('a host without room for the temporary images fails the snapshot SnapshotSp
     );
     expect(attempts.map((e) => e.activityTaskStartedEventAttributes?.attempt)).toEqual([1]);
     // Nothing of the view was made: no node, export or job, no bitmap, no temporary file; the disk is as it was.
-    const qmp = await QmpClient.connect(daemon!.qmpSocket);
-    try {
-      const nodes = z.array(z.object({ 'node-name': z.string() })).parse(await qmp.execute('query-named-block-nodes'));
-      expect(nodes.map((node) => node['node-name']).filter((name) => name.startsWith('fl-'))).toEqual([]);
-      expect(await qmp.execute('query-block-jobs')).toEqual([]);
-      const exported = z.array(z.object({ id: z.string() })).parse(await qmp.execute('query-block-exports'));
-      expect(exported.map((e) => e.id)).toEqual([WRITABLE_EXPORT]);
-      expect((await bitmapsOf(qmp, 'root')) ?? []).toEqual([]);
-    } finally {
-      await qmp.close();
-    }
+    expect(await blockState(daemon!.qmpSocket, ['root'])).toEqual({
+      nodes: ['root'],
+      exports: [WRITABLE_EXPORT],
+      jobs: [],
+      bitmaps: { root: [] },
+    });
     expect(await fs.readdir(tempDir)).toEqual([]);
     expect(await diskHash()).toBe(before);
   } finally {

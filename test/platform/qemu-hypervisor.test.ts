@@ -6,18 +6,17 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
 import type { Vm } from '../../domain/model';
-import { bitmapsOf } from '../../platform/qemu/bitmaps';
 import { FreezeGuardClient } from '../../platform/qemu/freeze-guard';
 import { GuestAgentClient } from '../../platform/qemu/guest-agent';
-import { createRootDisk, ensureGuestImage, GUEST, writerTicks } from '../../platform/qemu/guest-image';
+import { GUEST, writerTicks } from '../../platform/qemu/guest-image';
 import { QmpClient } from '../../platform/qemu/qmp';
 import { QemuHypervisor } from '../../platform/qemu/qemu-hypervisor';
 import { checkpointBitmap, qemuVmDir } from '../../platform/qemu/host-layout';
 import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
-import { startQemuVm, waitForGuestAgent, type QemuVm } from '../../platform/qemu/vm-process';
+import { waitForGuestAgent, type QemuVm } from '../../platform/qemu/vm-process';
 import type { SnapshotEnv } from '../helpers/snapshot-env';
 import { createSnapshotEnv, takeSnapshot } from '../helpers/snapshot-env';
-import { DEFAULT_HOST_ID } from '../../domain/model';
+import { blockState, BOOT_TIMEOUT_MS, bootTestGuest, qemuTestVm } from '../helpers/qemu';
 
 /**
  * The QEMU hypervisor driver, first against qemu-storage-daemon (the same block layer and QMP as a VM, no guest),
@@ -28,11 +27,9 @@ import { DEFAULT_HOST_ID } from '../../domain/model';
 const exec = promisify(execFile);
 const MiB = 2 ** 20;
 const DISK_BYTES = 8 * MiB;
-const BOOT_TIMEOUT_MS = 300_000;
-
-const exportsSchema = z.array(z.object({ id: z.string() }));
-const jobsSchema = z.array(z.object({ device: z.string() }));
-const nodesSchema = z.array(z.object({ 'node-name': z.string() }));
+const HELLO = 'written before the snapshot\n';
+/** The source VM's size, which its restored VM must get: not the defaults (1 vCPU, 256 MiB). */
+const SIZED = { vcpus: 2, memoryMiB: 320 };
 
 let hostDir: string;
 
@@ -46,49 +43,19 @@ afterEach(async () => {
   await fs.rm(hostDir, { recursive: true, force: true });
 });
 
-function vmRecord(id: string, disks: { name: string; path: string }[]): Vm {
-  return {
-    id,
-    hostId: DEFAULT_HOST_ID,
-    accountId: 'acme',
-    name: id.replace(/^vm-/, ''),
-    region: 'CANADA-1',
-    flavor: 'H100-SXM5-80GB',
-    status: 'ACTIVE',
-    config: { vcpus: 1 },
-    disks: disks.map((disk) => ({ ...disk, sizeBytes: DISK_BYTES })),
-    labels: [],
-  };
-}
-
 async function sha256(buffer: Buffer): Promise<string> {
   return createHash('sha256').update(buffer).digest('hex');
 }
 
-/** Everything the view sets left in the QEMU process: exports, jobs and nodes beyond the disks themselves. */
-async function leftovers(qmpSocket: string, disks: string[]) {
-  const qmp = await QmpClient.connect(qmpSocket);
-  try {
-    return {
-      exports: exportsSchema.parse(await qmp.execute('query-block-exports')).map((e) => e.id),
-      jobs: jobsSchema.parse(await qmp.execute('query-block-jobs')).map((j) => j.device),
-      nodes: nodesSchema
-        .parse(await qmp.execute('query-named-block-nodes', { flat: true }))
-        .map((n) => n['node-name'])
-        .filter((name) => !disks.includes(name) && !name.startsWith('#')),
-    };
-  } finally {
-    await qmp.close();
-  }
+/** The bitmaps of disk `node` of the QEMU process on `qmpSocket`. */
+async function bitmapNames(qmpSocket: string, node: string) {
+  return (await blockState(qmpSocket, [node])).bitmaps[node];
 }
 
-async function bitmapNames(qmpSocket: string, node: string) {
-  const qmp = await QmpClient.connect(qmpSocket);
-  try {
-    return ((await bitmapsOf(qmp, node)) ?? []).map((b) => ({ name: b.name, recording: b.recording }));
-  } finally {
-    await qmp.close();
-  }
+/** Everything of the view sets in the QEMU process: exports, jobs, and the nodes beyond the disks. */
+async function leftovers(qmpSocket: string, disks: string[]) {
+  const { exports, jobs, nodes } = await blockState(qmpSocket, []);
+  return { exports, jobs, nodes: nodes.filter((name) => !disks.includes(name)) };
 }
 
 describe('against qemu-storage-daemon', () => {
@@ -105,7 +72,7 @@ describe('against qemu-storage-daemon', () => {
       await exec('qemu-io', ['-f', 'qcow2', '-c', `write -P ${0x30 + i} 0 ${DISK_BYTES / 2}`, disk.path]);
     }
     daemon = await startStorageDaemon({ dir, disks: disks.map((d) => ({ nodeName: d.name, path: d.path })) });
-    vm = vmRecord('vm-daemon-01', disks);
+    vm = qemuTestVm('vm-daemon-01', disks, DISK_BYTES);
   });
 
   afterEach(async () => {
@@ -187,20 +154,11 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
   });
 
   test('two snapshots while the guest writes, both restore to a clean file system with the data', async () => {
-    const image = await ensureGuestImage(path.join(__dirname, '../../.cache/guest'));
     const dir = qemuVmDir(hostDir, 'vm-guest-01');
     await fs.mkdir(dir, { recursive: true });
-    const rootDisk = path.join(dir, 'root.qcow2');
-    await createRootDisk(rootDisk, { sizeBytes: DISK_BYTES, files: { 'hello.txt': 'written before the snapshot\n' } });
-    qemu = await startQemuVm({
-      dir,
-      disks: [{ nodeName: 'root', path: rootDisk }],
-      kernel: image.kernel,
-      initrd: image.initrd,
-      append: GUEST.writerAppend,
-    });
-    await qemu.waitForAgent(BOOT_TIMEOUT_MS);
-    const vm = vmRecord('vm-guest-01', [{ name: 'root', path: rootDisk }]);
+    const booted = await bootTestGuest(dir, { sizeBytes: DISK_BYTES, files: { 'hello.txt': HELLO } });
+    qemu = booted.qemu;
+    const vm = qemuTestVm('vm-guest-01', [{ name: 'root', path: booted.rootDisk }], DISK_BYTES);
     env.platform.catalog.putVm(vm);
     // Stopped at the end: the next test starts its own worker (on its own host folder) on the env's task queue.
     const worker = await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
@@ -248,19 +206,13 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
   }
 
   test('a snapshot restored into a new VM boots with the captured configuration and its files', async () => {
-    const image = await ensureGuestImage(path.join(__dirname, '../../.cache/guest'));
     const dir = qemuVmDir(hostDir, 'vm-guest-02');
     await fs.mkdir(dir, { recursive: true });
-    const rootDisk = path.join(dir, 'root.qcow2');
-    await createRootDisk(rootDisk, { sizeBytes: DISK_BYTES, files: { 'hello.txt': 'written before the snapshot\n' } });
-    const config = {
-      vcpus: 2,
-      memoryMiB: 320,
-      boot: { kernel: image.kernel, initrd: image.initrd, append: GUEST.writerAppend },
-    };
-    qemu = await startQemuVm({ dir, disks: [{ nodeName: 'root', path: rootDisk }], ...config, ...config.boot });
-    await qemu.waitForAgent(BOOT_TIMEOUT_MS);
-    const vm = { ...vmRecord('vm-guest-02', [{ name: 'root', path: rootDisk }]), config };
+    const booted = await bootTestGuest(dir, { sizeBytes: DISK_BYTES, files: { 'hello.txt': HELLO }, ...SIZED });
+    qemu = booted.qemu;
+    const boot = { kernel: booted.image.kernel, initrd: booted.image.initrd, append: GUEST.writerAppend };
+    const config = { ...SIZED, boot };
+    const vm = { ...qemuTestVm('vm-guest-02', [{ name: 'root', path: booted.rootDisk }], DISK_BYTES), config };
     env.platform.catalog.putVm(vm);
     const hypervisor = new QemuHypervisor(hostDir, { accel: 'tcg' });
     const worker = await env.startWorker({ hypervisor });
@@ -297,7 +249,7 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
       const agent = await GuestAgentClient.connect(path.join(restoredDir, 'qga.sock'));
       try {
         const read = async (file: string) => (await agent.readFile(`${GUEST.rootMount}/${file}`)).toString('utf8');
-        expect(await read('hello.txt')).toBe('written before the snapshot\n');
+        expect(await read('hello.txt')).toBe(HELLO);
         // The writer's log as frozen into the snapshot, then continued by the restored guest: every tick the source
         // printed before the snapshot began is there, in order, without a gap.
         const log = (await read(GUEST.writerLogFile)).trim().split('\n').map(Number);
