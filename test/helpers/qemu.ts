@@ -1,12 +1,15 @@
+import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { z } from 'zod';
 import type { Vm } from '../../domain/model';
 import { DEFAULT_HOST_ID } from '../../domain/model';
 import { bitmapsOf } from '../../platform/qemu/bitmaps';
+import { GuestAgentClient } from '../../platform/qemu/guest-agent';
 import { createRootDisk, ensureGuestImage, GUEST } from '../../platform/qemu/guest-image';
 import type { GuestImage } from '../../platform/qemu/guest-image';
 import { QmpClient } from '../../platform/qemu/qmp';
 import { startQemuVm, type QemuVm } from '../../platform/qemu/vm-process';
+import { socketAccepts } from '../../platform/qemu/wire';
 
 /** What the QEMU tests share: a VM record, the booted test guest, and what a QEMU process holds. */
 
@@ -95,4 +98,85 @@ export async function blockState(qmpSocket: string, disks: readonly string[]): P
   } finally {
     await qmp.close();
   }
+}
+
+/**
+ * What the host's own qemu-ga must never do in a test: freeze this machine's file systems (both freeze commands), or
+ * shut down, suspend or change the host.
+ */
+const HOST_AGENT_BLOCKED_RPCS = [
+  'guest-fsfreeze-freeze',
+  'guest-fsfreeze-freeze-list',
+  'guest-fstrim',
+  'guest-shutdown',
+  'guest-suspend-disk',
+  'guest-suspend-ram',
+  'guest-suspend-hybrid',
+  'guest-set-time',
+  'guest-set-vcpus',
+  'guest-set-memory-blocks',
+  'guest-set-user-password',
+  'guest-exec',
+  'guest-file-open',
+  'guest-ssh-add-authorized-keys',
+  'guest-ssh-remove-authorized-keys',
+];
+
+/** A qemu-ga running on this host (not in a guest), for the protocol and freeze-guard tests. */
+export interface HostAgent {
+  socketPath: string;
+  /** Its verbose log: every command it read. */
+  logPath: string;
+  process: ChildProcess;
+  exited: Promise<void>;
+  /** SIGTERM (after a SIGCONT, should a test have stopped it) and waits for the exit; idempotent. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts qemu-ga on this host listening on `<dir>/qga.sock`, with its pid file, state and verbose log in `dir`, and
+ * HOST_AGENT_BLOCKED_RPCS blocked; resolves once it listens, and only after checking that it refuses to freeze.
+ */
+export async function startHostAgent(dir: string): Promise<HostAgent> {
+  const socketPath = path.join(dir, 'qga.sock');
+  const logPath = path.join(dir, 'qga.log');
+  const child = spawn(
+    'qemu-ga',
+    ['--method', 'unix-listen', '--path', socketPath, '--pidfile', path.join(dir, 'qga.pid')].concat([
+      '--statedir',
+      dir,
+      '--logfile',
+      logPath,
+      '--verbose',
+      '--block-rpcs',
+      HOST_AGENT_BLOCKED_RPCS.join(','),
+    ]),
+    { stdio: 'ignore' },
+  );
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let alive = true;
+  void exited.then(() => (alive = false));
+  // Ready once its socket accepts a connection (the probe disconnects at once; the agent then listens again).
+  while (!(await socketAccepts(socketPath))) {
+    if (!alive) throw new Error(`qemu-ga exited before listening; see ${logPath}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    // A test may have left it stopped (SIGSTOP): it acts on the SIGTERM once continued.
+    child.kill('SIGCONT');
+    await exited;
+  };
+  const agent = await GuestAgentClient.connect(socketPath);
+  try {
+    const freeze = (await agent.info()).commands.find((c) => c.name === 'guest-fsfreeze-freeze');
+    if (freeze?.enabled !== false) throw new Error('qemu-ga would freeze this host: --block-rpcs did not take effect');
+  } catch (error) {
+    await stop();
+    throw error;
+  } finally {
+    await agent.close();
+  }
+  return { socketPath, logPath, process: child, exited, stop };
 }

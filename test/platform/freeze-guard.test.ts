@@ -12,45 +12,21 @@ import { GuestAgentClient } from '../../platform/qemu/guest-agent';
 import { writerTicks } from '../../platform/qemu/guest-image';
 import type { QemuVm } from '../../platform/qemu/vm-process';
 import { LineBuffer, socketAccepts } from '../../platform/qemu/wire';
-import { BOOT_TIMEOUT_MS, bootTestGuest } from '../helpers/qemu';
+import { BOOT_TIMEOUT_MS, bootTestGuest, startHostAgent, type HostAgent } from '../helpers/qemu';
 
 /**
  * The agent runs on this host, not in a guest, so it must never freeze this machine's file systems: both freeze
- * commands are blocked (checked before each test), and so is everything that could shut down, suspend or change the
+ * commands are blocked (startHostAgent checks that they are), and so is everything that could shut down, suspend or change the
  * host. For leases to go live against this real agent anyway, the guard reaches it through {@link AgentProxy}, which
  * turns each `guest-fsfreeze-freeze` into a `guest-fsfreeze-thaw` (the agent answers it with a count, as a freeze of
  * no file system). The real freeze is tested against a booted guest.
  */
-const BLOCKED_RPCS = [
-  'guest-fsfreeze-freeze',
-  'guest-fsfreeze-freeze-list',
-  'guest-fstrim',
-  'guest-shutdown',
-  'guest-suspend-disk',
-  'guest-suspend-ram',
-  'guest-suspend-hybrid',
-  'guest-set-time',
-  'guest-set-vcpus',
-  'guest-set-memory-blocks',
-  'guest-set-user-password',
-  'guest-exec',
-  'guest-file-open',
-  'guest-ssh-add-authorized-keys',
-  'guest-ssh-remove-authorized-keys',
-];
 
 // The promise this guard keeps: a guest is writable again at most this long after its freezer died.
 const PROMISE_MS = 10_000;
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
 // The first run builds the guest image (about 30 s); a boot takes 30–60 s under TCG on 2 busy cores.
 const GUEST_SETUP_TIMEOUT_MS = 600_000;
-
-interface Agent {
-  socketPath: string;
-  logPath: string;
-  process: ChildProcess;
-  exited: Promise<void>;
-}
 
 /** A command the proxy passed on, with the moment it did and whether the VM's lease was in the lease file then. */
 interface Seen {
@@ -70,44 +46,10 @@ interface AgentProxy {
 
 let dir: string;
 let stateDir: string;
-let agent: Agent;
+let agent: HostAgent;
 let proxy: AgentProxy;
 const guardPids = new Set<number>();
 const children: ChildProcess[] = [];
-
-async function startAgent(): Promise<Agent> {
-  const socketPath = path.join(dir, 'qga.sock');
-  const logPath = path.join(dir, 'qga.log');
-  const child = spawn(
-    'qemu-ga',
-    ['--method', 'unix-listen', '--path', socketPath, '--pidfile', path.join(dir, 'qga.pid')].concat([
-      '--statedir',
-      dir,
-      '--logfile',
-      logPath,
-      '--verbose',
-      '--block-rpcs',
-      BLOCKED_RPCS.join(','),
-    ]),
-    { stdio: 'ignore' },
-  );
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  let alive = true;
-  void exited.then(() => (alive = false));
-  while (!(await socketAccepts(socketPath))) {
-    if (!alive) throw new Error(`qemu-ga exited before listening; see ${logPath}`);
-    await sleep(20);
-  }
-  // Guard: never let the guard send a freeze to an agent on this host unless the agent is known to refuse it.
-  const ga = await GuestAgentClient.connect(socketPath);
-  try {
-    const freeze = (await ga.info()).commands.find((c) => c.name === 'guest-fsfreeze-freeze');
-    if (freeze?.enabled !== false) throw new Error('qemu-ga would freeze this host: --block-rpcs did not take effect');
-  } finally {
-    await ga.close();
-  }
-  return { socketPath, logPath, process: child, exited };
-}
 
 async function startProxy(socketPath: string, agentSocket: string): Promise<AgentProxy> {
   const leaseFile = path.join(stateDir, FREEZE_GUARD_FILES.leases);
@@ -276,7 +218,7 @@ describe('on the host, with a qemu-ga that cannot freeze', () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-guard-'));
     stateDir = path.join(dir, 'state');
     await fs.mkdir(stateDir);
-    agent = await startAgent();
+    agent = await startHostAgent(dir);
     proxy = await startProxy(path.join(dir, 'proxy.sock'), agent.socketPath);
   });
 
@@ -284,8 +226,7 @@ describe('on the host, with a qemu-ga that cannot freeze', () => {
     agent.process.kill('SIGCONT');
     await stopFreezersAndGuards();
     await proxy.close();
-    agent.process.kill('SIGTERM');
-    await agent.exited;
+    await agent.stop();
     await fs.rm(dir, { recursive: true, force: true });
   });
 

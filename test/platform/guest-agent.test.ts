@@ -1,87 +1,29 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { GuestAgentClient } from '../../platform/qemu/guest-agent';
-import { socketAccepts } from '../../platform/qemu/wire';
+import { startHostAgent, type HostAgent } from '../helpers/qemu';
 
 /**
  * The agent runs on this host, not in a guest, so it must never be able to freeze this machine's file systems: both
- * freeze commands are blocked (and checked blocked before a test asks for one), and so is everything that could
- * shut down, suspend or change the host.
+ * freeze commands are blocked (startHostAgent checks that they are), and so is everything that could shut down,
+ * suspend or change the host.
  */
-const BLOCKED_RPCS = [
-  'guest-fsfreeze-freeze',
-  'guest-fsfreeze-freeze-list',
-  'guest-fstrim',
-  'guest-shutdown',
-  'guest-suspend-disk',
-  'guest-suspend-ram',
-  'guest-suspend-hybrid',
-  'guest-set-time',
-  'guest-set-vcpus',
-  'guest-set-memory-blocks',
-  'guest-set-user-password',
-  'guest-exec',
-  'guest-file-open',
-  'guest-ssh-add-authorized-keys',
-  'guest-ssh-remove-authorized-keys',
-];
-
-interface Agent {
-  socketPath: string;
-  process: ChildProcess;
-  exited: Promise<void>;
-}
 
 let dir: string;
-let agent: Agent;
+let agent: HostAgent;
 let client: GuestAgentClient | undefined;
-
-/** Starts qemu-ga listening on a unix socket, with its pid file, state and log inside `dir`. */
-async function startAgent(): Promise<Agent> {
-  const socketPath = path.join(dir, 'qga.sock');
-  const child = spawn(
-    'qemu-ga',
-    ['--method', 'unix-listen', '--path', socketPath, '--pidfile', path.join(dir, 'qga.pid')].concat([
-      '--statedir',
-      dir,
-      '--logfile',
-      path.join(dir, 'qga.log'),
-      '--block-rpcs',
-      BLOCKED_RPCS.join(','),
-    ]),
-    { stdio: 'ignore' },
-  );
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  let alive = true;
-  void exited.then(() => (alive = false));
-  // Ready once its socket accepts a connection (the probe disconnects at once; the agent then listens again).
-  while (!(await socketAccepts(socketPath))) {
-    if (!alive) throw new Error(`qemu-ga exited before listening; see ${path.join(dir, 'qga.log')}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  return { socketPath, process: child, exited };
-}
-
-async function stopAgent(stopping: Agent): Promise<void> {
-  if (stopping.process.exitCode !== null || stopping.process.signalCode !== null) return;
-  stopping.process.kill('SIGTERM');
-  // A test may have left it stopped (SIGSTOP): it acts on the SIGTERM once continued.
-  stopping.process.kill('SIGCONT');
-  await stopping.exited;
-}
 
 beforeEach(async () => {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'snap-qga-'));
-  agent = await startAgent();
+  agent = await startHostAgent(dir);
 });
 
 afterEach(async () => {
   await client?.close();
   client = undefined;
-  await stopAgent(agent);
+  await agent.stop();
   await fs.rm(dir, { recursive: true, force: true });
 });
 
