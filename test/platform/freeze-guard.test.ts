@@ -106,10 +106,14 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Polls `condition`; past `timeoutMs` fails with the guard's log (what it tried meanwhile) in the message. */
 async function waitFor(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!(await condition())) {
-    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (performance.now() > deadline) {
+      const log = await fs.readFile(path.join(stateDir, FREEZE_GUARD_FILES.log), 'utf8').catch(() => '(none)');
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; the guard's log:\n${log}`);
+    }
     await sleep(20);
   }
 }
@@ -406,9 +410,11 @@ describe('on the host, with a qemu-ga that cannot freeze', () => {
     expect(error.message).toContain('keeps trying');
     expect((await client.status()).leases).toMatchObject([{ vmId: 'vm-1', state: 'thawing' }]);
     expect(await leaseFile()).toMatchObject([{ vmId: 'vm-1' }]);
-    // The agent is reachable again: the next attempt (a second later) thaws.
+    // The agent is reachable again: the next attempt (a second later) thaws. Waited for as long as the guard goes on
+    // trying (5 attempts, each up to its 5 s thaw timeout, a second apart), so a slow attempt on a loaded machine is
+    // not taken for a missing one.
     proxy = await startProxy(proxy.socketPath, agent.socketPath);
-    await waitFor('the lease to go', () => noLeases(client));
+    await waitFor('the lease to go', () => noLeases(client), 40_000);
     expect(commands()).toEqual(['guest-fsfreeze-thaw']);
   });
 
