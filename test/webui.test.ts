@@ -89,7 +89,9 @@ describe('Web UI inspection of snapshot workflows', () => {
     capture.release();
     const record = await env.snapshots.watchProgress(started);
     expect(record.status).toBe('SUCCESS');
-    expect(await currentDetails(started.workflowId)).toMatch(/^\*\*SUCCESS\*\*.*, application-consistent, full$/);
+    expect(await currentDetails(started.workflowId)).toMatch(
+      /^\*\*SUCCESS\*\*.*, application-consistent \(guest frozen \d+ ms\), full$/,
+    );
   });
 
   test('the workflow is found by each of its five search attributes on its own', async () => {

@@ -16,7 +16,7 @@ import type { ActivityOptions } from '@temporalio/common';
 import type { Activities } from '../activities';
 import { idempotencyKeyReusedMessage, nameTakenMessage, requestFingerprint } from '../domain/acceptance';
 import { PERMANENT_ERROR_TYPES } from '../domain/errors';
-import { describeCaptureLine, describeConsistency } from '../domain/model';
+import { describeCaptureLine, describeConsistencyLine } from '../domain/model';
 import type { HostPlacement, Region, SnapshotRecord, SnapshotStage } from '../domain/model';
 import type { SnapshotWorkflowInput } from '../domain/requests';
 import { SnapshotStatus as SnapshotStatusKey } from '../domain/search-attributes';
@@ -199,7 +199,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     verified = { region: vm.region, host: vm.host, record, captureBytesRead: captured.bytesRead };
     verifiedAs =
       [
-        describeConsistency(record.consistency ?? null),
+        describeConsistencyLine(record.consistency ?? null),
         describeCaptureLine({ parentSnapshotId: record.parentSnapshotId, fullReads: record.fullReads ?? null }),
       ]
         .filter((part) => part !== null)
