@@ -40,7 +40,7 @@ const BYTES_OF: Record<string, (result: unknown) => { direction: 'read' | 'store
  *   compression and written by restore;
  * - `snap_stage_duration{stage, outcome}` (ms): how long each activity attempt ran, by activity and `completed` or
  *   `failed`;
- * - `snap_freeze_duration` (ms): how long each guest was frozen, freeze to thaw.
+ * - `snap_freeze_duration` (ms): how long each guest was frozen, from the freeze request to the thaw's answer.
  *
  * The activity metrics come from one activity interceptor, from each activity's arguments and result, so no activity
  * knows about metrics; the freeze duration from a wrapper of the hypervisor port.
@@ -50,7 +50,7 @@ export class WorkerMetrics {
   private readonly stageBytes;
   private readonly stageDuration;
   private readonly freezeDuration;
-  /** When each frozen VM was frozen (performance.now()), by VM id. */
+  /** When each frozen VM's freeze was requested (performance.now()), by VM id. */
   private readonly frozenAt = new Map<string, number>();
 
   /** `taskQueue` tags every series, as the SDK tags its own. */
@@ -88,8 +88,10 @@ export class WorkerMetrics {
   /** The hypervisor, timing each guest's freeze from `freeze` to its first `thaw`; every other call passes through. */
   timeFreezes(hypervisor: Hypervisor): Hypervisor {
     const freeze: Hypervisor['freeze'] = async (vm, lease) => {
+      // From the request, as the snapshot's own frozenMs: the guest's writes block while the freeze syncs.
+      const requestedAt = performance.now();
       await hypervisor.freeze(vm, lease);
-      this.frozenAt.set(vm.id, performance.now());
+      this.frozenAt.set(vm.id, requestedAt);
     };
     const thaw: Hypervisor['thaw'] = async (vm) => {
       await hypervisor.thaw(vm);
