@@ -6,25 +6,18 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
-import { SnapshotClient } from '../client/snapshot-client';
 import { DEFAULT_CHUNK_SIZE } from '../dataplane';
-import { startDevServer } from '../devserver/dev-server';
-import { ensureTemporalCli } from '../devserver/temporal-cli';
 import { GuestFreezeError } from '../domain/errors';
 import type { Region, Vm } from '../domain/model';
-import { openEmbeddedPlatform } from '../platform/local';
 import type { NbdClient } from '../platform/qemu/nbd';
 import { QemuHypervisor } from '../platform/qemu/qemu-hypervisor';
 import { QEMU_VM_FILES, qemuVmDir } from '../platform/qemu/host-layout';
 import { exportWritable } from '../platform/qemu/nbd-writer';
 import { startStorageDaemon } from '../platform/qemu/storage-daemon';
-import { createSnapshotWorker } from '../worker/worker';
 import type { SnapshotWorkflowResult } from '../workflows/snapshot';
 import { BLOCK_BYTES, IMAGE_BYTES, buildSparseDisk } from './images';
 import { ResticRepository } from './restic';
-import { ACCOUNT } from './service';
+import { ACCOUNT, startBenchService } from './service';
 import { GiB, MiB, run, settleWrites, timed, warmPageCache, which } from './util';
 import { DEFAULT_HOST_ID } from '../domain/model';
 
@@ -167,14 +160,13 @@ export async function benchQemu(options: {
       return { vm, place, disk };
     };
 
-    // The SDK logs every worker state change at INFO. Section (b) installs the same runtime; it is gone once (b)'s
-    // connections closed, but install refuses while one exists.
-    if (Runtime._instance === undefined) Runtime.install({ logger: new DefaultLogger('WARN') });
-    const server = await startDevServer({ cliPath: await ensureTemporalCli(log), port: 0, uiPort: false });
-    cleanups.push(() => server.stop());
-    const platform = openEmbeddedPlatform(path.join(dir, 'platform'));
-    cleanups.push(async () => platform.catalog.close());
-    platform.catalog.putAccount(ACCOUNT);
+    const { platform, client, snapshots, close } = await startBenchService({
+      dataDir: path.join(dir, 'platform'),
+      taskQueue: TASK_QUEUE,
+      hypervisor: new GuestlessQemuHypervisor(hostDir),
+      log: (message) => log(`  ${message}`),
+    });
+    cleanups.push(close);
     // Each VM in its own region, so each full snapshot goes into a fresh repository (the two big disks share data).
     const vms = {
       image: await startVm('vm-qemu-1g', 'CANADA-1', IMAGE_BYTES, images.image),
@@ -182,26 +174,6 @@ export async function benchQemu(options: {
       warmUp: await startVm('vm-qemu-warm-up', 'US-1', WARM_UP_DISK_BYTES, images.warmUp),
     };
     for (const { vm } of Object.values(vms)) platform.catalog.putVm(vm);
-
-    const nativeConnection = await NativeConnection.connect({ address: server.address });
-    cleanups.push(() => nativeConnection.close());
-    const connection = await Connection.connect({ address: server.address });
-    cleanups.push(() => connection.close());
-    const client = new Client({ connection, namespace: server.namespace });
-    log('  bundling the workflows and starting the worker (QEMU driver)');
-    const { worker, pool } = await createSnapshotWorker({
-      connection: nativeConnection,
-      namespace: server.namespace,
-      taskQueue: TASK_QUEUE,
-      platform: { ...platform, hypervisor: new GuestlessQemuHypervisor(hostDir) },
-    });
-    cleanups.push(() => pool.destroy());
-    const running = worker.run();
-    cleanups.push(async () => {
-      worker.shutdown();
-      await running;
-    });
-    const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: TASK_QUEUE });
 
     const snapshot = async (vm: Vm, name: string): Promise<QemuSnapshotRun> => {
       await settleWrites();

@@ -10,6 +10,7 @@ import { ensureTemporalCli } from '../devserver/temporal-cli';
 import type { Account, SnapshotRecord, Vm } from '../domain/model';
 import { DEMO_ACCOUNT, openEmbeddedPlatform, writeGuestBlocks } from '../platform/local';
 import type { EmbeddedPlatform } from '../platform/local';
+import type { Hypervisor } from '../platform/ports';
 import { createSnapshotWorker } from '../worker/worker';
 import type { BlockWrite } from './images';
 import { run, timed } from './util';
@@ -40,34 +41,42 @@ export interface SnapshotService {
   close(): Promise<void>;
 }
 
+/** The service a benchmark drives: the embedded platform, a Temporal client, the snapshot client, and close(). */
+export interface BenchService {
+  platform: EmbeddedPlatform;
+  client: Client;
+  snapshots: SnapshotClient;
+  /** Stops the worker, the connections, the catalog and the server. */
+  close: () => Promise<void>;
+}
+
 /**
- * Starts a Temporal dev server (in memory, no UI, free port), an embedded platform under `dataDir` with two ACTIVE VMs
- * in different regions whose root disks are copies of `image`, and a snapshot worker with the default settings, warmed
- * up.
+ * Starts a Temporal dev server (in memory, no UI, free port), an embedded platform under `dataDir` holding the
+ * benchmark account, and a snapshot worker with the default settings on `taskQueue`, over the platform's own
+ * hypervisor or `hypervisor` when given.
  */
-export async function startSnapshotService(options: {
+export async function startBenchService(options: {
   dataDir: string;
-  image: string;
-  imageBytes: number;
+  taskQueue: string;
+  hypervisor?: Hypervisor;
   log: (message: string) => void;
-}): Promise<SnapshotService> {
+}): Promise<BenchService> {
   const cleanups: (() => Promise<void>)[] = [];
   const close = async (): Promise<void> => {
     for (const cleanup of cleanups.reverse()) await cleanup();
   };
   try {
-    // The SDK logs every worker state change at INFO; the benchmark's own log is enough. Must precede any connection.
-    Runtime.install({ logger: new DefaultLogger('WARN') });
+    // The SDK logs every worker state change at INFO; the benchmark's own log is enough. Must precede any connection,
+    // and is installed once per process (an earlier section's runtime is gone once its connections closed).
+    if (Runtime._instance === undefined) Runtime.install({ logger: new DefaultLogger('WARN') });
     const cliPath = await ensureTemporalCli(options.log);
     const server: DevServer = await startDevServer({ cliPath, port: 0, uiPort: false });
     cleanups.push(() => server.stop());
 
-    const platform = openEmbeddedPlatform(options.dataDir);
-    cleanups.push(async () => platform.catalog.close());
-    platform.catalog.putAccount(ACCOUNT);
-    const copyImage = (diskPath: string) => run('cp', ['--sparse=always', options.image, diskPath]);
-    const vm = await registerVm(platform, 'vm-bench-01', 'CANADA-1', options.imageBytes, copyImage);
-    const twin = await registerVm(platform, 'vm-bench-02', 'US-1', options.imageBytes, copyImage);
+    const opened = openEmbeddedPlatform(options.dataDir);
+    cleanups.push(async () => opened.catalog.close());
+    opened.catalog.putAccount(ACCOUNT);
+    const platform = options.hypervisor ? { ...opened, hypervisor: options.hypervisor } : opened;
 
     const nativeConnection = await NativeConnection.connect({ address: server.address });
     cleanups.push(() => nativeConnection.close());
@@ -79,7 +88,7 @@ export async function startSnapshotService(options: {
     const { worker, pool } = await createSnapshotWorker({
       connection: nativeConnection,
       namespace: server.namespace,
-      taskQueue: TASK_QUEUE,
+      taskQueue: options.taskQueue,
       platform,
     });
     cleanups.push(() => pool.destroy());
@@ -88,8 +97,33 @@ export async function startSnapshotService(options: {
       worker.shutdown();
       await running;
     });
+    const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: options.taskQueue });
+    return { platform: opened, client, snapshots, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
 
-    const snapshots = new SnapshotClient({ client, catalog: platform.catalog, taskQueue: TASK_QUEUE });
+/**
+ * The benchmark service (startBenchService) under `dataDir` with two ACTIVE VMs in different regions whose root disks
+ * are copies of `image`, its worker warmed up.
+ */
+export async function startSnapshotService(options: {
+  dataDir: string;
+  image: string;
+  imageBytes: number;
+  log: (message: string) => void;
+}): Promise<SnapshotService> {
+  const { platform, client, snapshots, close } = await startBenchService({
+    dataDir: options.dataDir,
+    taskQueue: TASK_QUEUE,
+    log: options.log,
+  });
+  try {
+    const copyImage = (diskPath: string) => run('cp', ['--sparse=always', options.image, diskPath]);
+    const vm = await registerVm(platform, 'vm-bench-01', 'CANADA-1', options.imageBytes, copyImage);
+    const twin = await registerVm(platform, 'vm-bench-02', 'US-1', options.imageBytes, copyImage);
     // A running service's worker has run snapshots before: the very first workflow task of a new worker also loads
     // the workflow bundle (about 0.3 s), and its first stages fault in the working memory it then keeps. One small
     // snapshot in another region (so it shares no chunk with the timed ones) takes those costs outside the timings.
