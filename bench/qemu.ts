@@ -17,9 +17,8 @@ import { startStorageDaemon } from '../platform/qemu/storage-daemon';
 import type { SnapshotWorkflowResult } from '../workflows/snapshot';
 import { BLOCK_BYTES, IMAGE_BYTES, buildSparseDisk } from './images';
 import { ResticRepository } from './restic';
-import { ACCOUNT, startBenchService } from './service';
+import { ACCOUNT, benchVm, startBenchService } from './service';
 import { GiB, MiB, run, settleWrites, timed, warmPageCache, which } from './util';
-import { DEFAULT_HOST_ID } from '../domain/model';
 
 /** The sparse disk: this size, holding the 1 GiB image's data spread over it (see sparseOffset). */
 export const QEMU_SPARSE_DISK_BYTES = 20 * GiB;
@@ -145,19 +144,7 @@ export async function benchQemu(options: {
         exportName: WRITABLE_EXPORT,
       });
       cleanups.push(() => disk.disconnect());
-      const vm: Vm = {
-        id,
-        hostId: DEFAULT_HOST_ID,
-        accountId: ACCOUNT.id,
-        name: id.replace(/^vm-/, ''),
-        region,
-        flavor: 'H100-SXM5-80GB',
-        status: 'ACTIVE',
-        config: { vcpus: 1 },
-        disks: [{ name: 'root', path: file, sizeBytes }],
-        labels: [],
-      };
-      return { vm, place, disk };
+      return { vm: benchVm(id, region, { path: file, sizeBytes }, { vcpus: 1 }), place, disk };
     };
 
     const { platform, client, snapshots, close } = await startBenchService({

@@ -158,7 +158,20 @@ export async function registerVm(
   const diskPath = path.join(platform.dataDir, 'disks', id, 'root.raw');
   await fs.mkdir(path.dirname(diskPath), { recursive: true });
   await fillDisk(diskPath);
-  const vm: Vm = {
+  const config = { flavor: 'H100-SXM5-80GB', gpus: 8, vcpus: 128, ramGiB: 1024, image: 'ubuntu-22.04-cuda-12.4' };
+  const vm = benchVm(id, region, { path: diskPath, sizeBytes }, config);
+  platform.catalog.putVm(vm);
+  return vm;
+}
+
+/** An ACTIVE VM of the benchmark account on the default host, with one disk `root` and `config`. */
+export function benchVm(
+  id: string,
+  region: Vm['region'],
+  root: { path: string; sizeBytes: number },
+  config: Vm['config'],
+): Vm {
+  return {
     id,
     hostId: DEFAULT_HOST_ID,
     accountId: ACCOUNT.id,
@@ -166,12 +179,10 @@ export async function registerVm(
     region,
     flavor: 'H100-SXM5-80GB',
     status: 'ACTIVE',
-    config: { flavor: 'H100-SXM5-80GB', gpus: 8, vcpus: 128, ramGiB: 1024, image: 'ubuntu-22.04-cuda-12.4' },
-    disks: [{ name: 'root', path: diskPath, sizeBytes }],
+    config,
+    disks: [{ name: 'root', ...root }],
     labels: [],
   };
-  platform.catalog.putVm(vm);
-  return vm;
 }
 
 /** Writes `bytes` of `image`, from `offset` (by default a quarter of the way in) on, to a new file `target`. */
