@@ -127,11 +127,11 @@ const jobsSchema = z.array(z.object({ device: z.string(), status: z.string() }))
 /**
  * Opens a point-in-time view of every disk in one transaction and exports each read-only over NBD (with the parent's
  * bitmap when the disk has one). Only the transaction runs through `atPointInTime` (the freeze): the temporary images
- * and their nodes are made before it, the access nodes and exports after. Pieces left by an earlier attempt of the same view id are removed first, and its
- * bitmaps settled as abandonCheckpoint does. Fails with FleecingNodeNotFound (a disk's node is absent),
- * FleecingTempSpaceExhausted (the temporary images do not fit), FleecingNbdServerElsewhere, or the QMP error of the
- * step that failed (e.g. a parent bitmap that is missing); then nothing of the view is left and the bitmaps are as
- * before, or FleecingCleanupFailed says what could not be removed.
+ * and their nodes are made before it, the access nodes and exports after. Pieces left by an earlier attempt of the
+ * same view id are removed first, and its bitmaps settled as abandonCheckpoint does. Fails with FleecingNodeNotFound
+ * (a disk's node is absent), FleecingTempSpaceExhausted (the temporary images do not fit), FleecingNbdServerElsewhere,
+ * or the error of the step that failed (a QMP error, e.g. a parent bitmap that is missing; the freeze's); then nothing
+ * of the view is left and the bitmaps are as before, or FleecingCleanupFailed says what could not be removed.
  */
 export async function openViews(qmp: QmpClient, options: OpenViewsOptions): Promise<DiskView[]> {
   const { viewId, tempDir, nbdSocket, disks, newBitmap } = options;
