@@ -18,7 +18,7 @@ import {
   type AgentFailure,
 } from './errors';
 import { closeViews, openViews } from './fleecing';
-import { FreezeGuardClient } from './freeze-guard';
+import { ensureFreezeGuard, FreezeGuardClient } from './freeze-guard';
 import { checkpointBitmap, qemuDiskNode, qemuVmDir, qemuVmFile, QEMU_VM_FILES } from './host-layout';
 import { openQemuDiskWriter } from './nbd-writer';
 import { QmpClient } from './qmp';
@@ -124,7 +124,17 @@ export class QmpControl implements QemuControl {
     });
   }
 
+  /**
+   * Before anything else, a VM with a guest agent channel gets the host's freeze guard started if it is not running
+   * (a second or so, once per host): the freeze around the transaction goes through it, and its start is not time the
+   * guest spends frozen.
+   */
   async openViews(plan: ViewPlan, atPointInTime?: AtPointInTime): Promise<ExportedDiskView[]> {
+    const hasAgent = await fs.access(this.file(plan.vmId, 'agent')).then(
+      () => true,
+      () => false,
+    );
+    if (hasAgent) await ensureFreezeGuard(this.guard.stateDir);
     const tempDir = this.file(plan.vmId, 'tempDir');
     await fs.mkdir(tempDir, { recursive: true });
     return this.withQmp(plan.vmId, async (qmp) => {

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
 import type { Vm } from '../../domain/model';
-import { FreezeGuardClient } from '../../platform/qemu/freeze-guard';
+import { FREEZE_GUARD_FILES, FreezeGuardClient } from '../../platform/qemu/freeze-guard';
 import { GuestAgentClient } from '../../platform/qemu/guest-agent';
 import { GUEST, writerTicks } from '../../platform/qemu/guest-image';
 import { QmpClient } from '../../platform/qemu/qmp';
@@ -14,6 +14,7 @@ import { QemuHypervisor } from '../../platform/qemu/qemu-hypervisor';
 import { checkpointBitmap, qemuVmDir } from '../../platform/qemu/host-layout';
 import { startStorageDaemon, type StorageDaemon } from '../../platform/qemu/storage-daemon';
 import { waitForGuestAgent, type QemuVm } from '../../platform/qemu/vm-process';
+import { socketAccepts } from '../../platform/qemu/wire';
 import type { SnapshotEnv } from '../helpers/snapshot-env';
 import { createSnapshotEnv, takeSnapshot } from '../helpers/snapshot-env';
 import { blockState, BOOT_TIMEOUT_MS, bootTestGuest, qemuTestVm } from '../helpers/qemu';
@@ -160,13 +161,23 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
     qemu = booted.qemu;
     const vm = qemuTestVm('vm-guest-01', [{ name: 'root', path: booted.rootDisk }], DISK_BYTES);
     env.platform.catalog.putVm(vm);
+    // The host's freeze guard is not running yet: it is started before the freeze, so its start is not frozen time.
+    const guardAtFreeze: boolean[] = [];
+    const guardSocket = path.join(hostDir, 'freeze-guard', FREEZE_GUARD_FILES.socket);
+    const hypervisor = new (class extends QemuHypervisor {
+      override async freeze(frozen: Vm, lease: { leaseMs: number }): Promise<void> {
+        guardAtFreeze.push(await socketAccepts(guardSocket));
+        return super.freeze(frozen, lease);
+      }
+    })(hostDir);
     // Stopped at the end: the next test starts its own worker (on its own host folder) on the env's task queue.
-    const worker = await env.startWorker({ hypervisor: new QemuHypervisor(hostDir) });
+    const worker = await env.startWorker({ hypervisor });
     try {
       await snapshotLiveTwiceAndRestore(vm, qemu);
     } finally {
       await worker.stop();
     }
+    expect(guardAtFreeze).toEqual([true, true]);
   }, 900_000);
 
   async function snapshotLiveTwiceAndRestore(vm: Vm, qemu: QemuVm): Promise<void> {
