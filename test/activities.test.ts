@@ -9,7 +9,7 @@ import { ChunkPool, manifestStats } from '../dataplane';
 import type { EmbeddedPlatform } from '../platform/local';
 import { openEmbeddedPlatform } from '../platform/local';
 import type { DiskView } from '../platform/ports';
-import { seedTestFleet } from './helpers/snapshot-env';
+import { reserveTestSnapshot, seedTestFleet } from './helpers/snapshot-env';
 import type { CaptureCheckpoint, CaptureResult } from '../activities/capture';
 import type { StageHeartbeat } from '../activities/progress';
 import { DEFAULT_HOST_ID } from '../domain/model';
@@ -56,21 +56,7 @@ async function runCollecting<A extends unknown[], R>(
 /** Reserves a snapshot and opens its views, as validation and initiation would. */
 async function prepare(snapshotId: string, vmId: string): Promise<DiskView[]> {
   const vm = platform.catalog.getVm(vmId)!;
-  platform.catalog.reserveSnapshot({
-    id: snapshotId,
-    accountId: vm.accountId,
-    vmId: vm.id,
-    vmName: vm.name,
-    region: vm.region,
-    name: snapshotId,
-    description: '',
-    createAsImage: false,
-    workflowId: snapshotId,
-    idempotencyKey: null,
-    requestDigest: null,
-    requestedAt: new Date().toISOString(),
-    policyId: null,
-  });
+  reserveTestSnapshot(platform.catalog, vm, snapshotId);
   return new MockActivityEnvironment().run(activities.initiateSnapshot, snapshotId);
 }
 

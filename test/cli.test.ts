@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
+import { createSnapshotEnv, fileHash, reserveTestSnapshot, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import { connectSnapshotClient } from '../client/connect';
 import { queuesWithoutWorkers } from '../client/workers';
@@ -250,20 +250,10 @@ test('restore-vm, images, billing, delete, gc and reverify from the CLI', async 
 function storedSnapshot(fields: { vmId: string; name: string; description?: string }) {
   const vm = env.platform.catalog.getVm(fields.vmId)!;
   const id = `snap-${randomUUID()}`;
-  env.platform.catalog.reserveSnapshot({
-    id,
-    accountId: 'acme',
-    vmId: vm.id,
-    vmName: vm.name,
-    region: vm.region,
+  reserveTestSnapshot(env.platform.catalog, vm, id, {
     name: fields.name,
     description: fields.description ?? '',
-    createAsImage: false,
     workflowId: `stored/${id}`,
-    idempotencyKey: null,
-    policyId: null,
-    requestDigest: null,
-    requestedAt: new Date().toISOString(),
   });
   return env.platform.catalog.updateSnapshot(id, { status: 'SUCCESS' });
 }

@@ -9,7 +9,7 @@ import { ChunkPool, distinctChunks } from '../dataplane';
 import type { Vm } from '../domain/model';
 import { writeGuestBlocks } from '../platform/local';
 import type { LocalHypervisor } from '../platform/local';
-import { createSnapshotEnv, fileHash, waitFor } from './helpers/snapshot-env';
+import { createSnapshotEnv, fileHash, reserveTestSnapshot, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import { DEFAULT_HOST_ID } from '../domain/model';
 import { DEFAULT_HOST_START_TIMEOUT_MS } from '../worker/worker';
@@ -94,21 +94,7 @@ test('a failure between freeze and thaw leaves the guest thawed: initiation fail
       hostId: DEFAULT_HOST_ID,
       hostStartTimeoutMs: DEFAULT_HOST_START_TIMEOUT_MS,
     });
-    env.platform.catalog.reserveSnapshot({
-      id: 'snap-fails-frozen',
-      accountId: vm.accountId,
-      vmId: vm.id,
-      vmName: vm.name,
-      region: vm.region,
-      name: 'fails-frozen',
-      description: '',
-      createAsImage: false,
-      workflowId: 'snap-fails-frozen',
-      idempotencyKey: null,
-      policyId: null,
-      requestDigest: null,
-      requestedAt: new Date().toISOString(),
-    });
+    reserveTestSnapshot(env.platform.catalog, vm, 'snap-fails-frozen', { name: 'fails-frozen' });
     await expect(new MockActivityEnvironment().run(activities.initiateSnapshot, 'snap-fails-frozen')).rejects.toThrow(
       'injected: opening the views failed',
     );

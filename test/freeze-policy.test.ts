@@ -15,7 +15,7 @@ import { QEMU_VM_FILES, qemuVmDir } from '../platform/qemu/host-layout';
 import { startStorageDaemon, type StorageDaemon } from '../platform/qemu/storage-daemon';
 import type { QemuVm } from '../platform/qemu/vm-process';
 import type { RunningWorker, SnapshotEnv } from './helpers/snapshot-env';
-import { createSnapshotEnv, refusal } from './helpers/snapshot-env';
+import { createSnapshotEnv, refusal, reserveTestSnapshot } from './helpers/snapshot-env';
 import { blockState, bootTestGuest, qemuTestVm } from './helpers/qemu';
 
 /**
@@ -179,22 +179,9 @@ test('a catalog made before consistency was recorded gains its columns on open; 
   const file = path.join(hostDir, 'catalog.sqlite');
   const catalog = new SqliteCatalog(file);
   catalog.putAccount(env.platform.catalog.getAccount('acme')!);
-  catalog.putVm(qemuTestVm('vm-old', [], DISK_BYTES));
-  const reserved = catalog.reserveSnapshot({
-    id: 'snap-old',
-    accountId: 'acme',
-    vmId: 'vm-old',
-    vmName: 'old',
-    region: 'CANADA-1',
-    name: 'old',
-    description: '',
-    createAsImage: false,
-    workflowId: 'snapshot/acme/old',
-    idempotencyKey: null,
-    policyId: null,
-    requestDigest: null,
-    requestedAt: new Date().toISOString(),
-  });
+  const oldVm = qemuTestVm('vm-old', [], DISK_BYTES);
+  catalog.putVm(oldVm);
+  const reserved = reserveTestSnapshot(catalog, oldVm, 'snap-old', { name: 'old' });
   catalog.close();
   // The schema as it was: without the two columns.
   const db = new Database(file);

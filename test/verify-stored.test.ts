@@ -21,7 +21,7 @@ import type { Region, SnapshotRecord, Vm } from '../domain/model';
 import type { DiskView } from '../platform/ports';
 import { makeTempDir } from './dataplane/helpers';
 import { damageChunk, loseChunk } from './helpers/repository';
-import { createSnapshotEnv, scribble, takeSnapshot } from './helpers/snapshot-env';
+import { createSnapshotEnv, reserveTestSnapshot, scribble, takeSnapshot } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import { DEFAULT_HOST_ID } from '../domain/model';
 import { DEFAULT_HOST_START_TIMEOUT_MS } from '../worker/worker';
@@ -200,21 +200,7 @@ describe('the verification activity', () => {
 
   /** Validation's reservation, then initiation, capture and compression, as the workflow runs them. */
   async function compressed(vm: Vm, snapshotId: string): Promise<CompressResult> {
-    env.platform.catalog.reserveSnapshot({
-      id: snapshotId,
-      accountId: vm.accountId,
-      vmId: vm.id,
-      vmName: vm.name,
-      region: vm.region,
-      name: snapshotId,
-      description: '',
-      createAsImage: false,
-      workflowId: snapshotId,
-      idempotencyKey: null,
-      requestDigest: null,
-      requestedAt: new Date().toISOString(),
-      policyId: null,
-    });
+    reserveTestSnapshot(env.platform.catalog, vm, snapshotId);
     const disks: DiskView[] = await new MockActivityEnvironment().run(activities.initiateSnapshot, snapshotId);
     const input = { snapshotId, region: vm.region, disks };
     const captured: CaptureResult = await new MockActivityEnvironment().run(activities.captureSnapshot, input);

@@ -14,7 +14,7 @@ import type { ChunkPool } from '../../dataplane';
 import { SnapshotError } from '../../domain/errors';
 import type { Region, SnapshotRecord, Vm } from '../../domain/model';
 import type { EmbeddedPlatform } from '../../platform/local';
-import type { Hypervisor } from '../../platform/ports';
+import type { Catalog, Hypervisor, NewSnapshot } from '../../platform/ports';
 import { openEmbeddedPlatform, seedDemoFleet, writeGuestBlocks } from '../../platform/local';
 import { createSnapshotWorker } from '../../worker/worker';
 import type { SnapshotWorker } from '../../worker/worker';
@@ -230,4 +230,32 @@ export async function refusal(promise: Promise<unknown>): Promise<SnapshotError>
   );
   expect(error).toBeInstanceOf(SnapshotError);
   return error as SnapshotError;
+}
+
+/**
+ * Reserves snapshot `id` of `vm` straight in `catalog`, as validation does once the rules pass (the catalog's own
+ * checks still apply): named `id`, no description, key, policy or digest unless `fields` say otherwise.
+ */
+export function reserveTestSnapshot(
+  catalog: Pick<Catalog, 'reserveSnapshot'>,
+  vm: Pick<Vm, 'id' | 'accountId' | 'name' | 'region'>,
+  id: string,
+  fields: Partial<Pick<NewSnapshot, 'name' | 'description' | 'workflowId'>> = {},
+): SnapshotRecord {
+  return catalog.reserveSnapshot({
+    id,
+    accountId: vm.accountId,
+    vmId: vm.id,
+    vmName: vm.name,
+    region: vm.region,
+    name: id,
+    description: '',
+    createAsImage: false,
+    workflowId: id,
+    idempotencyKey: null,
+    policyId: null,
+    requestDigest: null,
+    requestedAt: new Date().toISOString(),
+    ...fields,
+  });
 }
