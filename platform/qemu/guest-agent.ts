@@ -1,14 +1,8 @@
 import { randomInt } from 'node:crypto';
-import net from 'node:net';
+import type net from 'node:net';
 import { z } from 'zod';
-import {
-  ProtocolClosedError,
-  ProtocolCommandError,
-  ProtocolTimeoutError,
-  ProtocolUnavailableError,
-  ProtocolViolationError,
-} from './errors';
-import { LineBuffer, parseObject, preview } from './wire';
+import { ProtocolClosedError, ProtocolCommandError, ProtocolTimeoutError, ProtocolViolationError } from './errors';
+import { connectUnix, LineBuffer, parseObject, preview } from './wire';
 
 // The freeze policy's budget (issue 16): an agent that has not answered within 10 s is treated as absent. A freeze
 // itself takes about 0.7 s here (it syncs the guest's page cache), a thaw about 35 ms.
@@ -89,13 +83,7 @@ export class GuestAgentClient {
    * `GuestAgentTimeout` when the agent does not answer the resync in time (absent, or not running in the guest).
    */
   static async connect(socketPath: string, options: GuestAgentCallOptions = {}): Promise<GuestAgentClient> {
-    const socket = await new Promise<net.Socket>((resolve, reject) => {
-      const attempt = net.createConnection(socketPath);
-      attempt.once('connect', () => resolve(attempt));
-      attempt.once('error', (error: NodeJS.ErrnoException) =>
-        reject(new ProtocolUnavailableError('guest agent', socketPath, error.code ?? error.message)),
-      );
-    });
+    const socket = await connectUnix(socketPath, 'guest agent');
     const client = new GuestAgentClient(socket, socketPath);
     try {
       await client.enqueue('guest-sync-delimited', options, async () => undefined);

@@ -1,13 +1,7 @@
-import net from 'node:net';
+import type net from 'node:net';
 import { z } from 'zod';
-import {
-  ProtocolClosedError,
-  ProtocolCommandError,
-  ProtocolTimeoutError,
-  ProtocolUnavailableError,
-  ProtocolViolationError,
-} from './errors';
-import { LineBuffer, parseObject, preview, withDeadline } from './wire';
+import { ProtocolClosedError, ProtocolCommandError, ProtocolTimeoutError, ProtocolViolationError } from './errors';
+import { connectUnix, LineBuffer, parseObject, preview, withDeadline } from './wire';
 
 // Greeting and capabilities negotiation are local socket round trips (milliseconds); 5 s bounds a wedged process.
 const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
@@ -90,13 +84,7 @@ export class QmpClient {
    */
   static async connect(socketPath: string, options: QmpConnectOptions = {}): Promise<QmpClient> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const socket = await new Promise<net.Socket>((resolve, reject) => {
-      const attempt = net.createConnection(socketPath);
-      attempt.once('connect', () => resolve(attempt));
-      attempt.once('error', (error: NodeJS.ErrnoException) =>
-        reject(new ProtocolUnavailableError('QMP', socketPath, error.code ?? error.message)),
-      );
-    });
+    const socket = await connectUnix(socketPath, 'QMP');
     const client = new QmpClient(socket, socketPath);
     try {
       const greeting = new Promise<unknown>((resolve, reject) => {

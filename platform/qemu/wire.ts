@@ -1,5 +1,6 @@
 // Wire helpers shared by the QMP and guest-agent clients.
 import net from 'node:net';
+import { ProtocolUnavailableError, type QemuProtocol } from './errors';
 
 /**
  * JSON-lines framing. Both peers end every message with a newline (QMP with
@@ -67,5 +68,16 @@ export function socketAccepts(socketPath: string): Promise<boolean> {
       resolve(true);
     });
     probe.once('error', () => resolve(false));
+  });
+}
+
+/** Connects to the unix socket; nothing accepting there is a ProtocolUnavailableError of `protocol`. */
+export function connectUnix(socketPath: string, protocol: QemuProtocol): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const attempt = net.createConnection(socketPath);
+    attempt.once('connect', () => resolve(attempt));
+    attempt.once('error', (error: NodeJS.ErrnoException) =>
+      reject(new ProtocolUnavailableError(protocol, socketPath, error.code ?? error.message)),
+    );
   });
 }
