@@ -22,8 +22,14 @@ import { GiB, MiB, run, settleWrites, timed, warmPageCache, which } from './util
 
 /** The sparse disk: this size, holding the 1 GiB image's data spread over it (see sparseOffset). */
 export const QEMU_SPARSE_DISK_BYTES = 20 * GiB;
-/** Share of the image's 4 KiB blocks (distinct, at random positions) rewritten before each incremental. */
+/** Share of the image's data rewritten before each incremental. */
 export const CHANGED_PERCENTS = [1, 5] as const;
+/**
+ * How the rewritten data lies: in distinct 4 KiB blocks at random positions (the issue's case, where a few blocks
+ * touch many chunks), or in distinct 1 MiB runs at random positions (as files are mostly written).
+ */
+export const WRITE_PATTERNS = { scattered: BLOCK_BYTES, clustered: MiB } as const;
+export type WritePattern = keyof typeof WRITE_PATTERNS;
 /** The image is cut into pieces this large, piece i placed at i × SPARSE_PIECE_STRIDE on the sparse disk. */
 const SPARSE_PIECE_BYTES = 256 * MiB;
 const SPARSE_PIECE_STRIDE = 5 * GiB;
@@ -49,6 +55,7 @@ export interface QemuSnapshotRun {
 
 export interface QemuIncrementalRun extends QemuSnapshotRun {
   percent: number;
+  pattern: WritePattern;
   blocksWritten: number;
   /** Chunks the writes touched, times the chunk size: what an incremental has to read. */
   changedChunkBytes: number;
@@ -206,11 +213,13 @@ export async function benchQemu(options: {
 
     const incrementals = async (target: QemuVm, label: string): Promise<QemuIncrementalRun[]> => {
       const runs: QemuIncrementalRun[] = [];
-      for (const percent of CHANGED_PERCENTS) {
-        log(`  ${label}: ${percent} % of the blocks rewritten, incremental snapshot`);
-        const written = await writeRandomBlocks(target, percent);
-        const run = await snapshot(target.vm, `qemu-incremental-${label}-${percent}`);
-        runs.push({ ...run, percent, ...written });
+      for (const pattern of Object.keys(WRITE_PATTERNS) as WritePattern[]) {
+        for (const percent of CHANGED_PERCENTS) {
+          log(`  ${label}: ${percent} % of the data rewritten (${pattern}), incremental snapshot`);
+          const written = await writeRandomBlocks(target, percent, WRITE_PATTERNS[pattern]);
+          const run = await snapshot(target.vm, `qemu-incremental-${label}-${pattern}-${percent}`);
+          runs.push({ ...run, percent, pattern, ...written });
+        }
       }
       return runs;
     };
@@ -229,22 +238,28 @@ export async function benchQemu(options: {
 }
 
 /**
- * Rewrites `percent` % of the image's 4 KiB blocks, distinct and at random positions, with random bytes, through the
- * VM's writable export (placed on its disk), then flushes. Returns how many and the bytes of the chunks they touch.
+ * Rewrites `percent` % of the image in blocks of `blockBytes`, distinct, aligned and at random positions, with random
+ * bytes, through the VM's writable export (placed on its disk), then flushes. Returns how many and the bytes of the
+ * chunks they touch.
  */
 async function writeRandomBlocks(
   target: QemuVm,
   percent: number,
+  blockBytes: number,
 ): Promise<{ blocksWritten: number; changedChunkBytes: number }> {
-  const imageBlocks = IMAGE_BYTES / BLOCK_BYTES;
+  const imageBlocks = IMAGE_BYTES / blockBytes;
   const blocks = new Set<number>();
   while (blocks.size < Math.round((imageBlocks * percent) / 100)) blocks.add(randomInt(imageBlocks));
-  const offsets = [...blocks].map((block) => target.place(block * BLOCK_BYTES));
+  const offsets = [...blocks].map((block) => target.place(block * blockBytes));
   for (let i = 0; i < offsets.length; i += WRITES_IN_FLIGHT) {
     const batch = offsets.slice(i, i + WRITES_IN_FLIGHT);
-    await Promise.all(batch.map((offset) => target.disk.write(offset, randomBytes(BLOCK_BYTES))));
+    await Promise.all(batch.map((offset) => target.disk.write(offset, randomBytes(blockBytes))));
   }
   await target.disk.flush();
-  const chunks = new Set(offsets.map((offset) => Math.floor(offset / DEFAULT_CHUNK_SIZE)));
+  const chunks = new Set<number>();
+  for (const offset of offsets) {
+    const last = Math.floor((offset + blockBytes - 1) / DEFAULT_CHUNK_SIZE);
+    for (let chunk = Math.floor(offset / DEFAULT_CHUNK_SIZE); chunk <= last; chunk++) chunks.add(chunk);
+  }
   return { blocksWritten: offsets.length, changedChunkBytes: chunks.size * DEFAULT_CHUNK_SIZE };
 }
