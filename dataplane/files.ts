@@ -83,6 +83,14 @@ export async function syncDir(dir: string): Promise<void> {
   await withHandle(fs.open(dir, 'r'), (handle) => handle.sync());
 }
 
+/** Whether `file` exists (and this process may see it). */
+export async function pathExists(file: string): Promise<boolean> {
+  return fs.access(file).then(
+    () => true,
+    () => false,
+  );
+}
+
 /** The names in `dir`; none when it does not exist. */
 export async function listDir(dir: string): Promise<string[]> {
   return fs.readdir(dir).catch((error: unknown) => {

@@ -17,7 +17,7 @@ export type { ChunkRef, Manifest } from './manifest';
 export { collectGarbage } from './gc';
 export type { GcProgress, GcResult } from './gc';
 export { openImageFile, withDiskReader, withImageFile } from './disk-reader';
-export { listDir, readExactly, syncDir } from './files';
+export { listDir, pathExists, readExactly, syncDir } from './files';
 export type { DiskReader } from './disk-reader';
 export { openImageFileWriter, withDiskWriter } from './disk-writer';
 export type { DiskWriter } from './disk-writer';

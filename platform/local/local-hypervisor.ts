@@ -4,7 +4,7 @@ import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
-import { listDir, openImageFileWriter, syncDir } from '../../dataplane';
+import { listDir, openImageFileWriter, pathExists, syncDir } from '../../dataplane';
 import type { DiskReader, DiskWriter, Range } from '../../dataplane';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
 import { VmLoadSchema } from '../../domain/model';
@@ -85,7 +85,7 @@ export class LocalHypervisor implements Hypervisor {
     const dir = this.viewDir(viewId);
     const done = path.join(dir, 'COMPLETE');
     const views = vm.disks.map((disk) => ({ viewId, name: disk.name, sizeBytes: disk.sizeBytes }));
-    if (await exists(done)) return views;
+    if (await pathExists(done)) return views;
     // Only a frozen guest has no write in flight: a view opened otherwise could miss one.
     if (!(await this.isFrozen(vm))) throw new Error(`VM ${vm.name} must be frozen to open views`);
     // A half-made view from an interrupted attempt is redone from scratch.
@@ -240,11 +240,4 @@ async function allocatedRanges(file: string, sizeBytes: number): Promise<Range[]
   return ImageMapSchema.parse(JSON.parse(answer.stdout))
     .filter((extent) => extent.data || !extent.zero)
     .map((extent) => ({ offset: extent.start, length: extent.length }));
-}
-
-async function exists(file: string): Promise<boolean> {
-  return fs.access(file).then(
-    () => true,
-    () => false,
-  );
 }

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { pathExists } from '../../dataplane';
 import { GUEST_AGENT_PORT } from './vm-process';
 
 /**
@@ -140,7 +141,7 @@ export async function ensureGuestImage(cacheFolder: string, options: GuestImageO
     .update(JSON.stringify({ RECIPE_VERSION, INIT_SCRIPT, ROOT_MODULES, kernelPackage: options.kernelPackage ?? '' }))
     .digest('hex');
   const stamp = await readStamp(stampFile);
-  if (stamp?.recipe === recipe && (await exists(kernel)) && (await exists(initrd))) {
+  if (stamp?.recipe === recipe && (await pathExists(kernel)) && (await pathExists(initrd))) {
     return { kernel, initrd, kernelPackage: stamp.kernelPackage };
   }
 
@@ -155,7 +156,7 @@ export async function ensureGuestImage(cacheFolder: string, options: GuestImageO
     await run('dpkg-deb', ['-x', deb, unpacked], { cwd: work });
     const [release] = await fs.readdir(path.join(unpacked, 'lib/modules'));
     const vmlinuz = path.join(unpacked, 'boot', `vmlinuz-${release}`);
-    if (!release || !(await exists(vmlinuz))) {
+    if (!release || !(await pathExists(vmlinuz))) {
       throw new GuestImageError(`${kernelPackage} has no /boot/vmlinuz-<release> and /lib/modules/<release>.`);
     }
 
@@ -265,7 +266,7 @@ async function currentKernelPackage(): Promise<string> {
 /** The initramfs has no libraries: its busybox must be the static build (Debian's busybox-static). */
 async function copyStaticBusybox(target: string): Promise<void> {
   const busybox = '/bin/busybox';
-  if (!(await exists(busybox))) throw new GuestImageError(`${busybox} is missing; apt-get install busybox-static.`);
+  if (!(await pathExists(busybox))) throw new GuestImageError(`${busybox} is missing; apt-get install busybox-static.`);
   const linked = await run('ldd', [busybox]).then(
     () => true,
     () => false,
@@ -348,11 +349,4 @@ async function readStamp(file: string): Promise<z.infer<typeof stampSchema> | un
   } catch {
     return undefined;
   }
-}
-
-async function exists(file: string): Promise<boolean> {
-  return fs.access(file).then(
-    () => true,
-    () => false,
-  );
 }

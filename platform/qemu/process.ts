@@ -1,7 +1,6 @@
 import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { QmpClient } from './qmp';
-import { socketAccepts } from './wire';
 
 // Between two probes of the ready socket while the process starts.
 const PROBE_INTERVAL_MS = 20;
@@ -97,7 +96,7 @@ export async function startQemuProcess(options: QemuProcessOptions): Promise<Qem
       const message = `${binary} exited with ${status} before listening on ${readySocket}.${outputTail()}`;
       throw new QemuProcessError('QemuProcessExited', message);
     }
-    if ((await socketAccepts(readySocket)) && (await monitorAnswers(readySocket, deadline - Date.now()))) break;
+    if (await monitorAnswers(readySocket, deadline - Date.now())) break;
     if (Date.now() > deadline) {
       await stop();
       const message = `${binary} did not listen on ${readySocket} within ${options.readyTimeoutMs} ms.${outputTail()}`;
@@ -108,7 +107,10 @@ export async function startQemuProcess(options: QemuProcessOptions): Promise<Qem
   return { pid: child.pid!, exited, exitStatus: () => status, outputTail, stop };
 }
 
-/** Whether the QMP monitor on `socketPath` completes its handshake within `timeoutMs` (it fails if QEMU exits). */
+/**
+ * Whether the QMP monitor on `socketPath` completes its handshake within `timeoutMs`: not while nothing listens there
+ * yet, nor if QEMU exits meanwhile.
+ */
 async function monitorAnswers(socketPath: string, timeoutMs: number): Promise<boolean> {
   if (timeoutMs <= 0) return false;
   try {

@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { z } from 'zod';
+import { pathExists } from '../../dataplane';
 import type { DiskWriter } from '../../dataplane';
 import { GuestFreezeError, SnapshotError } from '../../domain/errors';
 import type { Disk, Vm, VmLoad } from '../../domain/model';
@@ -130,11 +131,7 @@ export class QmpControl implements QemuControl {
    * guest spends frozen.
    */
   async openViews(plan: ViewPlan, atPointInTime?: AtPointInTime): Promise<ExportedDiskView[]> {
-    const hasAgent = await fs.access(this.file(plan.vmId, 'agent')).then(
-      () => true,
-      () => false,
-    );
-    if (hasAgent) await ensureFreezeGuard(this.guard.stateDir);
+    if (await pathExists(this.file(plan.vmId, 'agent'))) await ensureFreezeGuard(this.guard.stateDir);
     const tempDir = this.file(plan.vmId, 'tempDir');
     await fs.mkdir(tempDir, { recursive: true });
     return this.withQmp(plan.vmId, async (qmp) => {
