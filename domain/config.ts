@@ -38,6 +38,13 @@ export const ConfigSchema = z.object({
    * does not work, as on the CI machine, whose guests hang under KVM.
    */
   SNAP_QEMU_ACCEL: z.enum(['kvm', 'tcg']).default('kvm'),
+  /**
+   * Free space the QEMU driver keeps in the VMs' folders while snapshot views are open there (their temporary images
+   * grow with what the guest overwrites meanwhile): a snapshot opens only with this much free, and one whose views
+   * would leave less is cancelled (`SnapshotSpaceExhausted`) before any guest write could fail. Unset: the driver's
+   * default, 1024.
+   */
+  SNAP_QEMU_TEMP_MIN_FREE_MIB: z.coerce.number().int().positive().optional(),
   /** The HTTP API and the Snapshots page (`npm run api`, `npm run demo`). */
   SNAP_HTTP_HOST: z.string().default('127.0.0.1'),
   SNAP_HTTP_PORT: z.coerce.number().int().min(0).max(65535).default(8080),

@@ -42,9 +42,10 @@ export const SnapshotErrorType = {
    */
   VmNotBootable: 'VmNotBootable',
   /**
-   * The VM's host lacks the space a snapshot's point-in-time views need (their temporary images are reserved up front,
-   * so that no guest write ever fails): nothing was made, the VM is untouched. Free space in the host's folder, then
-   * take the snapshot again.
+   * The VM's host lacks the space a snapshot's point-in-time views need (their temporary images hold what the guest
+   * overwrites while the snapshot reads): too little to open them (nothing made), or so little left while they were
+   * open that the snapshot was cancelled before a guest write could fail. The VM is untouched either way. Free space
+   * on the host, then take the snapshot again.
    */
   SnapshotSpaceExhausted: 'SnapshotSpaceExhausted',
   /**

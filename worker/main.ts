@@ -21,6 +21,7 @@ async function main(): Promise<void> {
           ...embedded,
           hypervisor: new QemuHypervisor(config.SNAP_QEMU_HOST_DIR ?? path.join(config.SNAP_DATA_DIR, 'qemu'), {
             accel: config.SNAP_QEMU_ACCEL,
+            tempMinFreeMiB: config.SNAP_QEMU_TEMP_MIN_FREE_MIB,
           }),
         }
       : embedded;

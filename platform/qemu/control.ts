@@ -59,6 +59,13 @@ export interface QemuControl {
    * only has its leftovers on the host removed.
    */
   closeViews(plan: ViewPlan, outcome: ViewOutcome): Promise<void>;
+  /**
+   * Tears down whatever of the plan's views exists (readers are disconnected, the guest's writes are no longer
+   * copied) and leaves the checkpoints for closeViews to settle. Idempotent.
+   */
+  dropViews(plan: ViewPlan): Promise<void>;
+  /** Where the VM's views keep their temporary images (they grow as the guest overwrites what a view needs). */
+  tempDir(vmId: string): string;
   /** The unix socket on which the VM's views are exported. */
   nbdSocket(vmId: string): string;
   readLoad(vm: Vm): Promise<VmLoad>;

@@ -104,21 +104,6 @@ export class FleecingNodeNotFoundError extends Error {
   }
 }
 
-/** The temporary images of a point-in-time view do not fit where they must be created. */
-export class FleecingTempSpaceError extends Error {
-  readonly type = 'FleecingTempSpaceExhausted';
-  constructor(
-    readonly tempDir: string,
-    readonly neededBytes: number,
-    readonly detail: string,
-  ) {
-    super(
-      `The point-in-time view needs ${neededBytes} bytes reserved in ${tempDir} (the disks' size, reserved up front ` +
-        `so that a guest write never fails), but ${detail}; nothing was made: free space there and try again.`,
-    );
-  }
-}
-
 /** An NBD server already runs in the QEMU process, but not on the socket the views were to be exported on. */
 export class FleecingNbdServerElsewhereError extends Error {
   readonly type = 'FleecingNbdServerElsewhere';

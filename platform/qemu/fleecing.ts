@@ -10,7 +10,6 @@ import {
   FleecingCleanupError,
   FleecingNbdServerElsewhereError,
   FleecingNodeNotFoundError,
-  FleecingTempSpaceError,
   ProtocolCommandError,
 } from './errors';
 import { dirtyBitmapContext } from './nbd';
@@ -25,11 +24,10 @@ import { socketAccepts } from './wire';
  * is about to overwrite into a temporary image. A `snapshot-access` node on each filter reads the disk as it was at
  * the transaction. Being one transaction, the disks are consistent with each other and with the bitmaps.
  *
- * Temporary space is reserved up front (each temporary image is fully allocated, the disk's size). QEMU 7.2 has no
- * way to give blockdev-backup's filter `on-cbw-error=break-snapshot` (its options are fixed, and the node refuses
- * blockdev-reopen), and a separately added filter cannot be put under a running guest's device atomically for all
- * disks. Its default fails the guest's write when the temporary image cannot take a cluster, so instead the
- * temporary image can never run out: a view that does not fit fails to open, and the guest never sees an error.
+ * Each temporary image is sparse: it takes space only as the guest overwrites clusters the view still needs. QEMU
+ * 7.2's blockdev-backup filter fails the guest's write when the temporary image cannot take a cluster (it cannot be
+ * given `on-cbw-error=break-snapshot`), so whoever keeps views open must watch the free space and close them before
+ * it runs out (QemuHypervisor does).
  *
  * Every node, job, export and file is named from a hash of the view id (and the disk's name), so closeViews finds
  * them again from any process, after any crash, knowing only the view id.
@@ -85,7 +83,7 @@ export interface CloseViewsOptions {
 
 /** The names of one disk's pieces, derived from the view id and the disk's name. */
 interface ViewNames {
-  /** The temporary image's node (a `file` node on the preallocated file). */
+  /** The temporary image's node (a `file` node on the sparse temporary file). */
   tempNode: string;
   /** The copy-before-write filter that blockdev-backup inserts above the disk. */
   filterNode: string;
@@ -129,7 +127,7 @@ const jobsSchema = z.array(z.object({ device: z.string(), status: z.string() }))
  * bitmap when the disk has one). Only the transaction runs through `atPointInTime` (the freeze): the temporary images
  * and their nodes are made before it, the access nodes and exports after. Pieces left by an earlier attempt of the
  * same view id are removed first, and its bitmaps settled as abandonCheckpoint does. Fails with FleecingNodeNotFound
- * (a disk's node is absent), FleecingTempSpaceExhausted (the temporary images do not fit), FleecingNbdServerElsewhere,
+ * (a disk's node is absent), FleecingNbdServerElsewhere,
  * or the error of the step that failed (a QMP error, e.g. a parent bitmap that is missing; the freeze's); then nothing
  * of the view is left and the bitmaps are as before, or FleecingCleanupFailed says what could not be removed.
  */
@@ -151,12 +149,8 @@ export async function openViews(qmp: QmpClient, options: OpenViewsOptions): Prom
   await closeViews(qmp, { viewId, tempDir });
   await abandonCheckpoint(qmp, disks, newBitmap);
   try {
-    await reserveTempSpace(
-      tempDir,
-      planned.reduce((sum, { sizeBytes }) => sum + sizeBytes, 0),
-    );
     for (const { names, sizeBytes } of planned) {
-      await createTempImage(tempDir, names.tempFile, sizeBytes);
+      await createTempImage(names.tempFile, sizeBytes);
       await qmp.execute('blockdev-add', { driver: 'file', 'node-name': names.tempNode, filename: names.tempFile });
     }
     const transaction = {
@@ -288,20 +282,12 @@ async function removeAndWait(
   }
 }
 
-/** Fails with FleecingTempSpaceExhausted, before anything is created, when the folder cannot take `bytes` more. */
-async function reserveTempSpace(tempDir: string, bytes: number): Promise<void> {
-  const stats = await fs.statfs(tempDir);
-  const free = stats.bavail * stats.bsize;
-  if (free < bytes) throw new FleecingTempSpaceError(tempDir, bytes, `only ${free} bytes are free there`);
-}
-
-/** A raw file of `sizeBytes`, every block allocated (fallocate), so the copy-before-write filter never lacks space. */
-async function createTempImage(tempDir: string, file: string, sizeBytes: number): Promise<void> {
+/** A sparse raw file of `sizeBytes`: the copy-before-write filter allocates what it copies. */
+async function createTempImage(file: string, sizeBytes: number): Promise<void> {
   try {
-    await run('qemu-img', ['create', '-q', '-f', 'raw', '-o', 'preallocation=falloc', file, String(sizeBytes)]);
+    await run('qemu-img', ['create', '-q', '-f', 'raw', file, String(sizeBytes)]);
   } catch (error) {
     const stderr = (error as { stderr?: string }).stderr ?? String(error);
-    if (/no space left/i.test(stderr)) throw new FleecingTempSpaceError(tempDir, sizeBytes, stderr.trim());
     throw new Error(`qemu-img could not create the temporary image ${file}: ${stderr.trim()}`, { cause: error });
   }
 }

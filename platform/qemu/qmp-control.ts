@@ -11,13 +11,7 @@ import { vmDisk } from '../../domain/rules';
 import type { AtPointInTime, ViewOutcome } from '../ports';
 import { abandonCheckpoint, commitCheckpoint, inspectCheckpoint } from './bitmaps';
 import type { ExportedDiskView, QemuControl, ViewPlan } from './control';
-import {
-  FleecingTempSpaceError,
-  FreezeGuardError,
-  FreezeGuardErrorType,
-  ProtocolUnavailableError,
-  type AgentFailure,
-} from './errors';
+import { FreezeGuardError, FreezeGuardErrorType, ProtocolUnavailableError, type AgentFailure } from './errors';
 import { closeViews, openViews } from './fleecing';
 import { ensureFreezeGuard, FreezeGuardClient } from './freeze-guard';
 import { checkpointBitmap, qemuDiskNode, qemuVmDir, qemuVmFile, QEMU_VM_FILES } from './host-layout';
@@ -132,7 +126,7 @@ export class QmpControl implements QemuControl {
    */
   async openViews(plan: ViewPlan, atPointInTime?: AtPointInTime): Promise<ExportedDiskView[]> {
     if (await pathExists(this.file(plan.vmId, 'agent'))) await ensureFreezeGuard(this.guard.stateDir);
-    const tempDir = this.file(plan.vmId, 'tempDir');
+    const tempDir = this.tempDir(plan.vmId);
     await fs.mkdir(tempDir, { recursive: true });
     return this.withQmp(plan.vmId, async (qmp) => {
       const views = await openViews(qmp, {
@@ -142,25 +136,25 @@ export class QmpControl implements QemuControl {
         disks: plan.disks,
         newBitmap: plan.newBitmap,
         atPointInTime,
-      }).catch((error: unknown) => {
-        if (error instanceof FleecingTempSpaceError) throw new SnapshotError('SnapshotSpaceExhausted', error.message);
-        throw error;
       });
       return views.map(({ name, exportName, sizeBytes }) => ({ name, exportName, sizeBytes }));
     });
   }
 
   async closeViews(plan: ViewPlan, outcome: ViewOutcome): Promise<void> {
-    const tempDir = this.file(plan.vmId, 'tempDir');
-    await this.withQmp(plan.vmId, async (qmp) => {
-      await closeViews(qmp, { viewId: plan.viewId, tempDir });
+    await this.onViews(plan, async (qmp) => {
+      await closeViews(qmp, { viewId: plan.viewId, tempDir: this.tempDir(plan.vmId) });
       if (outcome === 'kept') await commitCheckpoint(qmp, plan.disks);
       else await abandonCheckpoint(qmp, plan.disks, plan.newBitmap);
-    }).catch(async (error) => {
-      // A QEMU process that is gone took its views with it; its bitmaps are inspected by the next snapshot.
-      if (!isGone(error)) throw error;
-      await fs.rm(tempDir, { recursive: true, force: true });
     });
+  }
+
+  async dropViews(plan: ViewPlan): Promise<void> {
+    await this.onViews(plan, (qmp) => closeViews(qmp, { viewId: plan.viewId, tempDir: this.tempDir(plan.vmId) }));
+  }
+
+  tempDir(vmId: string): string {
+    return this.file(vmId, 'tempDir');
   }
 
   nbdSocket(vmId: string): string {
@@ -243,6 +237,15 @@ export class QmpControl implements QemuControl {
       }
     }
     await fs.rm(dir, { recursive: true, force: true });
+  }
+
+  /** Runs `use` on the QMP monitor of the plan's VM; a QEMU process that is gone took its views with it. */
+  private async onViews(plan: ViewPlan, use: (qmp: QmpClient) => Promise<void>): Promise<void> {
+    await this.withQmp(plan.vmId, use).catch(async (error) => {
+      // Its bitmaps are inspected by the next snapshot; only the temporary files are left to remove.
+      if (!isGone(error)) throw error;
+      await fs.rm(this.tempDir(plan.vmId), { recursive: true, force: true });
+    });
   }
 
   private async withQmp<T>(vmId: string, use: (qmp: QmpClient) => Promise<T>): Promise<T> {

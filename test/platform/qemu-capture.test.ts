@@ -199,39 +199,36 @@ test('after QEMU is killed the next snapshot is read whole, records why, and res
   expect(await restoredHash(vm, next.snapshotId)).toBe(await diskHash());
 }, 300_000);
 
-test('a host without room for the temporary images fails the snapshot SnapshotSpaceExhausted at once, the VM untouched', async () => {
+/** The attempts at which the workflow's activity of type `activityType` started. */
+async function activityAttempts(workflowId: string, activityType: string): Promise<number[]> {
+  const events = (await env.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+  const scheduled = events.find((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === activityType);
+  return events
+    .filter(
+      (e) => e.activityTaskStartedEventAttributes?.scheduledEventId?.toString() === scheduled?.eventId?.toString(),
+    )
+    .map((e) => e.activityTaskStartedEventAttributes?.attempt ?? 0);
+}
+
+test('temporary space: too little fails at once; running low cancels the snapshot, never a guest write; a small folder suffices for a quiet guest', async () => {
   const vm = vmRecord();
   env.platform.catalog.putVm(vm);
-  worker = await env.startWorker({ hypervisor: new GuestlessQemuHypervisor(hostDir) });
-  await writeRandom([{ offset: 0, length: 4 * MiB }]);
+  // Capture reads at 8 MiB/s, so the guest writes while the views are open.
+  worker = await env.startWorker({
+    hypervisor: new GuestlessQemuHypervisor(hostDir, { tempMinFreeMiB: 8 }),
+    captureMaxBytesPerSecond: 8 * MiB,
+  });
+  await writeRandom([{ offset: 0, length: DISK_BYTES }]);
   const before = await diskHash();
-  // The VM's temporary folder holds half the disk's size: its view's temporary image (the disk's size) cannot fit.
+  // The VM's temporary folder holds 24 MiB, less than its 32 MiB disk.
   const tempDir = path.join(qemuVmDir(hostDir, VM_ID), QEMU_VM_FILES.tempDir);
   await fs.mkdir(tempDir);
-  await exec('mount', ['-t', 'tmpfs', '-o', `size=${DISK_BYTES / 2}`, 'tmpfs', tempDir]);
-  try {
-    const started = await env.snapshots.createSnapshot({
-      accountId: vm.accountId,
-      vmId: vm.id,
-      region: vm.region,
-      name: 'no-room',
-    });
-    await expect(env.client.workflow.getHandle(started.workflowId).result()).rejects.toBeInstanceOf(
-      WorkflowFailedError,
-    );
-    const record = env.platform.catalog.getSnapshot(started.snapshotId)!;
-    expect(record).toMatchObject({ status: 'FAILED', failureType: 'SnapshotSpaceExhausted' });
-    expect(record.failureReason).toContain(`needs ${DISK_BYTES} bytes reserved in ${tempDir}`);
-    // Not retried: one initiation attempt.
-    const history = await env.client.workflow.getHandle(started.workflowId).fetchHistory();
-    const initiation = (history.events ?? []).find(
-      (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'initiateSnapshot',
-    );
-    const attempts = (history.events ?? []).filter(
-      (e) => e.activityTaskStartedEventAttributes?.scheduledEventId?.toString() === initiation?.eventId?.toString(),
-    );
-    expect(attempts.map((e) => e.activityTaskStartedEventAttributes?.attempt)).toEqual([1]);
-    // Nothing of the view was made: no node, export or job, no bitmap, no temporary file; the disk is as it was.
+  await exec('mount', ['-t', 'tmpfs', '-o', `size=${24 * MiB}`, 'tmpfs', tempDir]);
+  const start = (name: string) =>
+    env.snapshots.createSnapshot({ accountId: vm.accountId, vmId: vm.id, region: vm.region, name });
+  const failed = async (workflowId: string) =>
+    expect(env.client.workflow.getHandle(workflowId).result()).rejects.toBeInstanceOf(WorkflowFailedError);
+  const nothingLeft = async () => {
     expect(await blockState(daemon!.qmpSocket, ['root'])).toEqual({
       nodes: ['root'],
       exports: [WRITABLE_EXPORT],
@@ -239,13 +236,51 @@ test('a host without room for the temporary images fails the snapshot SnapshotSp
       bitmaps: { root: [] },
     });
     expect(await fs.readdir(tempDir)).toEqual([]);
+  };
+  try {
+    // 1. Less than the 8 MiB kept free: refused at initiation, nothing made, not retried.
+    const filler = path.join(tempDir, 'filler');
+    await fs.writeFile(filler, Buffer.alloc(20 * MiB));
+    const refused = await start('no-room');
+    await failed(refused.workflowId);
+    await fs.rm(filler);
+    const refusal = env.platform.catalog.getSnapshot(refused.snapshotId)!;
+    expect(refusal).toMatchObject({ status: 'FAILED', failureType: 'SnapshotSpaceExhausted' });
+    expect(refusal.failureReason).toContain('a snapshot needs at least 8 MiB there');
+    expect(await activityAttempts(refused.workflowId, 'initiateSnapshot')).toEqual([1]);
+    await nothingLeft();
     expect(await diskHash()).toBe(before);
+
+    // 2. The guest overwrites the whole disk while capture reads: 32 MiB of old bytes cannot fit in 24 MiB, so the
+    // views are dropped before the folder is down to its last 8 MiB. Every guest write succeeds (paced at 40 MiB/s,
+    // 4 MiB per check of the space: the kept 8 MiB cover it).
+    const cancelled = await start('overwritten');
+    while (env.platform.catalog.getSnapshot(cancelled.snapshotId)?.status !== 'CAPTURING') {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const written = randomBytes(DISK_BYTES);
+    for (let at = 0; at < DISK_BYTES; at += MiB) {
+      await disk!.write(at, written.subarray(at, at + MiB));
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    await disk!.flush();
+    await failed(cancelled.workflowId);
+    const record = env.platform.catalog.getSnapshot(cancelled.snapshotId)!;
+    expect(record).toMatchObject({ status: 'FAILED', failureType: 'SnapshotSpaceExhausted' });
+    expect(record.failureReason).toContain(`The free space in ${tempDir}`);
+    expect(record.failureReason).toContain('the snapshot was cancelled and its views dropped');
+    expect(await activityAttempts(cancelled.workflowId, 'captureSnapshot')).toEqual([1]);
+    await nothingLeft();
+    expect(await diskHash()).toBe(createHash('sha256').update(written).digest('hex'));
+
+    // 3. A guest that writes little needs little: the same 24 MiB folder takes a snapshot of the 32 MiB disk.
+    const quiet = await snapshot(vm, 'quiet');
+    expect(await restoredHash(vm, quiet.snapshotId)).toBe(createHash('sha256').update(written).digest('hex'));
+    expect(await fs.readdir(tempDir)).toEqual([]);
   } finally {
-    await exec('umount', [tempDir]);
+    // Lazily: a failed test may leave QEMU holding a file there.
+    await exec('umount', ['--lazy', tempDir]);
   }
-  // With room again, the next snapshot succeeds.
-  const next = await snapshot(vm, 'with-room');
-  expect(await restoredHash(vm, next.snapshotId)).toBe(before);
 }, 300_000);
 
 test('viewRanges: data where the disk is allocated; changed: the clusters written since a usable parent bitmap', async () => {
