@@ -48,6 +48,19 @@ fi
 if ! command -v debugfs >/dev/null && [[ ! -x /sbin/debugfs && ! -x /usr/sbin/debugfs ]]; then
   missing+=(e2fsprogs)
 fi
+# A BIOS-bootable test disk (createBootableDisk): an MBR partition table, a FAT boot partition with syslinux.
+if ! command -v sfdisk >/dev/null && [[ ! -x /sbin/sfdisk && ! -x /usr/sbin/sfdisk ]]; then
+  missing+=(fdisk)
+fi
+if ! command -v mkfs.vfat >/dev/null && [[ ! -x /sbin/mkfs.vfat && ! -x /usr/sbin/mkfs.vfat ]]; then
+  missing+=(dosfstools)
+fi
+if ! command -v mcopy >/dev/null; then
+  missing+=(mtools)
+fi
+if ! command -v syslinux >/dev/null || [[ ! -f /usr/lib/syslinux/mbr/mbr.bin ]]; then
+  missing+=(syslinux syslinux-common)
+fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${missing[*]}"

@@ -4,12 +4,13 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { pathExists } from '../../dataplane';
-import { GUEST_AGENT_PORT } from './vm-process';
+import { BASE_APPEND, GUEST_AGENT_PORT } from './vm-process';
 
 /**
  * A small bootable Linux guest for tests and demos of the QEMU driver, built from Debian packages on this machine:
  * the distribution's kernel, a busybox-static initramfs and the host's own `qemu-ga`. No root file system image to
- * download: the initramfs is the whole system, and the "root disk" is an ext4 data disk it mounts.
+ * download: the initramfs is the whole system, and the "root disk" is an ext4 data disk it mounts — or, for a VM that
+ * boots through its firmware, the ext4 root partition of a disk that also holds the bootloader, kernel and initramfs.
  */
 
 // Bump when the build steps change in a way the init script and module list below do not show.
@@ -23,8 +24,10 @@ const ROOT_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_console', 'crc32c_gene
 
 /** Where the guest mounts its disks, and what its writer workload leaves on them. */
 export const GUEST = {
-  /** `/dev/vda` (ext4, required) is mounted here. */
+  /** The root file system (ext4, required: `/dev/vda` unless {@link GUEST.rootParam} names another) is mounted here. */
   rootMount: '/mnt/root',
+  /** Kernel command-line word naming the root file system's device, e.g. `snap.root=/dev/vda2`. */
+  rootParam: 'snap.root',
   /** `/dev/vdb` (ext4), when the VM has a second disk, is mounted here. */
   dataMount: '/mnt/data',
   /** Kernel command-line word that starts the writer workload. */
@@ -62,8 +65,10 @@ wait_for() { i=0; while [ ! -e "$1" ]; do i=$((i + 1)); [ $i -gt 300 ] && return
 mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev || fail "mounting proc, sys, dev"
 while read -r module; do insmod "/lib/modules/$module" || fail "insmod $module"; done < /etc/modules
 
-wait_for /dev/vda || fail "no /dev/vda: attach the root disk as virtio-blk"
-mount -t ext4 /dev/vda ${GUEST.rootMount} || fail "mounting /dev/vda (ext4) at ${GUEST.rootMount}"
+root=/dev/vda
+for word in $(cat /proc/cmdline); do case "$word" in ${GUEST.rootParam}=*) root=\${word#${GUEST.rootParam}=};; esac; done
+wait_for "$root" || fail "no $root: attach the root disk as virtio-blk"
+mount -t ext4 "$root" ${GUEST.rootMount} || fail "mounting $root (ext4) at ${GUEST.rootMount}"
 disks=${GUEST.rootMount}
 if [ -e /sys/block/vdb ]; then
   wait_for /dev/vdb && mount -t ext4 /dev/vdb ${GUEST.dataMount} || fail "mounting /dev/vdb (ext4) at ${GUEST.dataMount}"
@@ -208,19 +213,118 @@ export async function createRootDisk(diskPath: string, options: DiskOptions): Pr
   }
   const staging = await fs.mkdtemp(`${diskPath}.staging-`);
   try {
-    const tree = path.join(staging, 'tree');
-    await fs.mkdir(tree);
-    for (const [name, content] of Object.entries(options.files ?? {})) {
-      const target = path.resolve(tree, name);
-      if (!target.startsWith(tree + path.sep)) {
-        throw new GuestImageError(`File name ${JSON.stringify(name)} leaves the disk's root; use a relative path.`);
-      }
-      await fs.mkdir(path.dirname(target), { recursive: true });
-      await fs.writeFile(target, content);
-    }
+    const tree = await stageFiles(staging, options.files);
     const raw = path.join(staging, 'disk.raw');
-    const features = 'lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0';
-    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-E', features, '-d', tree, raw, `${sizeBytes / 1024}k`]);
+    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-E', EXT4_FEATURES, '-d', tree, raw, `${sizeBytes / 1024}k`]);
+    await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, diskPath]);
+  } finally {
+    await fs.rm(staging, { recursive: true, force: true });
+  }
+}
+
+/** Inode tables and journal initialised up front (see createRootDisk), root-owned files. */
+const EXT4_FEATURES = 'lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0';
+
+/** Writes `files` into `<staging>/tree`, the folder `mke2fs -d` fills a file system from; returns it. */
+async function stageFiles(staging: string, files: DiskOptions['files'] = {}): Promise<string> {
+  const tree = path.join(staging, 'tree');
+  await fs.mkdir(tree);
+  for (const [name, content] of Object.entries(files)) {
+    const target = path.resolve(tree, name);
+    if (!target.startsWith(tree + path.sep)) {
+      throw new GuestImageError(`File name ${JSON.stringify(name)} leaves the disk's root; use a relative path.`);
+    }
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    await fs.writeFile(target, content);
+  }
+  return tree;
+}
+
+/** Options of {@link createBootableDisk}. */
+export interface BootableDiskOptions extends DiskOptions {
+  /** The kernel and initramfs the disk boots. */
+  image: GuestImage;
+  /** Added to the kernel command line (e.g. `snap.writer=1`). */
+  append?: string;
+}
+
+const SECTOR = 512;
+/** The boot partition: FAT16 at 1 MiB, 48 MiB (the kernel and initramfs take about 20 MiB). */
+const BOOT_PARTITION = { startSector: 2048, sectors: 48 * 2048 };
+const ROOT_START_SECTOR = BOOT_PARTITION.startSector + BOOT_PARTITION.sectors;
+/** syslinux's MBR boot code (the first 440 bytes of the disk): it boots the active partition. */
+const SYSLINUX_MBR = '/usr/lib/syslinux/mbr/mbr.bin';
+
+/**
+ * Creates a qcow2 disk that a VM boots from through its firmware (SeaBIOS), as a cloud image does: an MBR partition
+ * table, a bootable FAT partition with syslinux, the guest's kernel and initramfs, and an ext4 root partition
+ * (`/dev/vda2` in the guest, holding `files`) after it; `sizeBytes` is the whole disk's. Built without mounting
+ * anything: `sfdisk` on the image file, `mkfs.vfat`/`mke2fs` at the partitions' offsets, `mcopy` and
+ * `syslinux --install --offset` into the FAT partition.
+ */
+export async function createBootableDisk(diskPath: string, options: BootableDiskOptions): Promise<void> {
+  const { sizeBytes, image } = options;
+  const rootBytes = sizeBytes - ROOT_START_SECTOR * SECTOR;
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes % 2 ** 20 !== 0 || rootBytes < 16 * 2 ** 20) {
+    throw new GuestImageError(
+      `Disk size ${sizeBytes} is not a whole number of MiB of at least 65 MiB; pass e.g. 128 * 2 ** 20.`,
+    );
+  }
+  const staging = await fs.mkdtemp(`${diskPath}.staging-`);
+  try {
+    const raw = path.join(staging, 'disk.raw');
+    await fs.writeFile(raw, '');
+    await fs.truncate(raw, sizeBytes);
+    const table = [
+      'label: dos',
+      `start=${BOOT_PARTITION.startSector}, size=${BOOT_PARTITION.sectors}, type=6, bootable`,
+      `start=${ROOT_START_SECTOR}, type=83`,
+    ];
+    await run('sh', ['-c', 'printf "%s\\n" "$@" | sfdisk -q "$0"', raw, ...table]);
+    await run('dd', [`if=${SYSLINUX_MBR}`, `of=${raw}`, 'bs=440', 'count=1', 'conv=notrunc', 'status=none']);
+    const bootOffset = BOOT_PARTITION.startSector * SECTOR;
+    await run('mkfs.vfat', [
+      '--offset',
+      String(BOOT_PARTITION.startSector),
+      '-n',
+      'BOOT',
+      raw,
+      String(BOOT_PARTITION.sectors / 2),
+    ]);
+    const append = [BASE_APPEND, `${GUEST.rootParam}=/dev/vda2`, options.append ?? ''];
+    const config = path.join(staging, 'syslinux.cfg');
+    await fs.writeFile(
+      config,
+      [
+        'DEFAULT linux',
+        'PROMPT 0',
+        'TIMEOUT 0',
+        'LABEL linux',
+        '  KERNEL /vmlinuz',
+        '  INITRD /initrd.cpio',
+        `  APPEND ${append.join(' ').trim()}`,
+        '',
+      ].join('\n'),
+    );
+    const kernel = path.join(staging, 'vmlinuz');
+    const initrd = path.join(staging, 'initrd.cpio');
+    await fs.copyFile(image.kernel, kernel);
+    await fs.copyFile(image.initrd, initrd);
+    await run('mcopy', ['-i', `${raw}@@${bootOffset}`, kernel, initrd, config, '::']);
+    await run('syslinux', ['--install', '--offset', String(bootOffset), raw]);
+    const tree = await stageFiles(staging, options.files);
+    await run('mke2fs', [
+      '-q',
+      '-F',
+      '-t',
+      'ext4',
+      '-E',
+      `${EXT4_FEATURES},offset=${ROOT_START_SECTOR * SECTOR}`,
+      '-d',
+      tree,
+      raw,
+      `${rootBytes / 1024}k`,
+    ]);
     await run('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, diskPath]);
   } finally {
     await fs.rm(staging, { recursive: true, force: true });
@@ -237,6 +341,11 @@ const PACKAGE_OF: Record<string, string> = {
   mke2fs: 'e2fsprogs',
   'qemu-img': 'qemu-utils',
   sh: 'dash',
+  dd: 'coreutils',
+  sfdisk: 'fdisk',
+  'mkfs.vfat': 'dosfstools',
+  mcopy: 'mtools',
+  syslinux: 'syslinux syslinux-common',
 };
 
 /** Runs a host tool and resolves with its stdout; a failure names the tool, its package if missing, and its stderr. */

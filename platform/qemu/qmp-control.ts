@@ -24,12 +24,16 @@ const exec = promisify(execFile);
 
 /**
  * What a VM's configuration must say for this driver to start it (a restored VM gets its source's): CPUs, memory,
- * and a direct kernel boot (kernel and initramfs files on the host, and the kernel command line).
+ * and how it boots: from its first disk through the firmware (`{ firmware: 'bios' }`, as cloud images do), or a
+ * direct kernel boot (kernel and initramfs files on the host, and the kernel command line).
  */
 const QemuVmConfigSchema = z.object({
   vcpus: z.number().int().min(1).default(1),
   memoryMiB: z.number().int().min(16).default(256),
-  boot: z.object({ kernel: z.string().min(1), initrd: z.string().min(1), append: z.string().optional() }),
+  boot: z.union([
+    z.object({ firmware: z.literal('bios') }).strict(),
+    z.object({ kernel: z.string().min(1), initrd: z.string().min(1), append: z.string().optional() }).strict(),
+  ]),
 });
 
 // SIGTERM makes QEMU close its disks cleanly; after this long a VM being removed is killed.
@@ -208,16 +212,14 @@ export class QmpControl implements QemuControl {
       throw new SnapshotError(
         'VmNotBootable',
         `VM ${vm.name} cannot be started by the QEMU driver: its configuration needs ` +
-          `{ vcpus, memoryMiB, boot: { kernel, initrd, append } } (${problem.join('; ')}).`,
+          `{ vcpus, memoryMiB, boot: { firmware: 'bios' } or { kernel, initrd, append } } (${problem.join('; ')}).`,
       );
     }
     const config = parsed.data;
     await launchQemuVm({
       dir,
       disks: vm.disks.map((disk) => ({ nodeName: qemuDiskNode(disk.name), path: disk.path })),
-      kernel: config.boot.kernel,
-      initrd: config.boot.initrd,
-      append: config.boot.append,
+      ...('firmware' in config.boot ? {} : config.boot),
       memoryMiB: config.memoryMiB,
       vcpus: config.vcpus,
       accel: this.options.accel,

@@ -18,7 +18,7 @@ export const GUEST_AGENT_PORT = 'org.qemu.guest_agent.0';
 // Lines of the guest's console kept for error messages.
 const CONSOLE_TAIL_LINES = 30;
 // The serial console, no reboot loop on a kernel panic, and little kernel chatter (printing is slow under TCG).
-const BASE_APPEND = 'console=ttyS0 panic=-1 quiet';
+export const BASE_APPEND = 'console=ttyS0 panic=-1 quiet';
 
 /** What a VM's QEMU process makes in its folder: its sockets, its console log and (when launched) its pid file. */
 export const VM_PROCESS_FILES = {
@@ -41,9 +41,13 @@ export interface QemuVmOptions {
   /** Folder for the sockets and the console log (it must exist; the caller owns and removes it). */
   dir: string;
   disks: readonly VmDisk[];
-  kernel: string;
-  initrd: string;
-  /** Added to the kernel command line (e.g. `snap.writer=1`). */
+  /**
+   * A direct kernel boot: the kernel and initramfs files (both or neither). Without them the VM boots from its first
+   * disk through its firmware (SeaBIOS), as a cloud image does.
+   */
+  kernel?: string;
+  initrd?: string;
+  /** Added to the kernel command line (e.g. `snap.writer=1`); direct kernel boot only. */
   append?: string;
   /** Default 256. */
   memoryMiB?: number;
@@ -55,7 +59,7 @@ export interface QemuVmOptions {
   binary?: string;
 }
 
-/** A running `qemu-system-x86_64` with a guest booted from a kernel and initramfs. */
+/** A running `qemu-system-x86_64` with its guest booting (from a kernel and initramfs, or from its first disk). */
 export interface QemuVm {
   /** Its QMP monitor's unix socket, for `QmpClient.connect`. */
   qmpSocket: string;
@@ -103,8 +107,12 @@ function qemuVmCommand(options: QemuVmOptions) {
       JSON.stringify({ driver: 'virtio-blk-pci', drive: disk.nodeName, id: `${disk.nodeName}-dev` }),
     );
   }
-  args.push('-kernel', options.kernel, '-initrd', options.initrd);
-  args.push('-append', options.append ? `${BASE_APPEND} ${options.append}` : BASE_APPEND);
+  if (options.kernel !== undefined && options.initrd !== undefined) {
+    args.push('-kernel', options.kernel, '-initrd', options.initrd);
+    args.push('-append', options.append ? `${BASE_APPEND} ${options.append}` : BASE_APPEND);
+  } else if (options.kernel !== undefined || options.initrd !== undefined || options.append !== undefined) {
+    throw new Error('A direct kernel boot needs both a kernel and an initramfs (and only then a command line).');
+  }
   return { binary: options.binary ?? 'qemu-system-x86_64', args, qmpSocket, agentSocket, consoleLog };
 }
 
@@ -131,9 +139,10 @@ export async function launchQemuVm(options: QemuVmOptions): Promise<void> {
 }
 
 /**
- * Starts `qemu-system-x86_64` as a child of this process booting `kernel` and `initrd`, with a QMP monitor on
- * `<dir>/qmp.sock`, the guest agent's virtio-serial port (`org.qemu.guest_agent.0`) on `<dir>/qga.sock`, the serial
- * console in `<dir>/console.log`, and each disk a qcow2 `-blockdev` node of its `nodeName` attached as virtio-blk.
+ * Starts `qemu-system-x86_64` as a child of this process booting `kernel` and `initrd` (or its first disk), with a
+ * QMP monitor on `<dir>/qmp.sock`, the guest agent's virtio-serial port (`org.qemu.guest_agent.0`) on
+ * `<dir>/qga.sock`, the serial console in `<dir>/console.log`, and each disk a qcow2 `-blockdev` node of its
+ * `nodeName` attached as virtio-blk.
  * Resolves once QMP answers, so the disks are open (the guest is still booting: see `waitForAgent`). Rejects with a
  * `QemuProcessError` carrying QEMU's output if it exits first (a disk that does not open, an unknown option) or does
  * not listen within 30 s.

@@ -5,7 +5,7 @@ import type { Vm } from '../../domain/model';
 import { DEFAULT_HOST_ID } from '../../domain/model';
 import { bitmapsOf } from '../../platform/qemu/bitmaps';
 import { GuestAgentClient } from '../../platform/qemu/guest-agent';
-import { createRootDisk, ensureGuestImage, GUEST } from '../../platform/qemu/guest-image';
+import { createBootableDisk, createRootDisk, ensureGuestImage, GUEST } from '../../platform/qemu/guest-image';
 import type { GuestImage } from '../../platform/qemu/guest-image';
 import { QmpClient } from '../../platform/qemu/qmp';
 import { startQemuVm, type QemuVm } from '../../platform/qemu/vm-process';
@@ -38,22 +38,31 @@ export function qemuTestVm(id: string, disks: { name: string; path: string }[], 
 }
 
 /**
- * Boots the test guest in `dir` (which must exist) from a new ext4 root disk `<dir>/root.qcow2` holding `files`, its
- * writer writing, and waits for its agent. The caller stops the VM.
+ * Boots the test guest in `dir` (which must exist) from a new root disk `<dir>/root.qcow2` holding `files`, its
+ * writer writing, and waits for its agent. `boot: 'kernel'` (the default): the disk is an ext4 file system and QEMU
+ * loads the kernel and initramfs; `'bios'`: the disk is partitioned and bootable (createBootableDisk), and the VM
+ * boots from it through SeaBIOS. The caller stops the VM.
  */
 export async function bootTestGuest(
   dir: string,
-  options: { sizeBytes: number; files?: Record<string, string>; vcpus?: number; memoryMiB?: number },
+  options: {
+    sizeBytes: number;
+    files?: Record<string, string>;
+    vcpus?: number;
+    memoryMiB?: number;
+    boot?: 'kernel' | 'bios';
+  },
 ): Promise<{ qemu: QemuVm; rootDisk: string; image: GuestImage }> {
   const image = await testGuestImage();
   const rootDisk = path.join(dir, 'root.qcow2');
-  await createRootDisk(rootDisk, { sizeBytes: options.sizeBytes, files: options.files });
+  const { sizeBytes, files } = options;
+  const bios = options.boot === 'bios';
+  if (bios) await createBootableDisk(rootDisk, { sizeBytes, files, image, append: GUEST.writerAppend });
+  else await createRootDisk(rootDisk, { sizeBytes, files });
   const qemu = await startQemuVm({
     dir,
     disks: [{ nodeName: 'root', path: rootDisk }],
-    kernel: image.kernel,
-    initrd: image.initrd,
-    append: GUEST.writerAppend,
+    ...(bios ? {} : { kernel: image.kernel, initrd: image.initrd, append: GUEST.writerAppend }),
     vcpus: options.vcpus,
     memoryMiB: options.memoryMiB,
   });

@@ -216,71 +216,88 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
     }
   }
 
-  test('a snapshot restored into a new VM boots with the captured configuration and its files', async () => {
-    const dir = qemuVmDir(hostDir, 'vm-guest-02');
-    await fs.mkdir(dir, { recursive: true });
-    const booted = await bootTestGuest(dir, { sizeBytes: DISK_BYTES, files: { 'hello.txt': HELLO }, ...SIZED });
-    qemu = booted.qemu;
-    const boot = { kernel: booted.image.kernel, initrd: booted.image.initrd, append: GUEST.writerAppend };
-    const config = { ...SIZED, boot };
-    const vm = { ...qemuTestVm('vm-guest-02', [{ name: 'root', path: booted.rootDisk }], DISK_BYTES), config };
-    env.platform.catalog.putVm(vm);
-    const hypervisor = new QemuHypervisor(hostDir, { accel: 'tcg' });
-    const worker = await env.startWorker({ hypervisor });
-    const ticksBefore = writerTicks(await fs.readFile(qemu.consoleLog, 'utf8')).length;
-    const snapshot = await takeSnapshot(env, vm, 'before-restore');
-    expect(snapshot.status).toBe('SUCCESS');
-    await qemu.stop();
+  test.each([
+    ['through a direct kernel boot', 'kernel', 'vm-guest-02', DISK_BYTES],
+    // The boot partition (48 MiB) holds syslinux, the kernel and the initramfs, the root partition the rest.
+    ['from its restored disk through the BIOS', 'bios', 'vm-guest-03', 96 * MiB],
+  ] as const)(
+    'a snapshot restored into a new VM boots %s, with the captured configuration and its files',
+    async (_, how, vmId, sizeBytes) => {
+      const dir = qemuVmDir(hostDir, vmId);
+      await fs.mkdir(dir, { recursive: true });
+      const booted = await bootTestGuest(dir, {
+        sizeBytes,
+        files: { 'hello.txt': HELLO },
+        ...SIZED,
+        boot: how,
+      });
+      qemu = booted.qemu;
+      // Booted from the disk, the new VM's kernel and initramfs are those the snapshot captured on it.
+      const boot =
+        how === 'bios'
+          ? { firmware: 'bios' as const }
+          : { kernel: booted.image.kernel, initrd: booted.image.initrd, append: GUEST.writerAppend };
+      const config = { ...SIZED, boot };
+      const vm = { ...qemuTestVm(vmId, [{ name: 'root', path: booted.rootDisk }], sizeBytes), config };
+      env.platform.catalog.putVm(vm);
+      const hypervisor = new QemuHypervisor(hostDir, { accel: 'tcg' });
+      const worker = await env.startWorker({ hypervisor });
+      const ticksBefore = writerTicks(await fs.readFile(qemu.consoleLog, 'utf8')).length;
+      const snapshot = await takeSnapshot(env, vm, `before-restore-${how}`);
+      expect(snapshot.status).toBe('SUCCESS');
+      await qemu.stop();
 
-    const { vm: restored } = await env.snapshots.restoreVm({
-      accountId: 'acme',
-      source: { snapshotId: snapshot.id },
-      vmName: 'guest-02-restored',
-    });
-    const restoredDir = qemuVmDir(hostDir, restored.id);
-    try {
-      expect(restored).toMatchObject({ status: 'ACTIVE', config });
-      expect(restored.disks).toEqual([
-        { name: 'root', sizeBytes: DISK_BYTES, path: path.join(restoredDir, 'root.qcow2') },
-      ]);
-      // It runs on its own (daemonized, outliving the restore) and boots to a ready agent.
-      const pid = Number(await fs.readFile(path.join(restoredDir, 'qemu.pid'), 'utf8'));
-      const running = () =>
-        fs.access(`/proc/${pid}`).then(
-          () => undefined,
-          () => 'its process is gone',
-        );
-      let gone: string | undefined;
-      const watch = setInterval(() => void running().then((why) => (gone = why)), 500);
+      const { vm: restored } = await env.snapshots.restoreVm({
+        accountId: 'acme',
+        source: { snapshotId: snapshot.id },
+        vmName: `${vmId.slice('vm-'.length)}-restored`,
+      });
+      const restoredDir = qemuVmDir(hostDir, restored.id);
       try {
-        await waitForGuestAgent({ dir: restoredDir, timeoutMs: BOOT_TIMEOUT_MS, exited: () => gone });
+        expect(restored).toMatchObject({ status: 'ACTIVE', config });
+        expect(restored.disks).toEqual([
+          { name: 'root', sizeBytes: sizeBytes, path: path.join(restoredDir, 'root.qcow2') },
+        ]);
+        // It runs on its own (daemonized, outliving the restore) and boots to a ready agent.
+        const pid = Number(await fs.readFile(path.join(restoredDir, 'qemu.pid'), 'utf8'));
+        const running = () =>
+          fs.access(`/proc/${pid}`).then(
+            () => undefined,
+            () => 'its process is gone',
+          );
+        let gone: string | undefined;
+        const watch = setInterval(() => void running().then((why) => (gone = why)), 500);
+        try {
+          await waitForGuestAgent({ dir: restoredDir, timeoutMs: BOOT_TIMEOUT_MS, exited: () => gone });
+        } finally {
+          clearInterval(watch);
+        }
+        const agent = await GuestAgentClient.connect(path.join(restoredDir, 'qga.sock'));
+        try {
+          const read = async (file: string) => (await agent.readFile(`${GUEST.rootMount}/${file}`)).toString('utf8');
+          expect(await read('hello.txt')).toBe(HELLO);
+          // The writer's log as frozen into the snapshot, then continued by the restored guest: every tick the source
+          // printed before the snapshot began is there, in order, without a gap.
+          const log = (await read(GUEST.writerLogFile)).trim().split('\n').map(Number);
+          expect(log.length).toBeGreaterThanOrEqual(ticksBefore);
+          expect(log).toEqual(log.map((_, i) => i + 1));
+        } finally {
+          await agent.close();
+        }
+        const qmp = await QmpClient.connect(path.join(restoredDir, 'qmp.sock'));
+        try {
+          expect(z.array(z.unknown()).parse(await qmp.execute('query-cpus-fast'))).toHaveLength(2);
+          const memory = z.object({ 'base-memory': z.number() }).parse(await qmp.execute('query-memory-size-summary'));
+          expect(memory['base-memory']).toBe(320 * MiB);
+        } finally {
+          await qmp.close();
+        }
       } finally {
-        clearInterval(watch);
+        await hypervisor.removeVm(restored.id);
+        await worker.stop();
       }
-      const agent = await GuestAgentClient.connect(path.join(restoredDir, 'qga.sock'));
-      try {
-        const read = async (file: string) => (await agent.readFile(`${GUEST.rootMount}/${file}`)).toString('utf8');
-        expect(await read('hello.txt')).toBe(HELLO);
-        // The writer's log as frozen into the snapshot, then continued by the restored guest: every tick the source
-        // printed before the snapshot began is there, in order, without a gap.
-        const log = (await read(GUEST.writerLogFile)).trim().split('\n').map(Number);
-        expect(log.length).toBeGreaterThanOrEqual(ticksBefore);
-        expect(log).toEqual(log.map((_, i) => i + 1));
-      } finally {
-        await agent.close();
-      }
-      const qmp = await QmpClient.connect(path.join(restoredDir, 'qmp.sock'));
-      try {
-        expect(z.array(z.unknown()).parse(await qmp.execute('query-cpus-fast'))).toHaveLength(2);
-        const memory = z.object({ 'base-memory': z.number() }).parse(await qmp.execute('query-memory-size-summary'));
-        expect(memory['base-memory']).toBe(320 * MiB);
-      } finally {
-        await qmp.close();
-      }
-    } finally {
-      await hypervisor.removeVm(restored.id);
-      await worker.stop();
-    }
-    await expect(fs.access(restoredDir)).rejects.toThrow();
-  }, 900_000);
+      await expect(fs.access(restoredDir)).rejects.toThrow();
+    },
+    900_000,
+  );
 });
