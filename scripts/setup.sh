@@ -48,7 +48,7 @@ fi
 if ! command -v debugfs >/dev/null && [[ ! -x /sbin/debugfs && ! -x /usr/sbin/debugfs ]]; then
   missing+=(e2fsprogs)
 fi
-# A BIOS-bootable test disk (createBootableDisk): an MBR partition table, a FAT boot partition with syslinux.
+# A bootable test disk (createBootableDisk): an MBR partition table, a FAT boot partition with syslinux.
 if ! command -v sfdisk >/dev/null && [[ ! -x /sbin/sfdisk && ! -x /usr/sbin/sfdisk ]]; then
   missing+=(fdisk)
 fi
@@ -60,6 +60,12 @@ if ! command -v mcopy >/dev/null; then
 fi
 if ! command -v syslinux >/dev/null || [[ ! -f /usr/lib/syslinux/mbr/mbr.bin ]]; then
   missing+=(syslinux syslinux-common)
+fi
+if [[ ! -f /usr/lib/SYSLINUX.EFI/efi64/syslinux.efi ]]; then
+  missing+=(syslinux-efi) # the same disk boots under UEFI
+fi
+if [[ ! -f /usr/share/OVMF/OVMF_CODE_4M.fd ]]; then
+  missing+=(ovmf) # UEFI firmware for VMs that boot through it
 fi
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

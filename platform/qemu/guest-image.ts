@@ -252,14 +252,20 @@ const SECTOR = 512;
 /** The boot partition: FAT16 at 1 MiB, 48 MiB (the kernel and initramfs take about 20 MiB). */
 const BOOT_PARTITION = { startSector: 2048, sectors: 48 * 2048 };
 const ROOT_START_SECTOR = BOOT_PARTITION.startSector + BOOT_PARTITION.sectors;
-/** syslinux's MBR boot code (the first 440 bytes of the disk): it boots the active partition. */
-const SYSLINUX_MBR = '/usr/lib/syslinux/mbr/mbr.bin';
+/** syslinux's files, by the Debian package that has them: the MBR boot code (the first 440 bytes of the disk, which
+ * boots the active partition), and the UEFI loader with its core module. */
+const SYSLINUX_FILES = {
+  mbr: { file: '/usr/lib/syslinux/mbr/mbr.bin', package: 'syslinux-common' },
+  efi: { file: '/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi', package: 'syslinux-efi' },
+  efiCore: { file: '/usr/lib/syslinux/modules/efi64/ldlinux.e64', package: 'syslinux-common' },
+} as const;
 
 /**
- * Creates a qcow2 disk that a VM boots from through its firmware (SeaBIOS), as a cloud image does: an MBR partition
- * table, a bootable FAT partition with syslinux, the guest's kernel and initramfs, and an ext4 root partition
- * (`/dev/vda2` in the guest, holding `files`) after it; `sizeBytes` is the whole disk's. Built without mounting
- * anything: `sfdisk` on the image file, `mkfs.vfat`/`mke2fs` at the partitions' offsets, `mcopy` and
+ * Creates a qcow2 disk that a VM boots from through its firmware, BIOS or UEFI, as a cloud image does: an MBR
+ * partition table, a bootable FAT partition with syslinux for both (installed in the partition for the BIOS, and as
+ * the removable-media loader `\EFI\BOOT\BOOTX64.EFI` for UEFI), the guest's kernel and initramfs, and an ext4 root
+ * partition (`/dev/vda2` in the guest, holding `files`) after it; `sizeBytes` is the whole disk's. Built without
+ * mounting anything: `sfdisk` on the image file, `mkfs.vfat`/`mke2fs` at the partitions' offsets, `mcopy` and
  * `syslinux --install --offset` into the FAT partition.
  */
 export async function createBootableDisk(diskPath: string, options: BootableDiskOptions): Promise<void> {
@@ -269,6 +275,9 @@ export async function createBootableDisk(diskPath: string, options: BootableDisk
     throw new GuestImageError(
       `Disk size ${sizeBytes} is not a whole number of MiB of at least 65 MiB; pass e.g. 128 * 2 ** 20.`,
     );
+  }
+  for (const { file, package: debianPackage } of Object.values(SYSLINUX_FILES)) {
+    if (!(await pathExists(file))) throw new GuestImageError(`${file} is missing; apt-get install ${debianPackage}.`);
   }
   const staging = await fs.mkdtemp(`${diskPath}.staging-`);
   try {
@@ -281,7 +290,7 @@ export async function createBootableDisk(diskPath: string, options: BootableDisk
       `start=${ROOT_START_SECTOR}, type=83`,
     ];
     await run('sh', ['-c', 'printf "%s\\n" "$@" | sfdisk -q "$0"', raw, ...table]);
-    await run('dd', [`if=${SYSLINUX_MBR}`, `of=${raw}`, 'bs=440', 'count=1', 'conv=notrunc', 'status=none']);
+    await run('dd', [`if=${SYSLINUX_FILES.mbr.file}`, `of=${raw}`, 'bs=440', 'count=1', 'conv=notrunc', 'status=none']);
     const bootOffset = BOOT_PARTITION.startSector * SECTOR;
     await run('mkfs.vfat', [
       '--offset',
@@ -310,8 +319,13 @@ export async function createBootableDisk(diskPath: string, options: BootableDisk
     const initrd = path.join(staging, 'initrd.cpio');
     await fs.copyFile(image.kernel, kernel);
     await fs.copyFile(image.initrd, initrd);
-    await run('mcopy', ['-i', `${raw}@@${bootOffset}`, kernel, initrd, config, '::']);
+    const fat = `${raw}@@${bootOffset}`;
+    await run('mcopy', ['-i', fat, kernel, initrd, config, '::']);
     await run('syslinux', ['--install', '--offset', String(bootOffset), raw]);
+    // UEFI: syslinux.efi looks for its core module and configuration in its own folder.
+    await run('mmd', ['-i', fat, '::/EFI', '::/EFI/BOOT']);
+    await run('mcopy', ['-i', fat, SYSLINUX_FILES.efi.file, '::/EFI/BOOT/BOOTX64.EFI']);
+    await run('mcopy', ['-i', fat, SYSLINUX_FILES.efiCore.file, config, '::/EFI/BOOT/']);
     const tree = await stageFiles(staging, options.files);
     await run('mke2fs', [
       '-q',
@@ -345,6 +359,7 @@ const PACKAGE_OF: Record<string, string> = {
   sfdisk: 'fdisk',
   'mkfs.vfat': 'dosfstools',
   mcopy: 'mtools',
+  mmd: 'mtools',
   syslinux: 'syslinux syslinux-common',
 };
 

@@ -24,14 +24,14 @@ const exec = promisify(execFile);
 
 /**
  * What a VM's configuration must say for this driver to start it (a restored VM gets its source's): CPUs, memory,
- * and how it boots: from its first disk through the firmware (`{ firmware: 'bios' }`, as cloud images do), or a
- * direct kernel boot (kernel and initramfs files on the host, and the kernel command line).
+ * and how it boots: from its first disk through the firmware (`{ firmware: 'bios' | 'uefi' }`, as cloud images do),
+ * or a direct kernel boot (kernel and initramfs files on the host, and the kernel command line).
  */
 const QemuVmConfigSchema = z.object({
   vcpus: z.number().int().min(1).default(1),
   memoryMiB: z.number().int().min(16).default(256),
   boot: z.union([
-    z.object({ firmware: z.literal('bios') }).strict(),
+    z.object({ firmware: z.enum(['bios', 'uefi']) }).strict(),
     z.object({ kernel: z.string().min(1), initrd: z.string().min(1), append: z.string().optional() }).strict(),
   ]),
 });
@@ -212,14 +212,14 @@ export class QmpControl implements QemuControl {
       throw new SnapshotError(
         'VmNotBootable',
         `VM ${vm.name} cannot be started by the QEMU driver: its configuration needs ` +
-          `{ vcpus, memoryMiB, boot: { firmware: 'bios' } or { kernel, initrd, append } } (${problem.join('; ')}).`,
+          `{ vcpus, memoryMiB, boot: { firmware: 'bios' | 'uefi' } or { kernel, initrd, append } } (${problem.join('; ')}).`,
       );
     }
     const config = parsed.data;
     await launchQemuVm({
       dir,
       disks: vm.disks.map((disk) => ({ nodeName: qemuDiskNode(disk.name), path: disk.path })),
-      ...('firmware' in config.boot ? {} : config.boot),
+      ...config.boot,
       memoryMiB: config.memoryMiB,
       vcpus: config.vcpus,
       accel: this.options.accel,

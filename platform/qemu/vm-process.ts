@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { pathExists } from '../../dataplane';
 import { GuestAgentClient } from './guest-agent';
 import { escapeOption, QemuProcessError, startQemuProcess } from './process';
 
@@ -26,7 +27,12 @@ export const VM_PROCESS_FILES = {
   agent: 'qga.sock',
   console: 'console.log',
   pid: 'qemu.pid',
+  /** A UEFI VM's variable store (its NVRAM), made from OVMF's template when missing. */
+  uefiVars: 'uefi-vars.fd',
 } as const;
+
+/** Debian's OVMF (package `ovmf`): the UEFI firmware's code, read-only, and the template of a VM's variable store. */
+const OVMF = { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' } as const;
 
 /** A qcow2 image attached to the guest as a virtio-blk disk (`/dev/vda`, `/dev/vdb`, ... in order). */
 export interface VmDisk {
@@ -43,12 +49,17 @@ export interface QemuVmOptions {
   disks: readonly VmDisk[];
   /**
    * A direct kernel boot: the kernel and initramfs files (both or neither). Without them the VM boots from its first
-   * disk through its firmware (SeaBIOS), as a cloud image does.
+   * disk through its firmware, as a cloud image does.
    */
   kernel?: string;
   initrd?: string;
   /** Added to the kernel command line (e.g. `snap.writer=1`); direct kernel boot only. */
   append?: string;
+  /**
+   * The firmware: `bios` (SeaBIOS, the default) or `uefi` (OVMF; the VM's variable store is `<dir>/uefi-vars.fd`,
+   * kept across restarts). A disk boots under UEFI through the removable-media path `\EFI\BOOT\BOOTX64.EFI`.
+   */
+  firmware?: 'bios' | 'uefi';
   /** Default 256. */
   memoryMiB?: number;
   /** Virtual CPUs. Default 1. */
@@ -84,8 +95,8 @@ export interface QemuVm {
   stop(): Promise<void>;
 }
 
-/** The command line of a VM's QEMU process, and where it listens; see startQemuVm. */
-function qemuVmCommand(options: QemuVmOptions) {
+/** The command line of a VM's QEMU process, and where it listens; see startQemuVm. A UEFI VM gets its variable store. */
+async function qemuVmCommand(options: QemuVmOptions) {
   const qmpSocket = path.join(options.dir, VM_PROCESS_FILES.qmp);
   const agentSocket = path.join(options.dir, VM_PROCESS_FILES.agent);
   const consoleLog = path.join(options.dir, VM_PROCESS_FILES.console);
@@ -113,6 +124,15 @@ function qemuVmCommand(options: QemuVmOptions) {
   } else if (options.kernel !== undefined || options.initrd !== undefined || options.append !== undefined) {
     throw new Error('A direct kernel boot needs both a kernel and an initramfs (and only then a command line).');
   }
+  if (options.firmware === 'uefi') {
+    const vars = path.join(options.dir, VM_PROCESS_FILES.uefiVars);
+    for (const file of [OVMF.code, OVMF.vars]) {
+      if (!(await pathExists(file))) throw new Error(`${file} is missing: apt-get install ovmf (UEFI firmware).`);
+    }
+    if (!(await pathExists(vars))) await fs.copyFile(OVMF.vars, vars);
+    args.push('-drive', `if=pflash,format=raw,readonly=on,file=${escapeOption(OVMF.code)}`);
+    args.push('-drive', `if=pflash,format=raw,file=${escapeOption(vars)}`);
+  }
   return { binary: options.binary ?? 'qemu-system-x86_64', args, qmpSocket, agentSocket, consoleLog };
 }
 
@@ -122,7 +142,7 @@ function qemuVmCommand(options: QemuVmOptions) {
  * `QemuProcessError` carrying QEMU's output if it fails to start (a disk that does not open, a kernel missing).
  */
 export async function launchQemuVm(options: QemuVmOptions): Promise<void> {
-  const { binary, args } = qemuVmCommand(options);
+  const { binary, args } = await qemuVmCommand(options);
   await new Promise<void>((resolve, reject) => {
     execFile(
       binary,
@@ -148,7 +168,7 @@ export async function launchQemuVm(options: QemuVmOptions): Promise<void> {
  * not listen within 30 s.
  */
 export async function startQemuVm(options: QemuVmOptions): Promise<QemuVm> {
-  const { binary, args, qmpSocket, agentSocket, consoleLog } = qemuVmCommand(options);
+  const { binary, args, qmpSocket, agentSocket, consoleLog } = await qemuVmCommand(options);
   const vm = await startQemuProcess({
     binary,
     args,

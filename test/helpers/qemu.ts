@@ -40,8 +40,8 @@ export function qemuTestVm(id: string, disks: { name: string; path: string }[], 
 /**
  * Boots the test guest in `dir` (which must exist) from a new root disk `<dir>/root.qcow2` holding `files`, its
  * writer writing, and waits for its agent. `boot: 'kernel'` (the default): the disk is an ext4 file system and QEMU
- * loads the kernel and initramfs; `'bios'`: the disk is partitioned and bootable (createBootableDisk), and the VM
- * boots from it through SeaBIOS. The caller stops the VM.
+ * loads the kernel and initramfs; `'bios'` or `'uefi'`: the disk is partitioned and bootable (createBootableDisk),
+ * and the VM boots from it through that firmware. The caller stops the VM.
  */
 export async function bootTestGuest(
   dir: string,
@@ -50,19 +50,19 @@ export async function bootTestGuest(
     files?: Record<string, string>;
     vcpus?: number;
     memoryMiB?: number;
-    boot?: 'kernel' | 'bios';
+    boot?: 'kernel' | 'bios' | 'uefi';
   },
 ): Promise<{ qemu: QemuVm; rootDisk: string; image: GuestImage }> {
   const image = await testGuestImage();
   const rootDisk = path.join(dir, 'root.qcow2');
   const { sizeBytes, files } = options;
-  const bios = options.boot === 'bios';
-  if (bios) await createBootableDisk(rootDisk, { sizeBytes, files, image, append: GUEST.writerAppend });
+  const firmware = options.boot === 'bios' || options.boot === 'uefi' ? options.boot : undefined;
+  if (firmware) await createBootableDisk(rootDisk, { sizeBytes, files, image, append: GUEST.writerAppend });
   else await createRootDisk(rootDisk, { sizeBytes, files });
   const qemu = await startQemuVm({
     dir,
     disks: [{ nodeName: 'root', path: rootDisk }],
-    ...(bios ? {} : { kernel: image.kernel, initrd: image.initrd, append: GUEST.writerAppend }),
+    ...(firmware ? { firmware } : { kernel: image.kernel, initrd: image.initrd, append: GUEST.writerAppend }),
     vcpus: options.vcpus,
     memoryMiB: options.memoryMiB,
   });

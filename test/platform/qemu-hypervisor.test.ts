@@ -220,6 +220,7 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
     ['through a direct kernel boot', 'kernel', 'vm-guest-02', DISK_BYTES],
     // The boot partition (48 MiB) holds syslinux, the kernel and the initramfs, the root partition the rest.
     ['from its restored disk through the BIOS', 'bios', 'vm-guest-03', 96 * MiB],
+    ['from its restored disk through UEFI', 'uefi', 'vm-guest-04', 96 * MiB],
   ] as const)(
     'a snapshot restored into a new VM boots %s, with the captured configuration and its files',
     async (_, how, vmId, sizeBytes) => {
@@ -234,9 +235,9 @@ describe('a booted guest, snapshotted live by the snapshot workflow', () => {
       qemu = booted.qemu;
       // Booted from the disk, the new VM's kernel and initramfs are those the snapshot captured on it.
       const boot =
-        how === 'bios'
-          ? { firmware: 'bios' as const }
-          : { kernel: booted.image.kernel, initrd: booted.image.initrd, append: GUEST.writerAppend };
+        how === 'kernel'
+          ? { kernel: booted.image.kernel, initrd: booted.image.initrd, append: GUEST.writerAppend }
+          : { firmware: how };
       const config = { ...SIZED, boot };
       const vm = { ...qemuTestVm(vmId, [{ name: 'root', path: booted.rootDisk }], sizeBytes), config };
       env.platform.catalog.putVm(vm);
