@@ -17,7 +17,7 @@ import { startStorageDaemon } from '../platform/qemu/storage-daemon';
 import type { SnapshotWorkflowResult } from '../workflows/snapshot';
 import { BLOCK_BYTES, IMAGE_BYTES, buildSparseDisk } from './images';
 import { ResticRepository } from './restic';
-import { ACCOUNT, benchVm, copySlice, startBenchService } from './service';
+import { ACCOUNT, activitySpans, benchVm, copySlice, startBenchService } from './service';
 import { GiB, MiB, run, settleWrites, timed, warmPageCache, which } from './util';
 
 /** The sparse disk: this size, holding the 1 GiB image's data spread over it (see sparseOffset). */
@@ -51,6 +51,8 @@ export interface QemuSnapshotRun {
   bytesRead: number;
   addedBytes: number;
   consistency: string;
+  /** Each activity's seconds, in order (see activitySpans). */
+  activities: { name: string; seconds: number }[];
 }
 
 export interface QemuIncrementalRun extends QemuSnapshotRun {
@@ -175,7 +177,7 @@ export async function benchQemu(options: {
 
     const snapshot = async (vm: Vm, name: string): Promise<QemuSnapshotRun> => {
       await settleWrites();
-      const { seconds, value: result } = await timed(async () => {
+      const { seconds, value } = await timed(async () => {
         const started = await snapshots.createSnapshot({
           accountId: ACCOUNT.id,
           vmId: vm.id,
@@ -183,8 +185,10 @@ export async function benchQemu(options: {
           name,
           requestedBy: 'bench',
         });
-        return (await client.workflow.getHandle(started.workflowId).result()) as SnapshotWorkflowResult;
+        const handle = client.workflow.getHandle(started.workflowId);
+        return { workflowId: started.workflowId, result: (await handle.result()) as SnapshotWorkflowResult };
       });
+      const { workflowId, result } = value;
       if (result.status !== 'SUCCESS') throw new Error(`snapshot ${name} ended ${result.status}`);
       const record = platform.catalog.getSnapshot(result.snapshotId);
       return {
@@ -192,6 +196,7 @@ export async function benchQemu(options: {
         bytesRead: result.captureBytesRead,
         addedBytes: result.addedBytes,
         consistency: record?.consistency?.kind ?? 'unknown',
+        activities: await activitySpans(client, workflowId),
       };
     };
 

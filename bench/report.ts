@@ -354,7 +354,7 @@ function timeNotes(results: Results): string[] {
   if (ours) {
     notes.push(`data plane passes: scan ${formatSeconds(ours.scanSeconds)}, store ${formatSeconds(ours.storeSeconds)}`);
   }
-  const line = (what: string, snapshot: TimedSnapshot): string => {
+  const line = (what: string, snapshot: Pick<TimedSnapshot, 'seconds' | 'activities'>): string => {
     const ran = snapshot.activities.reduce((sum, activity) => sum + activity.seconds, 0);
     const activities = snapshot.activities.map((activity) => `${activity.name} ${formatSeconds(activity.seconds)}`);
     const between = `between activities ${formatSeconds(snapshot.seconds - ran)}`;
@@ -363,6 +363,7 @@ function timeNotes(results: Results): string[] {
   if (results.workflow) {
     notes.push(line('full', results.workflow.full), line('incremental', results.workflow.incremental));
   }
+  if (results.qemu) notes.push(line('(q) QEMU full 1 GiB', results.qemu.image.full));
   const concurrency = results.concurrency;
   if (concurrency) {
     notes.push(

@@ -213,7 +213,7 @@ async function takeSnapshot(client: Client, snapshots: SnapshotClient, vm: Vm, n
 }
 
 /** Seconds from start to completion of each activity the workflow ran (server timestamps), in order. */
-async function activitySpans(client: Client, workflowId: string): Promise<{ name: string; seconds: number }[]> {
+export async function activitySpans(client: Client, workflowId: string): Promise<{ name: string; seconds: number }[]> {
   const { events } = await client.workflow.getHandle(workflowId).fetchHistory();
   const names = new Map<string, string>();
   const startedAt = new Map<string, number>();
