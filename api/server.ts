@@ -14,7 +14,6 @@ import type { SnapshotClient } from '../client/snapshot-client';
 import { NO_ACTIVE_VMS } from '../client/snapshot-client';
 import type { Config } from '../domain/config';
 import { SnapshotError } from '../domain/errors';
-import { isInFlight } from '../domain/model';
 import { SnapshotNameSchema } from '../domain/requests';
 import type { Catalog } from '../platform/ports';
 import type { ApiMetrics } from './metrics';
@@ -38,7 +37,7 @@ import {
   SnapshotParamsSchema,
   SnapshotSchema,
 } from './schemas';
-import { billingView, costView, policyView, snapshotView } from './views';
+import { billingView, eligibleVmsView, imagesView, policyView, snapshotCosts, snapshotView } from './views';
 
 /** Who is calling: the account of the request's API key, and a short id of the key (shown as the requester). */
 export interface Caller {
@@ -265,11 +264,7 @@ export function createApiServer(options: ApiServerOptions) {
   };
 
   /** The account's per-snapshot costs from billing, by snapshot id (null until a snapshot is first metered). */
-  const costsOf = (accountId: string) => {
-    const bill = billing.accountBilling(accountId);
-    const items = new Map(bill.items.map((item) => [item.itemId, costView(item, bill.currency)]));
-    return (snapshotId: string) => items.get(snapshotId) ?? null;
-  };
+  const costsOf = (accountId: string) => snapshotCosts(billing.accountBilling(accountId));
 
   void app.register(
     (api, _options, done) => {
@@ -296,19 +291,8 @@ export function createApiServer(options: ApiServerOptions) {
         async (request) => {
           const { accountId } = request.caller;
           const { region } = request.query;
-          const eligible = snapshots.listEligibleVms(accountId, region);
-          return {
-            region,
-            vms: eligible.map(({ vm, label }) => ({
-              id: vm.id,
-              name: vm.name,
-              flavor: vm.flavor,
-              region: vm.region,
-              label,
-              creditHold: snapshots.creditHold(accountId, vm.id).text,
-            })),
-            createDisabledReason: eligible.length === 0 ? NO_ACTIVE_VMS : null,
-          };
+          const creditHold = (vmId: string) => snapshots.creditHold(accountId, vmId).text;
+          return eligibleVmsView(region, snapshots.listEligibleVms(accountId, region), creditHold, NO_ACTIVE_VMS);
         },
       );
 
@@ -324,12 +308,7 @@ export function createApiServer(options: ApiServerOptions) {
         async (request) => {
           const { accountId } = request.caller;
           const costOf = costsOf(accountId);
-          const records = snapshots.listSnapshots(accountId, { region: request.query.region });
-          const live = await Promise.all(
-            records.map(async (record) =>
-              isInFlight(record.status) ? snapshots.getSnapshot(accountId, record.id) : record,
-            ),
-          );
+          const live = await snapshots.listSnapshotsLive(accountId, { region: request.query.region });
           return { snapshots: live.map((record) => snapshotView(record, costOf(record.id))) };
         },
       );
@@ -452,17 +431,7 @@ export function createApiServer(options: ApiServerOptions) {
             response: { 200: ImageListSchema, ...errorResponses(400) },
           },
         },
-        async (request) => ({
-          images: snapshots.listImages(request.caller.accountId, request.query.region).map((image) => ({
-            id: image.id,
-            name: image.name,
-            region: image.region,
-            snapshotId: image.snapshotId,
-            flavor: image.flavor,
-            logicalBytes: image.logicalBytes,
-            createdAt: image.createdAt,
-          })),
-        }),
+        async (request) => imagesView(snapshots.listImages(request.caller.accountId, request.query.region)),
       );
 
       routes.get(

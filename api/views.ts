@@ -1,13 +1,14 @@
 import type { AccountBilling, ItemCost } from '../client/billing-client';
 import type { PolicyView } from '../client/policy-client';
+import type { EligibleVm } from '../client/snapshot-client';
 import type { Currency } from '../domain/billing';
 import { formatMoney } from '../domain/billing';
-import type { SnapshotProgress, SnapshotRecord } from '../domain/model';
+import type { ImageRecord, Region, SnapshotProgress, SnapshotRecord } from '../domain/model';
 import { SNAPSHOT_STAGES, describeCapture, describeConsistency, frozenMs } from '../domain/model';
 import { formatWindow } from '../domain/windows';
 import type { Money, Progress, SnapshotView } from './schemas';
 
-/** How the API shows what the client libraries return. */
+/** How the API shows what the client libraries return; the CLI's `--output json` prints the same. */
 
 export function money(micros: number, currency: Currency): Money {
   return { micros, currency, text: formatMoney(micros, currency) };
@@ -16,6 +17,47 @@ export function money(micros: number, currency: Currency): Money {
 /** A snapshot's cost from billing: its charge in the last metered hour and this month. */
 export function costView(item: ItemCost, currency: Currency): NonNullable<SnapshotView['cost']> {
   return { hourly: money(item.hourlyMicros, currency), monthToDate: money(item.monthToDateMicros, currency) };
+}
+
+/** Each snapshot's cost from the account's bill (null: not billed yet). */
+export function snapshotCosts(bill: AccountBilling): (snapshotId: string) => SnapshotView['cost'] {
+  const items = new Map(bill.items.map((item) => [item.itemId, costView(item, bill.currency)]));
+  return (snapshotId) => items.get(snapshotId) ?? null;
+}
+
+/** The ACTIVE VMs of a region, as the Create Snapshot dropdown lists them, each with its credit hold. */
+export function eligibleVmsView(
+  region: Region,
+  eligible: EligibleVm[],
+  creditHold: (vmId: string) => string,
+  noneReason: string,
+) {
+  return {
+    region,
+    vms: eligible.map(({ vm, label }) => ({
+      id: vm.id,
+      name: vm.name,
+      flavor: vm.flavor,
+      region: vm.region,
+      label,
+      creditHold: creditHold(vm.id),
+    })),
+    createDisabledReason: eligible.length === 0 ? noneReason : null,
+  };
+}
+
+export function imagesView(images: ImageRecord[]) {
+  return {
+    images: images.map((image) => ({
+      id: image.id,
+      name: image.name,
+      region: image.region,
+      snapshotId: image.snapshotId,
+      flavor: image.flavor,
+      logicalBytes: image.logicalBytes,
+      createdAt: image.createdAt,
+    })),
+  };
 }
 
 export function snapshotView(
@@ -78,6 +120,21 @@ export function policyView(view: PolicyView) {
     paused: view.paused,
     note: view.note,
     nextRuns: view.nextRuns.map((t) => t.toISOString()),
+  };
+}
+
+/** One policy in full: as listed, and what its recent runs did. */
+export function policyDetailView(view: PolicyView) {
+  return {
+    ...policyView(view),
+    recentRuns: view.recentRuns.map((run) => ({
+      scheduledAt: run.scheduledAt.toISOString(),
+      startedAt: run.startedAt.toISOString(),
+      workflowId: run.workflowId,
+      runId: run.runId,
+      status: run.status,
+      outcome: run.outcome,
+    })),
   };
 }
 

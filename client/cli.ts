@@ -14,6 +14,15 @@ import type { Weekday } from '../domain/windows';
 import type { scheduledSnapshotWorkflow } from '../workflows';
 import { scheduledRunQuery } from '../workflows/messages';
 import type { ScheduledRunState } from '../workflows/messages';
+import {
+  billingView,
+  eligibleVmsView,
+  imagesView,
+  policyDetailView,
+  policyView,
+  snapshotCosts,
+  snapshotView,
+} from '../api/views';
 import { connectSnapshotClient } from './connect';
 import type { ConnectedClients } from './connect';
 import { escapeControls, formatBytes, formatDetails, snapshotDetails, snapshotRows } from './format';
@@ -31,6 +40,14 @@ const program = new Command('snap')
   .option('--account <id>', 'account to act for', config.SNAP_ACCOUNT);
 
 const regionOption = () => new Option('--region <region>', 'region').choices(REGIONS);
+/** `--output json`: what the HTTP API answers for the same listing or snapshot, field for field, for scripts. */
+const outputOption = () =>
+  new Option('--output <format>', "text, or json: the HTTP API's fields").choices(['text', 'json']).default('text');
+type Output = { output: 'text' | 'json' };
+
+function printJson(value: unknown): void {
+  console.log(JSON.stringify(value, null, 2));
+}
 
 /** Prints a line of output; the user text in it has its terminal controls escaped. */
 function print(text: string): void {
@@ -83,9 +100,14 @@ program
   .command('vms')
   .description('list the VMs that can be snapshotted (ACTIVE) in a region')
   .addOption(regionOption().makeOptionMandatory())
+  .addOption(outputOption())
   .action(
-    action(async ({ snapshots }, account, options: { region: Region }) => {
+    action(async ({ snapshots }, account, options: { region: Region } & Output) => {
       const vms = snapshots.listEligibleVms(account, options.region);
+      if (options.output === 'json') {
+        const creditHold = (vmId: string) => snapshots.creditHold(account, vmId).text;
+        return printJson(eligibleVmsView(options.region, vms, creditHold, NO_ACTIVE_VMS));
+      }
       const lines = vms.map(
         (v) => `${v.label}  [${v.vm.id}]  credit hold ${snapshots.creditHold(account, v.vm.id).text}`,
       );
@@ -153,8 +175,14 @@ program
   .command('list')
   .description('list snapshots with their status and sizes')
   .addOption(regionOption())
+  .addOption(outputOption())
   .action(
-    action(async ({ snapshots }, account, options: { region?: Region }) => {
+    action(async ({ snapshots, billing }, account, options: { region?: Region } & Output) => {
+      if (options.output === 'json') {
+        const live = await snapshots.listSnapshotsLive(account, { region: options.region });
+        const costs = snapshotCosts(billing.accountBilling(account));
+        return printJson({ snapshots: live.map((record) => snapshotView(record, costs(record.id))) });
+      }
       const list = snapshots.listSnapshots(account, options.region ? { region: options.region } : {});
       print(list.length === 0 ? 'No snapshots' : snapshotRows(list));
     }),
@@ -163,9 +191,13 @@ program
 program
   .command('show <snapshot>')
   .description('show one snapshot (id or name), with live progress while it runs')
+  .addOption(outputOption())
   .action(
-    action(async ({ snapshots }, account, ref: string) => {
+    action(async ({ snapshots, billing }, account, ref: string, options: Output) => {
       const snapshot = await snapshots.getSnapshot(account, findSnapshot(snapshots, account, ref).id);
+      if (options.output === 'json') {
+        return printJson(snapshotView(snapshot, snapshotCosts(billing.accountBilling(account))(snapshot.id)));
+      }
       print(snapshotDetails(snapshot));
       if (snapshot.progress) {
         const p = snapshot.progress;
@@ -256,9 +288,11 @@ program
   .command('images')
   .description('list the boot images (boot sources) of the account')
   .addOption(regionOption())
+  .addOption(outputOption())
   .action(
-    action(async ({ snapshots }, account, options: { region?: Region }) => {
+    action(async ({ snapshots }, account, options: { region?: Region } & Output) => {
       const images = snapshots.listImages(account, options.region);
+      if (options.output === 'json') return printJson(imagesView(images));
       print(
         images.length === 0
           ? 'No images'
@@ -337,9 +371,11 @@ program
 program
   .command('billing')
   .description('balance, hourly storage cost, month-to-date total and what each snapshot costs')
+  .addOption(outputOption())
   .action(
-    action(async ({ billing }, account) => {
+    action(async ({ billing }, account, options: Output) => {
       const bill = billing.accountBilling(account);
+      if (options.output === 'json') return printJson(billingView(bill));
       const money = (micros: number) => formatMoney(micros, bill.currency);
       print(
         formatDetails([
@@ -651,9 +687,11 @@ policyCommand
 policyCommand
   .command('list')
   .description("list the account's policies with their targets, cadence, window, retention and next run")
+  .addOption(outputOption())
   .action(
-    action(async ({ policies }, account) => {
+    action(async ({ policies }, account, options: Output) => {
       const views = await policies.listPolicies(account);
+      if (options.output === 'json') return printJson({ policies: views.map(policyView) });
       print(views.length === 0 ? 'No policies' : policyRows(views));
     }),
   );
@@ -661,9 +699,12 @@ policyCommand
 policyCommand
   .command('show <name>')
   .description('show a policy in full, with its next runs and what its recent runs did')
+  .addOption(outputOption())
   .action(
-    action(async ({ policies }, account, name: string) => {
-      print(policyDetails(await policies.describePolicy(account, name)));
+    action(async ({ policies }, account, name: string, options: Output) => {
+      const view = await policies.describePolicy(account, name);
+      if (options.output === 'json') return printJson(policyDetailView(view));
+      print(policyDetails(view));
     }),
   );
 

@@ -167,6 +167,18 @@ export class SnapshotClient {
     return this.options.catalog.listSnapshots({ accountId, ...filter });
   }
 
+  /** The account's snapshots as listSnapshots gives them, those in flight with their live progress (getSnapshot). */
+  async listSnapshotsLive(
+    accountId: string,
+    filter: { region?: Region } = {},
+  ): Promise<(SnapshotRecord & { progress?: SnapshotProgress })[]> {
+    return Promise.all(
+      this.listSnapshots(accountId, filter).map(async (record) =>
+        isInFlight(record.status) ? this.getSnapshot(accountId, record.id) : record,
+      ),
+    );
+  }
+
   /**
    * Follows a snapshot until it ends, calling `onProgress` with each new reading. Resolves with the SUCCESS record;
    * rejects with a typed SnapshotError when the snapshot failed.

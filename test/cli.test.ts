@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { startApiServer } from './helpers/api-server';
 import { createSnapshotEnv, fileHash, reserveTestSnapshot, waitFor } from './helpers/snapshot-env';
 import type { SnapshotEnv } from './helpers/snapshot-env';
 import { connectSnapshotClient } from '../client/connect';
@@ -244,6 +245,51 @@ test('restore-vm, images, billing, delete, gc and reverify from the CLI', async 
     /CANADA-1: \d+ snapshots re-verified, 0 damaged/,
   );
   expect((await snap('delete', 'no-such-snapshot')).stderr).toContain('error SnapshotNotFound');
+});
+
+test('--output json prints what the HTTP API answers, field for field, for every listing and show', async () => {
+  const api = await startApiServer(env);
+  const policy = uniqueId('cli-json').toLowerCase();
+  try {
+    expect((await snap('create', '--vm', 'trainer-01', '--name', 'cli-json-src', '--image')).code).toBe(0);
+    await env.billing.meterHour(new Date());
+    const created = await snap(
+      ...['policy', 'create', '--name', policy, '--region', 'CANADA-1', '--label', 'nightly'],
+      ...['--cadence', 'daily', '--window', '02:00-05:00', '--keep-last', '3'],
+    );
+    expect(created.code).toBe(0);
+    const json = async (...args: string[]): Promise<unknown> => {
+      const result = await snap(...args, '--output', 'json');
+      expect(result).toMatchObject({ code: 0, stderr: '' });
+      return JSON.parse(result.stdout);
+    };
+    const answer = async (route: string): Promise<unknown> => {
+      const { status, body } = await api.call<unknown>('acme', 'GET', route);
+      expect(status).toBe(200);
+      return body;
+    };
+
+    const list = (await json('list')) as { snapshots: { id: string; name: string }[] };
+    expect(list.snapshots.map((snapshot) => snapshot.name)).toContain('cli-json-src');
+    expect(list).toEqual(await answer('/api/snapshots'));
+    expect(await json('list', '--region', 'US-1')).toEqual(await answer('/api/snapshots?region=US-1'));
+    const id = list.snapshots.find((snapshot) => snapshot.name === 'cli-json-src')!.id;
+    expect(await json('show', 'cli-json-src')).toEqual(await answer(`/api/snapshots/${id}`));
+    expect(await json('vms', '--region', 'CANADA-1')).toEqual(await answer('/api/vms?region=CANADA-1'));
+    expect(await json('vms', '--region', 'US-1')).toEqual(await answer('/api/vms?region=US-1'));
+    expect(await json('images')).toEqual(await answer('/api/images'));
+    expect(await json('billing')).toEqual(await answer('/api/billing'));
+    const policies = (await json('policy', 'list')) as { policies: { name: string }[] };
+    expect(policies).toEqual(await answer('/api/policies'));
+    // show adds what the recent runs did (none yet) to the policy as listed.
+    const listed = policies.policies.find((entry) => entry.name === policy);
+    expect(await json('policy', 'show', policy)).toEqual({ ...listed, recentRuns: [] });
+    // The text output stays the default.
+    expect((await snap('list')).stdout).toMatch(/cli-json-src\s+trainer-01\s+CANADA-1\s+SUCCESS/);
+  } finally {
+    await snap('policy', 'delete', policy);
+    await api.close();
+  }
 });
 
 /** A snapshot row put straight into the catalog, as older versions could store it (no rule checks), SUCCESS. */
