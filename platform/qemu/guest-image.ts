@@ -252,8 +252,10 @@ const SECTOR = 512;
 /** The boot partition: FAT16 at 1 MiB, 48 MiB (the kernel and initramfs take about 20 MiB). */
 const BOOT_PARTITION = { startSector: 2048, sectors: 48 * 2048 };
 const ROOT_START_SECTOR = BOOT_PARTITION.startSector + BOOT_PARTITION.sectors;
-/** syslinux's files, by the Debian package that has them: the MBR boot code (the first 440 bytes of the disk, which
- * boots the active partition), and the UEFI loader with its core module. */
+/**
+ * syslinux's files, with the Debian package that has each: the MBR boot code (the first 440 bytes of the disk, which
+ * boots the active partition), and the UEFI loader with its core module.
+ */
 const SYSLINUX_FILES = {
   mbr: { file: '/usr/lib/syslinux/mbr/mbr.bin', package: 'syslinux-common' },
   efi: { file: '/usr/lib/SYSLINUX.EFI/efi64/syslinux.efi', package: 'syslinux-efi' },
@@ -289,6 +291,7 @@ export async function createBootableDisk(diskPath: string, options: BootableDisk
       `start=${BOOT_PARTITION.startSector}, size=${BOOT_PARTITION.sectors}, type=6, bootable`,
       `start=${ROOT_START_SECTOR}, type=83`,
     ];
+    // sfdisk reads the table on stdin: one line per argument (`$0` is the image).
     await run('sh', ['-c', 'printf "%s\\n" "$@" | sfdisk -q "$0"', raw, ...table]);
     await run('dd', [`if=${SYSLINUX_FILES.mbr.file}`, `of=${raw}`, 'bs=440', 'count=1', 'conv=notrunc', 'status=none']);
     const bootOffset = BOOT_PARTITION.startSector * SECTOR;
