@@ -11,7 +11,6 @@ import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fast
 import type { BillingClient } from '../client/billing-client';
 import type { PolicyClient } from '../client/policy-client';
 import type { SnapshotClient } from '../client/snapshot-client';
-import { NO_ACTIVE_VMS } from '../client/snapshot-client';
 import type { Config } from '../domain/config';
 import { SnapshotError } from '../domain/errors';
 import { SnapshotNameSchema } from '../domain/requests';
@@ -292,7 +291,7 @@ export function createApiServer(options: ApiServerOptions) {
           const { accountId } = request.caller;
           const { region } = request.query;
           const creditHold = (vmId: string) => snapshots.creditHold(accountId, vmId).text;
-          return eligibleVmsView(region, snapshots.listEligibleVms(accountId, region), creditHold, NO_ACTIVE_VMS);
+          return eligibleVmsView(region, snapshots.listEligibleVms(accountId, region), creditHold);
         },
       );
 

@@ -1,6 +1,6 @@
 import type { AccountBilling, ItemCost } from '../client/billing-client';
 import type { PolicyView } from '../client/policy-client';
-import type { EligibleVm } from '../client/snapshot-client';
+import { NO_ACTIVE_VMS, type EligibleVm } from '../client/snapshot-client';
 import type { Currency } from '../domain/billing';
 import { formatMoney } from '../domain/billing';
 import type { ImageRecord, Region, SnapshotProgress, SnapshotRecord } from '../domain/model';
@@ -26,12 +26,7 @@ export function snapshotCosts(bill: AccountBilling): (snapshotId: string) => Sna
 }
 
 /** The ACTIVE VMs of a region, as the Create Snapshot dropdown lists them, each with its credit hold. */
-export function eligibleVmsView(
-  region: Region,
-  eligible: EligibleVm[],
-  creditHold: (vmId: string) => string,
-  noneReason: string,
-) {
+export function eligibleVmsView(region: Region, eligible: EligibleVm[], creditHold: (vmId: string) => string) {
   return {
     region,
     vms: eligible.map(({ vm, label }) => ({
@@ -42,7 +37,7 @@ export function eligibleVmsView(
       label,
       creditHold: creditHold(vm.id),
     })),
-    createDisabledReason: eligible.length === 0 ? noneReason : null,
+    createDisabledReason: eligible.length === 0 ? NO_ACTIVE_VMS : null,
   };
 }
 

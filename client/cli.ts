@@ -106,7 +106,7 @@ program
       const vms = snapshots.listEligibleVms(account, options.region);
       if (options.output === 'json') {
         const creditHold = (vmId: string) => snapshots.creditHold(account, vmId).text;
-        return printJson(eligibleVmsView(options.region, vms, creditHold, NO_ACTIVE_VMS));
+        return printJson(eligibleVmsView(options.region, vms, creditHold));
       }
       const lines = vms.map(
         (v) => `${v.label}  [${v.vm.id}]  credit hold ${snapshots.creditHold(account, v.vm.id).text}`,

@@ -219,7 +219,7 @@ export class QmpControl implements QemuControl {
     await launchQemuVm({
       dir,
       disks: vm.disks.map((disk) => ({ nodeName: qemuDiskNode(disk.name), path: disk.path })),
-      ...config.boot,
+      boot: config.boot,
       memoryMiB: config.memoryMiB,
       vcpus: config.vcpus,
       accel: this.options.accel,

@@ -34,6 +34,14 @@ export const VM_PROCESS_FILES = {
 /** Debian's OVMF (package `ovmf`): the UEFI firmware's code, read-only, and the template of a VM's variable store. */
 const OVMF = { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' } as const;
 
+/**
+ * How a VM boots: a direct kernel boot (kernel and initramfs files on the host; `append` is added to the kernel
+ * command line, e.g. `snap.writer=1`), or from its first disk through its firmware, as a cloud image does: `bios`
+ * (SeaBIOS) or `uefi` (OVMF; the VM's variable store is `<dir>/uefi-vars.fd`, kept across restarts, and the disk boots
+ * through the removable-media path `\EFI\BOOT\BOOTX64.EFI`).
+ */
+export type QemuBoot = { kernel: string; initrd: string; append?: string } | { firmware: 'bios' | 'uefi' };
+
 /** A qcow2 image attached to the guest as a virtio-blk disk (`/dev/vda`, `/dev/vdb`, ... in order). */
 export interface VmDisk {
   /** The qcow2 format node's name, as QMP commands address it. */
@@ -47,19 +55,7 @@ export interface QemuVmOptions {
   /** Folder for the sockets and the console log (it must exist; the caller owns and removes it). */
   dir: string;
   disks: readonly VmDisk[];
-  /**
-   * A direct kernel boot: the kernel and initramfs files (both or neither). Without them the VM boots from its first
-   * disk through its firmware, as a cloud image does.
-   */
-  kernel?: string;
-  initrd?: string;
-  /** Added to the kernel command line (e.g. `snap.writer=1`); direct kernel boot only. */
-  append?: string;
-  /**
-   * The firmware: `bios` (SeaBIOS, the default) or `uefi` (OVMF; the VM's variable store is `<dir>/uefi-vars.fd`,
-   * kept across restarts). A disk boots under UEFI through the removable-media path `\EFI\BOOT\BOOTX64.EFI`.
-   */
-  firmware?: 'bios' | 'uefi';
+  boot: QemuBoot;
   /** Default 256. */
   memoryMiB?: number;
   /** Virtual CPUs. Default 1. */
@@ -118,13 +114,11 @@ async function qemuVmCommand(options: QemuVmOptions) {
       JSON.stringify({ driver: 'virtio-blk-pci', drive: disk.nodeName, id: `${disk.nodeName}-dev` }),
     );
   }
-  if (options.kernel !== undefined && options.initrd !== undefined) {
-    args.push('-kernel', options.kernel, '-initrd', options.initrd);
-    args.push('-append', options.append ? `${BASE_APPEND} ${options.append}` : BASE_APPEND);
-  } else if (options.kernel !== undefined || options.initrd !== undefined || options.append !== undefined) {
-    throw new Error('A direct kernel boot needs both a kernel and an initramfs (and only then a command line).');
-  }
-  if (options.firmware === 'uefi') {
+  const { boot } = options;
+  if ('kernel' in boot) {
+    args.push('-kernel', boot.kernel, '-initrd', boot.initrd);
+    args.push('-append', boot.append ? `${BASE_APPEND} ${boot.append}` : BASE_APPEND);
+  } else if (boot.firmware === 'uefi') {
     const vars = path.join(options.dir, VM_PROCESS_FILES.uefiVars);
     for (const file of [OVMF.code, OVMF.vars]) {
       if (!(await pathExists(file))) throw new Error(`${file} is missing: apt-get install ovmf (UEFI firmware).`);
@@ -159,7 +153,7 @@ export async function launchQemuVm(options: QemuVmOptions): Promise<void> {
 }
 
 /**
- * Starts `qemu-system-x86_64` as a child of this process booting `kernel` and `initrd` (or its first disk), with a
+ * Starts `qemu-system-x86_64` as a child of this process booting as `boot` says, with a
  * QMP monitor on `<dir>/qmp.sock`, the guest agent's virtio-serial port (`org.qemu.guest_agent.0`) on
  * `<dir>/qga.sock`, the serial console in `<dir>/console.log`, and each disk a qcow2 `-blockdev` node of its
  * `nodeName` attached as virtio-blk.

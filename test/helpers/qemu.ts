@@ -62,7 +62,7 @@ export async function bootTestGuest(
   const qemu = await startQemuVm({
     dir,
     disks: [{ nodeName: 'root', path: rootDisk }],
-    ...(firmware ? { firmware } : { kernel: image.kernel, initrd: image.initrd, append: GUEST.writerAppend }),
+    boot: firmware ? { firmware } : { kernel: image.kernel, initrd: image.initrd, append: GUEST.writerAppend },
     vcpus: options.vcpus,
     memoryMiB: options.memoryMiB,
   });

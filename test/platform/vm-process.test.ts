@@ -52,9 +52,7 @@ beforeAll(async () => {
       { nodeName: 'root', path: rootDisk },
       { nodeName: 'data', path: dataDisk },
     ],
-    kernel: image.kernel,
-    initrd: image.initrd,
-    append: GUEST.writerAppend,
+    boot: { kernel: image.kernel, initrd: image.initrd, append: GUEST.writerAppend },
   });
   await vm.waitForAgent(BOOT_TIMEOUT_MS);
   agent = await GuestAgentClient.connect(vm.agentSocket);
@@ -166,8 +164,7 @@ test('a VM whose disk does not open fails to start with QEMU saying which file',
     startQemuVm({
       dir: vmDir,
       disks: [{ nodeName: 'root', path: missing }],
-      kernel: image.kernel,
-      initrd: image.initrd,
+      boot: { kernel: image.kernel, initrd: image.initrd },
     }),
   ).rejects.toMatchObject({
     type: 'QemuProcessExited',
@@ -182,8 +179,7 @@ test('a guest whose root disk holds no ext4 powers off, and waitForAgent says wh
   const broken = await startQemuVm({
     dir: vmDir,
     disks: [{ nodeName: 'root', path: blank }],
-    kernel: image.kernel,
-    initrd: image.initrd,
+    boot: { kernel: image.kernel, initrd: image.initrd },
   });
   try {
     await expect(broken.waitForAgent(BOOT_TIMEOUT_MS)).rejects.toMatchObject({
